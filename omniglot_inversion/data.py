@@ -1,0 +1,243 @@
+"""Omniglot splits of the post, online through ``tfds.load`` or offline from a folder of archives.
+
+The post uses three tfds splits of ``omniglot``: ``test`` (20 alphabets, 13,180 images) trains and
+validates the target, ``small1`` (2,720) trains the attacker, ``small2`` (3,120) tests it. Images
+become float32 in [0, 1], grayscale, 105x105x1; the label is the alphabet id (50 classes, ids as
+tfds numbers them: all 50 alphabet names sorted).
+
+Offline, the four archives tfds would download are read from a folder (``data_dir`` argument or the
+``OMNIGLOT_DIR`` environment variable). They go through tfds's own ``omniglot`` builder, so records
+and their order are exactly those of ``tfds.load``; only the download is replaced, and archives are
+checked by content (file names, sizes and CRC-32 of every PNG, read from the zip directory) rather
+than by the archive checksums tfds registers, because re-zipped archives with identical images have
+other checksums. Nothing inside the installed tfds package is modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from tensorflow_datasets.image_classification import omniglot as tfds_omniglot
+
+from omniglot_inversion.errors import UsageError
+
+IMAGE_SHAPE = (105, 105, 1)
+NUM_ALPHABETS = 50
+TARGET_TRAIN_SIZE = 11_000
+SHUFFLE_BUFFER = 1000
+BATCH_SIZE = 32
+DATA_DIR_ENV = "OMNIGLOT_DIR"
+CACHE_DIR_ENV = "OMNIGLOT_INVERSION_CACHE"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One Omniglot archive: its file name, PNG count and content fingerprint (see `fingerprint`)."""
+
+    filename: str
+    num_images: int
+    fingerprint: str
+
+
+# Fingerprints (see `fingerprint`) of the published archives' images. The rebuilt copies of the two
+# large archives in shared/data/omniglot hold byte-identical PNGs, so they give the same values.
+ARCHIVES = {
+    "train": Archive("images_background.zip", 19_280,
+                     "cb86c91203b695c82d35f010628138ec459e63cbe9821c94674fdf73949d00b0"),
+    "eval": Archive("images_evaluation.zip", 13_180,
+                    "7c87d3c5c1c9d4e521e12b3abf3717643963c2d00f07b835f0960cd85a9b486c"),
+    "small1": Archive("images_background_small1.zip", 2_720,
+                      "9e76485fab19dca50a93e870a894ee3e1a9a6002eb3ec2e76f03d628359209cc"),
+    "small2": Archive("images_background_small2.zip", 3_120,
+                      "7daf763ec2703a2e16a2dd0cb8422bdc48e7f21f0801b7d065ea0526929844cb"),
+}
+
+
+def fingerprint(zip_path: str | os.PathLike) -> tuple[str, int]:
+    """Hash an archive by content: sorted (name, size, CRC-32) of its PNG entries.
+
+    The zip directory already stores each member's CRC-32, so this reads no image data and does
+    not depend on compression, member order or timestamps. Returns (sha256 hex, number of PNGs).
+    """
+    with zipfile.ZipFile(zip_path) as archive:
+        rows = sorted(
+            f"{info.filename}\t{info.file_size}\t{info.CRC:08x}"
+            for info in archive.infolist()
+            if info.filename.endswith(".png")
+        )
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest(), len(rows)
+def default_cache_dir() -> Path:
+    """Where the offline builder writes its prepared tfds records (``OMNIGLOT_INVERSION_CACHE``)."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "omniglot_inversion" / "tfds"
+
+
+def check_archive_dir(archive_dir: str | os.PathLike) -> dict[str, Path]:
+    """Check a folder of Omniglot archives by content and return the archive path per tfds key.
+
+    Raises `UsageError` naming every missing or altered archive and how to fix it.
+    """
+    folder = Path(archive_dir)
+    how_to_fix = (
+        f"Put the four archives tfds downloads ({', '.join(a.filename for a in ARCHIVES.values())}) "
+        f"in one folder and pass it with --data-dir or the {DATA_DIR_ENV} environment variable."
+    )
+    if not folder.is_dir():
+        raise UsageError(f"Omniglot data folder {str(folder)!r} does not exist. {how_to_fix}")
+    problems = []
+    paths = {}
+    for key, archive in ARCHIVES.items():
+        path = folder / archive.filename
+        paths[key] = path
+        if not path.is_file():
+            problems.append(f"{archive.filename} is missing")
+            continue
+        try:
+            digest, count = fingerprint(path)
+        except (zipfile.BadZipFile, OSError) as err:
+            problems.append(f"{archive.filename} is not a readable zip archive ({err})")
+            continue
+        if digest != archive.fingerprint:
+            problems.append(
+                f"{archive.filename} holds {count} PNG images (expected {archive.num_images}) "
+                "whose names or contents differ from the published archive"
+            )
+    if problems:
+        raise UsageError(
+            f"Omniglot data folder {str(folder)!r} is incomplete: " + "; ".join(problems) + ". " + how_to_fix
+        )
+    return paths
+
+
+class _LocalArchives:
+    """Download manager stand-in: serves tfds's download requests from local archives."""
+
+    def __init__(self, dl_manager, archives: dict[str, Path]):
+        self._dl_manager = dl_manager
+        self._archives = archives
+
+    def download_and_extract(self, urls: dict[str, str]):
+        return self._dl_manager.extract({key: os.fspath(self._archives[key]) for key in urls})
+
+    def __getattr__(self, name):
+        return getattr(self._dl_manager, name)
+
+
+class OfflineOmniglot(tfds_omniglot.Omniglot, skip_registration=True):
+    """tfds's ``omniglot`` builder, fed from a folder of archives instead of the network.
+
+    Same name, version, features, split generators and example keys as the registered builder, so
+    the prepared records and their order are those of ``tfds.load("omniglot")``.
+    """
+
+    name = "omniglot"
+
+    def __init__(self, *, archives: dict[str, Path], **kwargs):
+        self._archives = archives
+        super().__init__(**kwargs)
+
+    def _split_generators(self, dl_manager):
+        return super()._split_generators(_LocalArchives(dl_manager, self._archives))
+
+
+def resolve_archive_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """The offline archive folder: the argument, else ``OMNIGLOT_DIR``, else None (online)."""
+    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+    return Path(chosen) if chosen is not None else None
+
+
+def omniglot_builder(data_dir: str | os.PathLike | None = None) -> tfds.core.DatasetBuilder:
+    """A prepared tfds ``omniglot`` builder: offline from ``data_dir``/``OMNIGLOT_DIR``, else online."""
+    archive_dir = resolve_archive_dir(data_dir)
+    if archive_dir is None:
+        builder = tfds.builder("omniglot")
+        try:
+            builder.download_and_prepare()
+        except Exception as err:  # tfds raises many network error types; the fix is the same
+            raise UsageError(
+                f"Could not download Omniglot through tfds ({type(err).__name__}: {err}). Without "
+                f"internet, pass a folder of the four archives with --data-dir or {DATA_DIR_ENV}."
+            ) from err
+        return builder
+    archives = check_archive_dir(archive_dir)
+    builder = OfflineOmniglot(archives=archives, data_dir=os.fspath(default_cache_dir()))
+    if not builder.is_prepared():
+        with tempfile.TemporaryDirectory(prefix="omniglot-extract-") as scratch:
+            builder.download_and_prepare(
+                download_dir=scratch,
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+            )
+    return builder
+
+
+def preprocess_image(image: tf.Tensor) -> tf.Tensor:
+    """uint8 RGB (105, 105, 3) -> float32 grayscale in [0, 1], (105, 105, 1), as in the post."""
+    return tf.image.rgb_to_grayscale(tf.cast(image, tf.float32) / 255.0)
+
+
+def load_split(split: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> tf.data.Dataset:
+    """One tfds split as an unbatched dataset of ``(image, alphabet_id)``, in tfds's order.
+
+    ``limit`` keeps only the first ``limit`` records (small runs and tests).
+    """
+    builder = omniglot_builder(data_dir)
+    if split not in builder.info.splits:
+        raise UsageError(f"Unknown Omniglot split {split!r}; choose one of {sorted(builder.info.splits)}.")
+    # tfds caches small splits in memory; a cache cut short by take() only logs warnings
+    read_config = tfds.ReadConfig(try_autocache=limit is None)
+    ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+    if limit is not None:
+        ds = ds.take(limit)
+    return ds.map(
+        lambda record: (preprocess_image(record["image"]), record["alphabet"]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def alphabet_names(data_dir: str | os.PathLike | None = None) -> list[str]:
+    """The 50 alphabet names, indexed by the alphabet id the records carry."""
+    return list(omniglot_builder(data_dir).info.features["alphabet"].names)
+
+
+def target_datasets(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    train_size: int = TARGET_TRAIN_SIZE,
+    val_size: int | None = None,
+    batch_size: int = BATCH_SIZE,
+    seed: int | None = None,
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The post's target data: first ``train_size`` records of ``test`` (shuffled 1000, batched)
+    for training, the following ``val_size`` (default: all the rest, 2,180) for validation."""
+    records = load_split("test", data_dir)
+    train = (
+        records.take(train_size)
+        .cache()
+        .shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    rest = records.skip(train_size)
+    if val_size is not None:
+        rest = rest.take(val_size)
+    val = rest.cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return train, val
+
+
+def as_arrays(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Materialise an unbatched ``(image, label)`` dataset as two numpy arrays."""
+    images, labels = [], []
+    for image, label in ds.batch(512).as_numpy_iterator():
+        images.append(image)
+        labels.append(label)
+    return np.concatenate(images), np.concatenate(labels)

@@ -1,0 +1,188 @@
+"""Part 1 of the post as a pipeline of steps writing into one run folder.
+
+Run folder contents: ``target_weights.h5`` (the whole TargetModel), ``mobile_stage.h5`` (the
+on-device stage as a Keras HDF5 model: what an interceptor would hold), ``attacker_weights.h5``,
+``reconstruction.png`` and ``metrics.json`` (configuration, versions, every printed number, wall
+time of each step). Every file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from omniglot_inversion import data, training
+from omniglot_inversion.errors import UsageError
+from omniglot_inversion.files import atomic_path, read_json, write_json
+from omniglot_inversion.models import AttackModel, TargetModel
+from omniglot_inversion.plots import save_reconstruction_grid
+
+METRICS = "metrics.json"
+TARGET_WEIGHTS = "target_weights.h5"
+MOBILE_STAGE = "mobile_stage.h5"
+ATTACKER_WEIGHTS = "attacker_weights.h5"
+FIGURE = "reconstruction.png"
+NUM_SHOWN = 16
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Part1Config:
+    """Everything a Part 1 run depends on; saved into ``metrics.json``. Defaults are the post's."""
+
+    epochs: int = 10
+    attacker_epochs: int = 100
+    batch_size: int = 32
+    seed: int = 0
+    keras_training_mode: bool = False
+    train_size: int = data.TARGET_TRAIN_SIZE
+    val_size: int | None = None
+    attacker_size: int | None = None
+    test_size: int | None = None
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        for name in ("epochs", "attacker_epochs", "batch_size", "train_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("val_size", "attacker_size", "test_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1 (or unset for the whole split), got {value}.")
+
+
+# Small sizes for smoke runs: a minute on a CPU, same code path as the full run.
+QUICK = dict(epochs=2, attacker_epochs=5, train_size=512, val_size=256, attacker_size=256, test_size=64)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the libraries whose numbers a run depends on."""
+    found = {"python": platform.python_version()}
+    for package in ("omniglot-inversion", "tensorflow", "tensorflow-privacy", "tensorflow-datasets",
+                    "dp-accounting", "numpy"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _update_metrics(out: Path, section: str, values, config) -> dict:
+    metrics = read_json(out / METRICS, default={})
+    metrics["config"] = dataclasses.asdict(config)
+    metrics["versions"] = versions()
+    metrics[section] = values
+    write_json(out / METRICS, metrics)
+    return metrics
+
+
+def _require(path: Path, made_by: str) -> Path:
+    if not path.exists():
+        raise UsageError(f"{path} does not exist; run `omniglot-inversion {made_by}` for this folder first.")
+    return path
+
+
+def _epoch_printer(log: Log, total: int, label: str) -> training.EpochCallback:
+    def report(row: dict) -> None:
+        numbers = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds"))
+        log(f"{label} epoch {row['epoch']}/{total}  {numbers}  ({row['seconds']:.1f} s)")
+    return report
+
+
+def prepare_run_folder(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Create the run folder; refuse one that already holds a run unless ``overwrite``."""
+    out = Path(out)
+    if (out / METRICS).exists() and not overwrite:
+        raise UsageError(f"{out} already holds a run ({METRICS} exists); choose another --out or pass --overwrite.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train_target_step(config: Part1Config, out: Path, log: Log = print) -> dict:
+    """Train the split target (the post's custom loop) and save it and its on-device stage."""
+    training.set_seed(config.seed)
+    train_ds, val_ds = data.target_datasets(
+        config.data_dir, train_size=config.train_size, val_size=config.val_size,
+        batch_size=config.batch_size, seed=config.seed,
+    )
+    model = TargetModel()
+    started = time.perf_counter()
+    history = training.fit(
+        model, training.CLASSIFY, train_ds, val_ds=val_ds, epochs=config.epochs,
+        training=True if config.keras_training_mode else None,
+        on_epoch=_epoch_printer(log, config.epochs, "target"),
+    )
+    seconds = time.perf_counter() - started
+    with atomic_path(out / TARGET_WEIGHTS) as tmp:
+        model.save_weights(tmp, save_format="h5")
+    with atomic_path(out / MOBILE_STAGE) as tmp:
+        model.on_device_model.save(tmp, save_format="h5")
+    result = {"history": history, "train_accuracy": history[-1]["train_accuracy"],
+              "val_accuracy": history[-1]["val_accuracy"], "seconds": seconds}
+    _update_metrics(out, "target", result, config)
+    return result
+
+
+def load_target(out: Path) -> TargetModel:
+    """The TargetModel saved in a run folder."""
+    model = TargetModel()
+    model.load_weights(_require(out / TARGET_WEIGHTS, "train-target"))
+    return model
+
+
+def train_attacker_step(config: Part1Config, out: Path, log: Log = print) -> dict:
+    """Train a fresh AttackModel on ``small1`` by querying the saved target's on-device stage."""
+    training.set_seed(config.seed)
+    target = load_target(out)
+    images, _ = data.as_arrays(data.load_split("small1", config.data_dir, limit=config.attacker_size))
+    attacker = AttackModel()
+    started = time.perf_counter()
+    history = training.train_attacker(
+        attacker, target.mobile_step, images, epochs=config.attacker_epochs, batch_size=config.batch_size,
+        on_epoch=_epoch_printer(log, config.attacker_epochs, "attacker"),
+    )
+    seconds = time.perf_counter() - started
+    with atomic_path(out / ATTACKER_WEIGHTS) as tmp:
+        attacker.save_weights(tmp, save_format="h5")
+    result = {"history": history, "train_mse": history[-1]["train_mse"], "num_images": len(images),
+              "seconds": seconds}
+    _update_metrics(out, "attacker", result, config)
+    return result
+
+
+def reconstruct_step(config: Part1Config, out: Path, log: Log = print) -> dict:
+    """Reconstruct ``small2`` with the saved attacker: the figure of the first 16 and the test MSE."""
+    target = load_target(out)
+    attacker = AttackModel()
+    attacker.load_weights(_require(out / ATTACKER_WEIGHTS, "train-attacker"))
+    started = time.perf_counter()
+    images, _ = data.as_arrays(data.load_split("small2", config.data_dir, limit=config.test_size))
+    guesses = training.reconstruct(attacker, target.mobile_step, images)
+    test_mse = float(np.mean((guesses - images) ** 2))
+    save_reconstruction_grid(images[:NUM_SHOWN], guesses[:NUM_SHOWN], out / FIGURE,
+                             f"Non-private target: first {min(NUM_SHOWN, len(images))} images of small2")
+    result = {"test_mse": test_mse, "num_images": len(images), "figure": FIGURE,
+              "seconds": time.perf_counter() - started}
+    log(f"test: reconstruction MSE on {len(images)} small2 images {test_mse:.4f} (clipped to [0, 1]); figure {out / FIGURE}")
+    _update_metrics(out, "test", result, config)
+    return result
+
+
+def run_part1(config: Part1Config, out: str | os.PathLike, *, overwrite: bool = False, log: Log = print) -> dict:
+    """Part 1 end to end: train the target, train the attacker, reconstruct the test images."""
+    out = prepare_run_folder(out, overwrite)
+    if overwrite:
+        (out / METRICS).unlink(missing_ok=True)
+    train_target_step(config, out, log)
+    train_attacker_step(config, out, log)
+    reconstruct_step(config, out, log)
+    return read_json(out / METRICS)

@@ -1,0 +1,141 @@
+"""TF2 training loops of the post: one custom loop (``tf.function`` + ``GradientTape`` + Keras
+metrics) that trains the target on images and the attacker on intercepted codes.
+
+As in the post, losses are per-example and the gradient is taken of the per-example vector, i.e.
+of its sum over the batch (Adam makes the scale all but irrelevant).
+
+The post calls ``model(images)`` with no ``training`` flag. In TF2 Keras that means inference
+mode: batch norm uses its (never updated) moving statistics and dropout is off, also while
+training. ``training=None`` reproduces that (the default everywhere in this package);
+``training=True`` runs batch norm on batch statistics and dropout on, the usual Keras way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+keras = tf.keras
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a loop optimises and reports: a per-example loss and a Keras metric class."""
+
+    name: str
+    loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+    metric: type[keras.metrics.Metric]
+    metric_name: str
+
+
+CLASSIFY = Task("target", keras.losses.sparse_categorical_crossentropy,
+                keras.metrics.SparseCategoricalAccuracy, "accuracy")
+RECONSTRUCT = Task("attacker", keras.losses.mean_squared_error, keras.metrics.MeanSquaredError, "mse")
+
+EpochCallback = Callable[[dict], None]
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, numpy and TensorFlow; ``deterministic`` also switches on TF's op determinism."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def fit(
+    model: keras.Model,
+    task: Task,
+    train_ds: tf.data.Dataset,
+    *,
+    epochs: int,
+    val_ds: tf.data.Dataset | None = None,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    training: bool | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict]:
+    """Train ``model`` on batches of ``(inputs, targets)`` and return one log row per epoch.
+
+    Each row holds ``epoch``, ``train_loss``, ``train_<metric>``, and with ``val_ds`` also
+    ``val_loss`` and ``val_<metric>``, plus ``seconds``. ``on_epoch`` receives each row as soon
+    as the epoch ends (progress printing).
+    """
+    optimizer = optimizer or keras.optimizers.Adam()
+    train_loss, val_loss = keras.metrics.Mean(), keras.metrics.Mean()
+    train_metric, val_metric = task.metric(), task.metric()
+
+    @tf.function
+    def train_step(inputs, targets):
+        with tf.GradientTape() as tape:
+            predictions = model(inputs, training=training)
+            losses = task.loss(targets, predictions)
+        gradients = tape.gradient(losses, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        train_loss.update_state(losses)
+        train_metric.update_state(targets, predictions)
+
+    @tf.function
+    def val_step(inputs, targets):
+        predictions = model(inputs, training=False)
+        val_loss.update_state(task.loss(targets, predictions))
+        val_metric.update_state(targets, predictions)
+
+    history = []
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        for inputs, targets in train_ds:
+            train_step(inputs, targets)
+        row = {"epoch": epoch, "train_loss": float(train_loss.result()),
+               f"train_{task.metric_name}": float(train_metric.result())}
+        if val_ds is not None:
+            for inputs, targets in val_ds:
+                val_step(inputs, targets)
+            row["val_loss"] = float(val_loss.result())
+            row[f"val_{task.metric_name}"] = float(val_metric.result())
+        row["seconds"] = time.perf_counter() - started
+        for metric in (train_loss, val_loss, train_metric, val_metric):
+            metric.reset_state()
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return history
+
+
+def query_codes(mobile_step: Callable, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Query the on-device stage once per image: (n, 105, 105, 1) -> (n, 1, 1, 32).
+
+    The intercepted stage is frozen and runs in inference mode, so its answer to an image never
+    changes; the attacker can train on these codes for every epoch instead of re-querying.
+    """
+    return np.concatenate([
+        mobile_step(images[start:start + batch_size], training=False).numpy()
+        for start in range(0, len(images), batch_size)
+    ])
+
+
+def train_attacker(
+    attacker: keras.Model,
+    mobile_step: Callable,
+    images: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict]:
+    """The post's attacker training: decode intercepted codes of ``images`` back into ``images``.
+
+    Batches in the data's order, unshuffled, as the post does. Returns the per-epoch log.
+    """
+    codes = query_codes(mobile_step, images)
+    pairs = tf.data.Dataset.from_tensor_slices((codes, images)).batch(batch_size)
+    return fit(attacker, RECONSTRUCT, pairs, epochs=epochs, on_epoch=on_epoch)
+
+
+def reconstruct(attacker: keras.Model, mobile_step: Callable, images: np.ndarray) -> np.ndarray:
+    """The attacker's guesses of ``images`` from their intercepted codes, clipped to [0, 1]."""
+    codes = query_codes(mobile_step, images)
+    guesses = np.concatenate([attacker(codes[i:i + 256]).numpy() for i in range(0, len(codes), 256)])
+    return np.clip(guesses, 0.0, 1.0)

@@ -193,8 +193,8 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None, limit: int
     builder = omniglot_builder(data_dir)
     if split not in builder.info.splits:
         raise UsageError(f"Unknown Omniglot split {split!r}; choose one of {sorted(builder.info.splits)}.")
-    # tfds caches small splits in memory; a cache cut short by take() only logs warnings
-    read_config = tfds.ReadConfig(try_autocache=limit is None)
+    # No tfds autocache: callers cache after take()/skip(), and a cache cut short logs warnings.
+    read_config = tfds.ReadConfig(try_autocache=False)
     ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
     if limit is not None:
         ds = ds.take(limit)

@@ -172,7 +172,8 @@ def reconstruct_step(config: Part1Config, out: Path, log: Log = print) -> dict:
                              f"Non-private target: first {min(NUM_SHOWN, len(images))} images of small2")
     result = {"test_mse": test_mse, "num_images": len(images), "figure": FIGURE,
               "seconds": time.perf_counter() - started}
-    log(f"test: reconstruction MSE on {len(images)} small2 images {test_mse:.4f} (clipped to [0, 1]); figure {out / FIGURE}")
+    log(f"test: reconstruction MSE on {len(images)} small2 images {test_mse:.4f} (clipped to [0, 1]); "
+        f"figure {out / FIGURE}")
     _update_metrics(out, "test", result, config)
     return result
 

@@ -73,7 +73,7 @@ def fit(
             predictions = model(inputs, training=training)
             losses = task.loss(targets, predictions)
         gradients = tape.gradient(losses, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         train_loss.update_state(losses)
         train_metric.update_state(targets, predictions)
 

@@ -1,0 +1,57 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from omniglot_inversion import cli, runs
+
+
+def test_part1_quick_writes_weights_metrics_and_figure(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["part1", "--quick", "--out", str(out), "--data-dir", data_dir, "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "target epoch 2/2" in printed and "attacker epoch 5/5" in printed
+    metrics = json.loads((out / runs.METRICS).read_text())
+    assert metrics["config"]["seed"] == 3 and metrics["config"]["epochs"] == 2
+    assert len(metrics["target"]["history"]) == 2 and len(metrics["attacker"]["history"]) == 5
+    assert 0.0 <= metrics["target"]["val_accuracy"] <= 1.0
+    assert metrics["attacker"]["train_mse"] == metrics["attacker"]["history"][-1]["train_mse"]
+    assert 0.0 < metrics["test"]["test_mse"] < 1.0
+    assert metrics["versions"]["tensorflow"] == "2.15.1"
+    for name in (runs.TARGET_WEIGHTS, runs.MOBILE_STAGE, runs.ATTACKER_WEIGHTS):
+        assert (out / name).stat().st_size > 100_000
+    figure = np.asarray(Image.open(out / runs.FIGURE))
+    assert figure.shape[1] > figure.shape[0] > 100
+    assert not list(out.glob(".*partial*"))
+    # the saved weights reload into fresh models and reproduce the recorded test MSE
+    target = runs.load_target(out)
+    images = runs.data.as_arrays(runs.data.load_split("small2", data_dir, limit=64))[0]
+    attacker = runs.AttackModel()
+    attacker.load_weights(out / runs.ATTACKER_WEIGHTS)
+    guesses = runs.training.reconstruct(attacker, target.mobile_step, images)
+    assert abs(float(np.mean((guesses - images) ** 2)) - metrics["test"]["test_mse"]) < 1e-6
+
+
+def test_existing_run_is_refused_without_overwrite(tmp_path, data_dir, capsys):
+    (tmp_path / runs.METRICS).write_text("{}")
+    assert cli.main(["part1", "--quick", "--out", str(tmp_path), "--data-dir", data_dir]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / runs.METRICS).read_text() == "{}"
+
+
+def test_step_without_its_input_names_the_missing_step(tmp_path, data_dir, capsys):
+    assert cli.main(["train-attacker", "--quick", "--out", str(tmp_path), "--data-dir", data_dir]) == 2
+    assert "run `omniglot-inversion train-target`" in capsys.readouterr().err
+
+
+def test_missing_data_folder_exits_2_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "omniglot_inversion.cli", "part1", "--quick", "--out", str(tmp_path / "run"),
+         "--data-dir", str(tmp_path / "no-such-folder")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "no-such-folder' does not exist" in result.stderr and "OMNIGLOT_DIR" in result.stderr

@@ -1,0 +1,106 @@
+import hashlib
+import io
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from omniglot_inversion import data
+from omniglot_inversion.errors import UsageError
+
+
+def _count(ds) -> int:
+    return int(ds.reduce(0, lambda total, _: total + 1))
+
+
+def test_split_sizes_shapes_and_range(data_dir):
+    train, val = data.target_datasets(data_dir)
+    train_batches = list(train.as_numpy_iterator())
+    assert sum(len(labels) for _, labels in train_batches) == 11_000
+    assert train_batches[0][0].shape == (32, 105, 105, 1)
+    assert sum(len(labels) for _, labels in val.as_numpy_iterator()) == 2_180
+    assert _count(data.load_split("small1", data_dir)) == 2_720
+    images, labels = data.as_arrays(data.load_split("small2", data_dir))
+    assert images.shape == (3_120, 105, 105, 1) and images.dtype == np.float32
+    assert images.min() == 0.0 and 0.999 < images.max() <= 1.0
+    assert labels.min() >= 0 and labels.max() < data.NUM_ALPHABETS
+    # about 8 % of pixels are ink (README of the data folder)
+    assert 0.04 < float(np.mean(images < 0.5)) < 0.12
+
+
+def test_train_and_validation_are_the_first_11000_and_the_rest(data_dir):
+    everything, _ = data.as_arrays(data.load_split("test", data_dir))
+    val_images = np.concatenate([x for x, _ in data.target_datasets(data_dir)[1].as_numpy_iterator()])
+    np.testing.assert_array_equal(val_images, everything[11_000:])
+
+
+def _zip_alphabets(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return [name.split("/")[1] for name in archive.namelist() if name.endswith(".png")]
+
+
+def _binary_hash(pixels: np.ndarray) -> str:
+    return hashlib.sha1(np.packbits(pixels > 0.5).tobytes()).hexdigest()
+
+
+def test_alphabet_ids_are_tfds_numbering(data_dir):
+    folder = Path(data_dir)
+    all_names = sorted(set(_zip_alphabets(folder / "images_background.zip"))
+                       | set(_zip_alphabets(folder / "images_evaluation.zip")))
+    assert len(all_names) == 50
+    assert data.alphabet_names(data_dir) == all_names
+    for split, archive in (("small1", "images_background_small1.zip"), ("test", "images_evaluation.zip")):
+        _, labels = data.as_arrays(data.load_split(split, data_dir))
+        by_name = Counter(all_names[label] for label in labels.tolist())
+        assert by_name == Counter(_zip_alphabets(folder / archive))
+
+
+def test_records_are_the_archive_images_with_their_alphabets(data_dir):
+    names = data.alphabet_names(data_dir)
+    images, labels = data.as_arrays(data.load_split("small2", data_dir))
+    pairs = zip(images, labels.tolist(), strict=True)
+    from_records = Counter((names[label], _binary_hash(image)) for image, label in pairs)
+    from_zip = Counter()
+    with zipfile.ZipFile(Path(data_dir) / "images_background_small2.zip") as archive:
+        for name in archive.namelist():
+            if name.endswith(".png"):
+                pixels = np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("L"), np.float32) / 255
+                from_zip[(name.split("/")[1], _binary_hash(pixels))] += 1
+    assert from_records == from_zip
+
+
+def test_limit_takes_the_first_records(data_dir):
+    first, _ = data.as_arrays(data.load_split("small1", data_dir, limit=40))
+    everything, _ = data.as_arrays(data.load_split("small1", data_dir))
+    np.testing.assert_array_equal(first, everything[:40])
+
+
+def test_missing_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(UsageError, match="does not exist.*OMNIGLOT_DIR"):
+        data.load_split("small1", tmp_path / "nowhere")
+
+
+def test_incomplete_folder_names_each_problem(tmp_path, data_dir):
+    (tmp_path / "images_background_small1.zip").write_bytes(
+        (Path(data_dir) / "images_background_small1.zip").read_bytes())
+    (tmp_path / "images_evaluation.zip").write_bytes(b"not a zip")
+    with zipfile.ZipFile(tmp_path / "images_background_small2.zip", "w") as archive:
+        archive.writestr("images_background_small2/Greek/character01/0001_01.png", b"x")
+    with pytest.raises(UsageError) as raised:
+        data.check_archive_dir(tmp_path)
+    message = str(raised.value)
+    assert "images_background.zip is missing" in message
+    assert "images_evaluation.zip is not a readable zip" in message
+    assert "images_background_small2.zip holds 1 PNG images (expected 3120)" in message
+    assert "small1" not in message.split("incomplete:")[1].split("Put the")[0]
+
+
+def test_environment_variable_selects_the_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "from-env"))
+    assert data.resolve_archive_dir(None) == tmp_path / "from-env"
+    assert data.resolve_archive_dir("explicit") == Path("explicit")
+    monkeypatch.delenv(data.DATA_DIR_ENV)
+    assert data.resolve_archive_dir(None) is None

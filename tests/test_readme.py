@@ -1,0 +1,23 @@
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    lines = (REPO / "README.md").read_text().splitlines()
+    return [line.strip() for line in lines[:12] if line.startswith("    ")]
+
+
+def test_readme_opens_with_the_main_and_the_test_command():
+    main_command, test_command = _readme_commands()
+    assert "omniglot-inversion part1" in main_command and "python3.11 -m venv" in main_command
+    assert "pytest" in test_command and "python3.11 -m venv" in test_command
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    _, test_command = _readme_commands()
+    assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_setup_cfg_declares_the_console_script():
+    assert "omniglot-inversion = omniglot_inversion.cli:main" in (REPO / "setup.cfg").read_text()

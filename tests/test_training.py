@@ -1,0 +1,36 @@
+import numpy as np
+
+from omniglot_inversion import AttackModel, TargetModel, data, training
+
+
+def test_short_target_run_lowers_the_loss(data_dir):
+    training.set_seed(1)
+    train, val = data.target_datasets(data_dir, train_size=320, val_size=64, seed=1)
+    history = training.fit(TargetModel(), training.CLASSIFY, train, val_ds=val, epochs=3)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert {"train_accuracy", "val_accuracy", "val_loss", "seconds"} <= set(history[0])
+
+
+def test_short_attacker_run_lowers_the_mse(data_dir):
+    training.set_seed(2)
+    images, _ = data.as_arrays(data.load_split("small1", data_dir, limit=96))
+    target = TargetModel()
+    history = training.train_attacker(AttackModel(), target.mobile_step, images, epochs=10)
+    assert history[-1]["train_mse"] < 0.8 * history[0]["train_mse"]
+
+
+def test_codes_are_queried_once_and_match_the_mobile_step():
+    target = TargetModel()
+    images = np.random.default_rng(0).uniform(size=(300, 105, 105, 1)).astype(np.float32)
+    codes = training.query_codes(target.mobile_step, images)
+    assert codes.shape == (300, 1, 1, 32)
+    np.testing.assert_allclose(codes[:5], target.mobile_step(images[:5]).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_reconstructions_are_clipped_to_unit_range():
+    target, attacker = TargetModel(), AttackModel()
+    attacker.conv4.bias.assign([5.0])  # force outputs above 1
+    guesses = training.reconstruct(attacker, target.mobile_step, np.zeros((4, 105, 105, 1), np.float32))
+    assert guesses.shape == (4, 105, 105, 1)
+    assert guesses.max() == 1.0 and guesses.min() >= 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -21,13 +22,8 @@ def _positive_int(text: str) -> int:
 
 def _add_part1_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="run folder (created if missing)")
-    parser.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR, "
-                        "else download through tfds)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (about a minute)")
+    _add_common_options(parser)
     parser.add_argument("--epochs", type=_positive_int, help="target epochs (post: 10)")
-    parser.add_argument("--attacker-epochs", type=_positive_int, help="attacker epochs (post: 100)")
-    parser.add_argument("--batch-size", type=_positive_int, help="batch size (post: 32)")
     parser.add_argument("--keras-training-mode", action="store_true",
                         help="call the target with training=True while training (batch norm on batch "
                         "statistics, dropout on); the post's loop runs it in inference mode")
@@ -60,6 +56,80 @@ def _run_part1_step(args: argparse.Namespace) -> None:
     step(config, args.out)
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR, "
+                        "else download through tfds)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (about a minute)")
+    parser.add_argument("--attacker-epochs", type=_positive_int, help="attacker epochs (post: 100)")
+    parser.add_argument("--batch-size", type=_positive_int, help="batch size (post: 32)")
+
+
+def _add_part2_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="run folder (created if missing)")
+    _add_common_options(parser)
+    parser.add_argument("--noise", type=float, nargs="+", help="noise multipliers (post: 0.7 0.5 0.3)")
+    parser.add_argument("--clip", type=_positive_float, help="l2 norm clip (post: 1.0)")
+    parser.add_argument("--learning-rate", type=_positive_float, help="Adam learning rate (post: 0.005)")
+    parser.add_argument("--microbatches", type=_positive_int, help="microbatches per batch (post: batch size)")
+    parser.add_argument("--epochs", type=_positive_int, help="DP epochs (post: 20)")
+    parser.add_argument("--steps-per-epoch", type=_positive_int, help="steps per epoch (post: ceil(13180 / 32))")
+    parser.add_argument("--delta", type=_positive_float, help="delta for epsilon (post: 1e-5)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+
+
+def _run_part2(args: argparse.Namespace) -> None:
+    from omniglot_inversion import part2
+
+    values = dict(part2.QUICK) if args.quick else {}
+    names = {"noise": "noise_multipliers", "clip": "l2_norm_clip", "learning_rate": "learning_rate",
+             "microbatches": "num_microbatches", "epochs": "epochs", "steps_per_epoch": "steps_per_epoch",
+             "delta": "delta", "attacker_epochs": "attacker_epochs", "batch_size": "batch_size"}
+    for option, field in names.items():
+        value = getattr(args, option)
+        if value is not None:
+            values[field] = tuple(value) if option == "noise" else value
+    config = part2.Part2Config(seed=args.seed, data_dir=args.data_dir, **values)
+    part2.run_part2(config, args.out, overwrite=args.overwrite)
+    print(f"Part 2 done: {args.out / 'metrics.json'}")
+
+
+def _run_epsilon(args: argparse.Namespace) -> None:
+    from omniglot_inversion import accounting
+    from omniglot_inversion.part2 import write_epsilon_table
+
+    rows = accounting.epsilon_table(args.noise, n=args.n, batch_size=args.batch_size, epochs=args.epochs,
+                                    delta=args.delta)
+    print(accounting.format_table(rows))
+    print(accounting.POISSON_CAVEAT)
+    if args.statement:
+        for noise in args.noise:
+            print(accounting.statement(args.n, args.batch_size, args.epochs, noise, args.delta))
+    if args.out is not None:
+        write_epsilon_table(rows, args.out)
+        print(f"written: {args.out / 'epsilon.json'}, {args.out / 'epsilon.csv'}")
+
+
+def _run_attack(args: argparse.Namespace) -> None:
+    from omniglot_inversion import runs
+    from omniglot_inversion.files import write_json
+    from omniglot_inversion.interception import load_intercepted
+
+    target = load_intercepted(args.intercepted)
+    config = _part1_config(args)
+    out = runs.prepare_run_folder(args.out, args.overwrite)
+    result = runs.attack(target, config, out, f"Attack on {args.intercepted.name}: small2 and reconstructions")
+    write_json(out / runs.METRICS, {"config": dataclasses.asdict(config), "intercepted": str(args.intercepted),
+                                    "versions": runs.versions(), **result})
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``omniglot-inversion`` command."""
     parser = argparse.ArgumentParser(
@@ -80,6 +150,31 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("part1", "train-target"):
             sub.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
         sub.set_defaults(handler=_run_part1_step)
+
+    text = "Part 2 end to end: DP-trained targets per noise level, epsilon table, interception, attacks"
+    sub = commands.add_parser("part2", help=text, description=text)
+    _add_part2_options(sub)
+    sub.set_defaults(handler=_run_part2)
+
+    text = "epsilon table of DP-SGD: TensorFlow Privacy 0.9.0 and the post's 2020 accounting side by side"
+    sub = commands.add_parser("epsilon", help=text, description=text)
+    sub.add_argument("--noise", type=_positive_float, nargs="+", default=[0.7, 0.5, 0.3],
+                     help="noise multipliers (default: the post's 0.7 0.5 0.3)")
+    sub.add_argument("--n", type=_positive_int, default=13_180, help="training set size (post: 13180)")
+    sub.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
+    sub.add_argument("--epochs", type=_positive_float, default=20, help="epochs (default 20)")
+    sub.add_argument("--delta", type=_positive_float, default=1e-5, help="delta (default 1e-5)")
+    sub.add_argument("--out", type=Path, help="folder to write epsilon.json and epsilon.csv into")
+    sub.add_argument("--statement", action="store_true",
+                     help="also print TensorFlow Privacy's full privacy statement per noise level")
+    sub.set_defaults(handler=_run_epsilon)
+
+    text = "train a new attacker against an intercepted on-device stage (Keras HDF5) and test it"
+    sub = commands.add_parser("attack", help=text, description=text)
+    sub.add_argument("--intercepted", required=True, type=Path, help="HDF5 file of the on-device stage")
+    _add_part1_options(sub)
+    sub.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    sub.set_defaults(handler=_run_attack)
     return parser
 
 

@@ -216,17 +216,19 @@ def target_datasets(
     val_size: int | None = None,
     batch_size: int = BATCH_SIZE,
     seed: int | None = None,
+    repeat: bool = False,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """The post's target data: first ``train_size`` records of ``test`` (shuffled 1000, batched)
-    for training, the following ``val_size`` (default: all the rest, 2,180) for validation."""
+    for training, the following ``val_size`` (default: all the rest, 2,180) for validation.
+
+    ``repeat`` repeats the shuffled records before batching, as Part 2 of the post does, so every
+    batch is full and an epoch is a number of steps rather than a pass over the data.
+    """
     records = load_split("test", data_dir)
-    train = (
-        records.take(train_size)
-        .cache()
-        .shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    train = records.take(train_size).cache().shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        train = train.repeat()
+    train = train.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     rest = records.skip(train_size)
     if val_size is not None:
         rest = rest.take(val_size)

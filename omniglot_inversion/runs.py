@@ -139,10 +139,20 @@ def load_target(out: Path) -> TargetModel:
     return model
 
 
-def train_attacker_step(config: Part1Config, out: Path, log: Log = print) -> dict:
-    """Train a fresh AttackModel on ``small1`` by querying the saved target's on-device stage."""
+def attack(target, config, out: Path, title: str, log: Log = print) -> dict:
+    """Train a fresh attacker against ``target``'s on-device stage and test it: the shared core of
+    Part 1, of Part 2 (per noise level) and of ``attack --intercepted``.
+
+    ``config`` supplies ``seed``, ``attacker_epochs``, ``batch_size``, ``attacker_size``,
+    ``test_size`` and ``data_dir``. Writes the attacker weights and the figure into ``out``.
+    """
+    return {"attacker": train_attacker(target, config, out, log),
+            "test": test_attacker(target, config, out, title, log)}
+
+
+def train_attacker(target, config, out: Path, log: Log = print) -> dict:
+    """Train a fresh AttackModel on ``small1`` by querying ``target.mobile_step``; save its weights."""
     training.set_seed(config.seed)
-    target = load_target(out)
     images, _ = data.as_arrays(data.load_split("small1", config.data_dir, limit=config.attacker_size))
     attacker = AttackModel()
     started = time.perf_counter()
@@ -153,27 +163,38 @@ def train_attacker_step(config: Part1Config, out: Path, log: Log = print) -> dic
     seconds = time.perf_counter() - started
     with atomic_path(out / ATTACKER_WEIGHTS) as tmp:
         attacker.save_weights(tmp, save_format="h5")
-    result = {"history": history, "train_mse": history[-1]["train_mse"], "num_images": len(images),
-              "seconds": seconds}
-    _update_metrics(out, "attacker", result, config)
-    return result
+    return {"history": history, "train_mse": history[-1]["train_mse"], "num_images": len(images),
+            "seconds": seconds}
 
 
-def reconstruct_step(config: Part1Config, out: Path, log: Log = print) -> dict:
-    """Reconstruct ``small2`` with the saved attacker: the figure of the first 16 and the test MSE."""
-    target = load_target(out)
+def test_attacker(target, config, out: Path, title: str, log: Log = print) -> dict:
+    """Reconstruct ``small2`` with the attacker saved in ``out``: test MSE and the figure of the first 16."""
     attacker = AttackModel()
     attacker.load_weights(_require(out / ATTACKER_WEIGHTS, "train-attacker"))
     started = time.perf_counter()
     images, _ = data.as_arrays(data.load_split("small2", config.data_dir, limit=config.test_size))
     guesses = training.reconstruct(attacker, target.mobile_step, images)
     test_mse = float(np.mean((guesses - images) ** 2))
-    save_reconstruction_grid(images[:NUM_SHOWN], guesses[:NUM_SHOWN], out / FIGURE,
-                             f"Non-private target: first {min(NUM_SHOWN, len(images))} images of small2")
-    result = {"test_mse": test_mse, "num_images": len(images), "figure": FIGURE,
-              "seconds": time.perf_counter() - started}
+    save_reconstruction_grid(images[:NUM_SHOWN], guesses[:NUM_SHOWN], out / FIGURE, title)
     log(f"test: reconstruction MSE on {len(images)} small2 images {test_mse:.4f} (clipped to [0, 1]); "
         f"figure {out / FIGURE}")
+    return {"test_mse": test_mse, "num_images": len(images), "figure": FIGURE,
+            "seconds": time.perf_counter() - started}
+
+
+PART1_TITLE = "Non-private target: first 16 images of small2 (top) and their reconstructions"
+
+
+def train_attacker_step(config: Part1Config, out: Path, log: Log = print) -> dict:
+    """Part 1's attacker step on a run folder holding a trained target."""
+    result = train_attacker(load_target(out), config, out, log)
+    _update_metrics(out, "attacker", result, config)
+    return result
+
+
+def reconstruct_step(config: Part1Config, out: Path, log: Log = print) -> dict:
+    """Part 1's test step on a run folder holding a target and an attacker."""
+    result = test_attacker(load_target(out), config, out, PART1_TITLE, log)
     _update_metrics(out, "test", result, config)
     return result
 

@@ -1,0 +1,146 @@
+"""Part 2 of the post as a pipeline: DP-trained targets, their epsilon, interception, attacks.
+
+Output folder: ``epsilon.json`` / ``epsilon.csv`` (the epsilon table, both accountings), one folder
+per noise level (``noise_0.7/`` ...) with ``dp_model_weights.h5`` (the complete DP model),
+``mobile_stage.h5`` (its on-device stage cut at ``mobile_output``: the intercepted file),
+``attacker_weights.h5`` and ``reconstruction.png``, and ``metrics.json`` with everything.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omniglot_inversion import accounting, data, privacy, training
+from omniglot_inversion.errors import UsageError
+from omniglot_inversion.files import atomic_path, read_json, write_json
+from omniglot_inversion.interception import export_mobile_stage, load_intercepted
+from omniglot_inversion.models import build_complete_model
+from omniglot_inversion.runs import METRICS, MOBILE_STAGE, Log, attack, prepare_run_folder, versions
+
+POST_NOISE_MULTIPLIERS = (0.7, 0.5, 0.3)
+DP_WEIGHTS = "dp_model_weights.h5"
+
+
+@dataclass(frozen=True)
+class Part2Config:
+    """Everything a Part 2 run depends on; saved into ``metrics.json``. Defaults are the post's."""
+
+    noise_multipliers: tuple[float, ...] = POST_NOISE_MULTIPLIERS
+    l2_norm_clip: float = 1.0
+    learning_rate: float = 0.005
+    num_microbatches: int | None = None
+    epochs: int = 20
+    batch_size: int = 32
+    steps_per_epoch: int | None = None  # None: ceil(accounting_n / batch_size), as the post
+    accounting_n: int = 13_180
+    delta: float = 1e-5
+    attacker_epochs: int = 100
+    seed: int = 0
+    train_size: int = data.TARGET_TRAIN_SIZE
+    val_size: int | None = None
+    attacker_size: int | None = None
+    test_size: int | None = None
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        if not self.noise_multipliers:
+            raise UsageError("give at least one noise multiplier.")
+        for name in ("epochs", "attacker_epochs", "batch_size", "train_size", "accounting_n"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise UsageError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}.")
+        for noise in self.noise_multipliers:
+            self.settings(noise)  # validates clip, noise, microbatches, learning rate
+        accounting.check_privacy_parameters(self.accounting_n, self.batch_size, self.epochs, self.delta)
+
+    @property
+    def steps(self) -> int:
+        """Steps per epoch actually run."""
+        return self.steps_per_epoch or math.ceil(self.accounting_n / self.batch_size)
+
+    def settings(self, noise_multiplier: float) -> privacy.DPSettings:
+        return privacy.DPSettings(noise_multiplier=noise_multiplier, l2_norm_clip=self.l2_norm_clip,
+                                  batch_size=self.batch_size, num_microbatches=self.num_microbatches,
+                                  learning_rate=self.learning_rate)
+
+
+QUICK = dict(noise_multipliers=(0.7,), epochs=1, steps_per_epoch=2, attacker_epochs=2, train_size=256,
+             val_size=64, attacker_size=64, test_size=32)
+
+
+def noise_folder(out: Path, noise_multiplier: float) -> Path:
+    return out / f"noise_{noise_multiplier:g}"
+
+
+def write_epsilon_table(rows: list[dict], out: Path) -> None:
+    """``epsilon.json`` and ``epsilon.csv`` in ``out``, each written atomically."""
+    write_json(out / "epsilon.json", {"rows": rows, "caveat": accounting.POISSON_CAVEAT})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(out / "epsilon.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, log: Log = print) -> dict:
+    """Train the complete model with DP-SGD at one noise level; save it and its mobile stage."""
+    training.set_seed(config.seed)
+    train_ds, val_ds = data.target_datasets(
+        config.data_dir, train_size=config.train_size, val_size=config.val_size,
+        batch_size=config.batch_size, seed=config.seed, repeat=True,
+    )
+    model = build_complete_model()
+    started = time.perf_counter()
+
+    def report(row: dict) -> None:
+        log(f"DP noise {noise_multiplier:g} epoch {row['epoch']}/{config.epochs}  train_accuracy "
+            f"{row['train_accuracy']:.4f}  val_accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.1f} s, "
+            f"{row['seconds'] / config.steps:.3f} s/step)")
+
+    history = privacy.train_dp(model, config.settings(noise_multiplier), train_ds, val_ds=val_ds,
+                               epochs=config.epochs, steps_per_epoch=config.steps, on_epoch=report)
+    seconds = time.perf_counter() - started
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / DP_WEIGHTS) as tmp:
+        model.save_weights(tmp, save_format="h5")
+    export_mobile_stage(model, folder / MOBILE_STAGE)
+    return {"history": history, "train_accuracy": history[-1]["train_accuracy"],
+            "val_accuracy": history[-1]["val_accuracy"], "seconds": seconds,
+            "seconds_per_step": seconds / (config.epochs * config.steps), "steps": config.epochs * config.steps}
+
+
+def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = False, log: Log = print) -> dict:
+    """Part 2 end to end: epsilon table; per noise level a DP target, its interception, an attack."""
+    out = prepare_run_folder(out, overwrite)
+    if overwrite:
+        (out / METRICS).unlink(missing_ok=True)
+    table = accounting.epsilon_table(config.noise_multipliers, n=config.accounting_n,
+                                     batch_size=config.batch_size, epochs=config.epochs, delta=config.delta)
+    write_epsilon_table(table, out)
+    log(accounting.format_table(table))
+    log(accounting.POISSON_CAVEAT)
+    metrics = {"config": dataclasses.asdict(config), "versions": versions(), "epsilon": table,
+               "epsilon_caveat": accounting.POISSON_CAVEAT, "guarantees": privacy.GUARANTEES["optimizer"],
+               "noise_levels": {}}
+    write_json(out / METRICS, metrics)
+    for row in table:
+        noise = row["noise_multiplier"]
+        folder = noise_folder(out, noise)
+        target_result = train_dp_target(config, noise, folder, log)
+        intercepted = load_intercepted(folder / MOBILE_STAGE)
+        title = (f"DP target, noise {noise:g}, epsilon {row['epsilon']:.2f} "
+                 f"(2020 accounting: {row['epsilon_2020']:.1f}): small2 and reconstructions")
+        attack_result = attack(intercepted, config, folder, title, log)
+        metrics["noise_levels"][f"{noise:g}"] = {"epsilon": row["epsilon"], "epsilon_2020": row["epsilon_2020"],
+                                                 "target": target_result, **attack_result}
+        write_json(out / METRICS, metrics)
+    return read_json(out / METRICS)

@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from omniglot_inversion import build_complete_model, cli, part2, runs
+from omniglot_inversion.errors import UsageError
+from omniglot_inversion.privacy import DPSettings, train_dp
+
+
+def _random_batches(batches: int, batch_size: int = 32) -> tf.data.Dataset:
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(batches * batch_size, 105, 105, 1)).astype(np.float32)
+    labels = rng.integers(0, 50, size=batches * batch_size)
+    return tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(batch_size)
+
+
+def test_a_few_dp_steps_run_and_change_the_weights():
+    tf.keras.utils.set_random_seed(0)
+    model = build_complete_model()
+    before = [weight.numpy().copy() for weight in model.trainable_weights]
+    rows = train_dp(model, DPSettings(noise_multiplier=0.7, batch_size=8), _random_batches(2, 8),
+                    epochs=1, steps_per_epoch=2)
+    assert len(rows) == 1 and 0.0 <= rows[0]["train_accuracy"] <= 1.0
+    changed = [not np.array_equal(a, w.numpy()) for a, w in zip(before, model.trainable_weights, strict=True)]
+    assert all(changed)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(noise_multiplier=-0.1), "noise multiplier must be >= 0"),
+    (dict(noise_multiplier=0.7, l2_norm_clip=0.0), "clip must be > 0"),
+    (dict(noise_multiplier=0.7, batch_size=32, num_microbatches=5), "not divisible by the number of microbatches"),
+    (dict(noise_multiplier=0.7, learning_rate=0.0), "learning rate must be > 0"),
+])
+def test_bad_dp_settings_are_refused(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        DPSettings(**kwargs)
+
+
+def test_part2_quick_command_writes_every_output(tmp_path, data_dir, capsys):
+    out = tmp_path / "part2"
+    code = cli.main(["part2", "--quick", "--out", str(out), "--data-dir", data_dir, "--batch-size", "8",
+                     "--noise", "0.7", "0.3"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "DP noise 0.3 epoch 1/1" in printed and "epsilon (2020 accounting, post)" in printed
+    metrics = json.loads((out / runs.METRICS).read_text())
+    assert set(metrics["noise_levels"]) == {"0.7", "0.3"}
+    assert [row["noise_multiplier"] for row in metrics["epsilon"]] == [0.7, 0.3]
+    assert "batch statistics" in metrics["guarantees"] and "Poisson" in metrics["epsilon_caveat"]
+    for noise in ("0.7", "0.3"):
+        level = metrics["noise_levels"][noise]
+        assert level["target"]["steps"] == 2 and level["target"]["seconds_per_step"] > 0
+        assert level["epsilon"] < level["epsilon_2020"]
+        assert 0.0 < level["test"]["test_mse"] < 1.0
+        folder = out / f"noise_{noise}"
+        for name in (part2.DP_WEIGHTS, runs.MOBILE_STAGE, runs.ATTACKER_WEIGHTS, runs.FIGURE):
+            assert (folder / name).stat().st_size > 1000
+    assert (out / "epsilon.csv").exists() and (out / "epsilon.json").exists()
+    # the intercepted file of a DP run feeds the standalone attack command
+    attack_out = tmp_path / "attack"
+    code = cli.main(["attack", "--quick", "--intercepted", str(out / "noise_0.7" / runs.MOBILE_STAGE),
+                     "--out", str(attack_out), "--data-dir", data_dir, "--attacker-epochs", "1"])
+    assert code == 0
+    attack_metrics = json.loads((attack_out / runs.METRICS).read_text())
+    assert len(attack_metrics["attacker"]["history"]) == 1 and (attack_out / runs.FIGURE).exists()
+
+
+def test_part2_refuses_negative_noise_before_writing(tmp_path, capsys):
+    assert cli.main(["part2", "--quick", "--out", str(tmp_path / "run"), "--noise", "-1"]) == 2
+    assert "noise multiplier must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -76,6 +76,12 @@ def _add_part2_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="run folder (created if missing)")
     _add_common_options(parser)
     parser.add_argument("--noise", type=float, nargs="+", help="noise multipliers (post: 0.7 0.5 0.3)")
+    parser.add_argument("--engine", choices=("fast", "optimizer"), default="fast",
+                        help="DP engine: 'fast' (vectorised per-example gradients, default) or 'optimizer' "
+                        "(TensorFlow Privacy's DPKerasAdamOptimizer with model.fit, as the post; ~30x slower)")
+    parser.add_argument("--strict", action="store_true",
+                        help="strict variant: group instead of batch normalisation (no statistics shared "
+                        "between examples)")
     parser.add_argument("--clip", type=_positive_float, help="l2 norm clip (post: 1.0)")
     parser.add_argument("--learning-rate", type=_positive_float, help="Adam learning rate (post: 0.005)")
     parser.add_argument("--microbatches", type=_positive_int, help="microbatches per batch (post: batch size)")
@@ -96,7 +102,8 @@ def _run_part2(args: argparse.Namespace) -> None:
         value = getattr(args, option)
         if value is not None:
             values[field] = tuple(value) if option == "noise" else value
-    config = part2.Part2Config(seed=args.seed, data_dir=args.data_dir, **values)
+    config = part2.Part2Config(seed=args.seed, data_dir=args.data_dir, engine=args.engine,
+                               normalization="group" if args.strict else "batch", **values)
     part2.run_part2(config, args.out, overwrite=args.overwrite)
     print(f"Part 2 done: {args.out / 'metrics.json'}")
 

@@ -24,8 +24,6 @@ from omniglot_inversion.models import MOBILE_OUTPUT, TargetModel
 
 keras = tf.keras
 
-# Layer types whose settings change what the on-device stage computes; in the file's order.
-_COMPUTING_TYPES = ("Conv2D", "BatchNormalization", "MaxPooling2D")
 _NEUTRAL_TYPES = ("InputLayer", "Dropout")
 _COMPARED_SETTINGS = ("filters", "kernel_size", "strides", "padding", "activation", "pool_size",
                       "epsilon", "center", "scale")
@@ -120,7 +118,7 @@ def load_mobile_weights(target: keras.Model, path: str | os.PathLike) -> None:
     expected = [layer for layer in target.layers if layer.weights]
     if len(found) != len(expected):
         raise UsageError(f"{str(path)!r} has {len(found)} layers with weights, the on-device stage has "
-                         f"{len(expected)} (4 convolutions, 4 batch norms); was it cut at {MOBILE_OUTPUT!r}?")
+                         f"{len(expected)} (4 convolutions, 4 normalisations); was it cut at {MOBILE_OUTPUT!r}?")
     for (name, arrays), layer in zip(found, expected, strict=True):
         shapes = [tuple(array.shape) for array in arrays]
         wanted = [tuple(weight.shape) for weight in layer.weights]
@@ -131,8 +129,21 @@ def load_mobile_weights(target: keras.Model, path: str | os.PathLike) -> None:
         layer.set_weights(arrays)
 
 
+def file_normalization(path: str | os.PathLike) -> str:
+    """``"group"`` if an intercepted file holds the strict variant (normalisation layers with two
+    weights: gamma and beta), else ``"batch"`` (four: gamma, beta and the moving statistics)."""
+    path = Path(path)
+    with _open_hdf5(path) as handle:
+        try:
+            found = _weight_layers(handle, path)
+        except (KeyError, TypeError) as err:
+            raise UsageError(f"{str(path)!r} is not a Keras HDF5 weights or model file: {err}") from err
+    return "group" if len(found) > 1 and len(found[1][1]) == 2 else "batch"
+
+
 def load_intercepted(path: str | os.PathLike) -> TargetModel:
-    """A fresh TargetModel whose ``on_device_model`` holds the weights of an intercepted HDF5 file."""
-    model = TargetModel()
+    """A fresh TargetModel whose ``on_device_model`` holds the weights of an intercepted HDF5 file
+    (batch-norm stage as in the post, or the strict group-norm variant, told apart by the file)."""
+    model = TargetModel(normalization=file_normalization(path))
     load_mobile_weights(model.on_device_model, path)
     return model

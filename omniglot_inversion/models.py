@@ -55,9 +55,9 @@ def server_layers(*, dropout: bool) -> list[keras.layers.Layer]:
     return stack
 
 
-def build_on_device_model() -> keras.Sequential:
+def build_on_device_model(normalization: str = "batch") -> keras.Sequential:
     """The post's on-device model, dropout included: (batch, 105, 105, 1) -> (batch, 1, 1, 32)."""
-    return keras.Sequential(mobile_layers(dropout=True), name="on_device_model")
+    return keras.Sequential(mobile_layers(dropout=True, normalization=normalization), name="on_device_model")
 
 
 def build_server_model() -> keras.Sequential:
@@ -71,12 +71,13 @@ class TargetModel(keras.Model):
     """The split target network of the post: an on-device stage and a server stage.
 
     Calling the model runs both; ``mobile_step`` and ``server_step`` run one stage each, which is
-    what lets an attacker query the on-device stage on its own.
+    what lets an attacker query the on-device stage on its own. ``normalization="group"`` builds
+    the strict-DP variant's on-device stage (group instead of batch normalisation).
     """
 
-    def __init__(self, name: str = "TargetModel", **kwargs):
+    def __init__(self, normalization: str = "batch", name: str = "TargetModel", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.on_device_model = build_on_device_model()
+        self.on_device_model = build_on_device_model(normalization)
         self.server_model = build_server_model()
         self.build((None, *IMAGE_SHAPE))
 

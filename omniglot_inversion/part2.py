@@ -33,6 +33,8 @@ class Part2Config:
     """Everything a Part 2 run depends on; saved into ``metrics.json``. Defaults are the post's."""
 
     noise_multipliers: tuple[float, ...] = POST_NOISE_MULTIPLIERS
+    engine: str = "fast"
+    normalization: str = "batch"  # "group": the strict variant
     l2_norm_clip: float = 1.0
     learning_rate: float = 0.005
     num_microbatches: int | None = None
@@ -52,6 +54,10 @@ class Part2Config:
     def __post_init__(self):
         if not self.noise_multipliers:
             raise UsageError("give at least one noise multiplier.")
+        if self.normalization not in ("batch", "group"):
+            raise UsageError(f"normalization must be 'batch' (the post) or 'group' (strict), "
+                             f"got {self.normalization!r}.")
+        privacy.guarantee(self.engine, self.normalization)  # refuses an unknown engine
         for name in ("epochs", "attacker_epochs", "batch_size", "train_size", "accounting_n"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -98,7 +104,7 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
         config.data_dir, train_size=config.train_size, val_size=config.val_size,
         batch_size=config.batch_size, seed=config.seed, repeat=True,
     )
-    model = build_complete_model()
+    model = build_complete_model(config.normalization)
     started = time.perf_counter()
 
     def report(row: dict) -> None:
@@ -107,7 +113,8 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
             f"{row['seconds'] / config.steps:.3f} s/step)")
 
     history = privacy.train_dp(model, config.settings(noise_multiplier), train_ds, val_ds=val_ds,
-                               epochs=config.epochs, steps_per_epoch=config.steps, on_epoch=report)
+                               epochs=config.epochs, steps_per_epoch=config.steps, engine=config.engine,
+                               on_epoch=report)
     seconds = time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / DP_WEIGHTS) as tmp:
@@ -129,8 +136,8 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
     log(accounting.format_table(table))
     log(accounting.POISSON_CAVEAT)
     metrics = {"config": dataclasses.asdict(config), "versions": versions(), "epsilon": table,
-               "epsilon_caveat": accounting.POISSON_CAVEAT, "guarantees": privacy.GUARANTEES["optimizer"],
-               "noise_levels": {}}
+               "epsilon_caveat": accounting.POISSON_CAVEAT,
+               "guarantees": privacy.guarantee(config.engine, config.normalization), "noise_levels": {}}
     write_json(out / METRICS, metrics)
     for row in table:
         noise = row["noise_multiplier"]

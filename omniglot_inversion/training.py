@@ -12,6 +12,7 @@ training. ``training=None`` reproduces that (the default everywhere in this pack
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ CLASSIFY = Task("target", keras.losses.sparse_categorical_crossentropy,
 RECONSTRUCT = Task("attacker", keras.losses.mean_squared_error, keras.metrics.MeanSquaredError, "mse")
 
 EpochCallback = Callable[[dict], None]
+# (inputs, targets) -> (gradients, predictions, per-example losses); runs inside tf.function.
+GradientFn = Callable[[tf.Tensor, tf.Tensor], tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]]
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
@@ -44,6 +47,16 @@ def set_seed(seed: int, deterministic: bool = False) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+def plain_gradients(model: keras.Model, task: Task, training: bool | None) -> GradientFn:
+    """The post's gradient: of the per-example loss vector (i.e. of its sum) by one tape."""
+    def gradients(inputs, targets):
+        with tf.GradientTape() as tape:
+            predictions = model(inputs, training=training)
+            losses = task.loss(targets, predictions)
+        return tape.gradient(losses, model.trainable_variables), predictions, losses
+    return gradients
 
 
 def fit(
@@ -55,25 +68,27 @@ def fit(
     val_ds: tf.data.Dataset | None = None,
     optimizer: keras.optimizers.Optimizer | None = None,
     training: bool | None = None,
+    gradients: GradientFn | None = None,
+    steps_per_epoch: int | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> list[dict]:
     """Train ``model`` on batches of ``(inputs, targets)`` and return one log row per epoch.
 
-    Each row holds ``epoch``, ``train_loss``, ``train_<metric>``, and with ``val_ds`` also
-    ``val_loss`` and ``val_<metric>``, plus ``seconds``. ``on_epoch`` receives each row as soon
-    as the epoch ends (progress printing).
+    ``gradients`` replaces the plain gradient (DP engines); ``steps_per_epoch`` makes an epoch a
+    number of steps drawn from one iterator over ``train_ds`` (which then should repeat), as
+    ``keras.Model.fit`` does. Each row holds ``epoch``, ``train_loss``, ``train_<metric>``, with
+    ``val_ds`` also ``val_loss`` and ``val_<metric>``, and ``seconds``. ``on_epoch`` receives each
+    row as soon as the epoch ends (progress printing).
     """
     optimizer = optimizer or keras.optimizers.Adam()
+    gradients = gradients or plain_gradients(model, task, training)
     train_loss, val_loss = keras.metrics.Mean(), keras.metrics.Mean()
     train_metric, val_metric = task.metric(), task.metric()
 
     @tf.function
     def train_step(inputs, targets):
-        with tf.GradientTape() as tape:
-            predictions = model(inputs, training=training)
-            losses = task.loss(targets, predictions)
-        gradients = tape.gradient(losses, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        step_gradients, predictions, losses = gradients(inputs, targets)
+        optimizer.apply_gradients(zip(step_gradients, model.trainable_variables, strict=True))
         train_loss.update_state(losses)
         train_metric.update_state(targets, predictions)
 
@@ -83,10 +98,11 @@ def fit(
         val_loss.update_state(task.loss(targets, predictions))
         val_metric.update_state(targets, predictions)
 
+    batches = iter(train_ds) if steps_per_epoch else None
     history = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        for inputs, targets in train_ds:
+        for inputs, targets in (itertools.islice(batches, steps_per_epoch) if batches else train_ds):
             train_step(inputs, targets)
         row = {"epoch": epoch, "train_loss": float(train_loss.result()),
                f"train_{task.metric_name}": float(train_metric.result())}

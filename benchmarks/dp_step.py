@@ -1,0 +1,91 @@
+"""Seconds per training step of the post's complete model, batch 32, in one process on one batch:
+a non-private step, TensorFlow Privacy's DPKerasAdamOptimizer ("optimizer"), the fast engine
+("fast") and the fast engine on the strict group-norm variant ("strict"). Median of repeated steps
+after warm-up; prints the ratios to the plain step and writes the seconds to --json.
+
+    python benchmarks/dp_step.py --json dp_step.json [--repeats 10] [--optimizer-repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from omniglot_inversion import build_complete_model, training  # noqa: E402
+from omniglot_inversion.fast_dp import fast_dp_gradients  # noqa: E402
+from omniglot_inversion.files import write_json  # noqa: E402
+from omniglot_inversion.privacy import DPSettings, dp_optimizer  # noqa: E402
+
+keras = tf.keras
+
+
+def _timed(step, images, labels, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        step(images, labels)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step(images, labels)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+def _loop_step(model, gradients, optimizer):
+    @tf.function
+    def step(images, labels):
+        grads, _, _ = gradients(images, labels)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    return step
+
+
+def _optimizer_step(model, settings):
+    """One DPKerasAdamOptimizer step as model.fit runs it (train_on_batch)."""
+    model.compile(optimizer=dp_optimizer(settings),
+                  loss=keras.losses.SparseCategoricalCrossentropy(reduction=keras.losses.Reduction.NONE))
+    return lambda images, labels: model.train_on_batch(images, labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", required=True, help="file to write {plain, optimizer, fast, strict} seconds to")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--optimizer-repeats", type=int, default=3, help="the optimizer path takes seconds a step")
+    args = parser.parse_args()
+
+    tf.keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = tf.constant((rng.uniform(size=(32, 105, 105, 1)) > 0.08).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 50, size=32))
+    settings = DPSettings(noise_multiplier=0.7)
+
+    plain_model = build_complete_model()
+    seconds = {
+        "plain": _timed(_loop_step(plain_model, training.plain_gradients(plain_model, training.CLASSIFY, True),
+                                   keras.optimizers.legacy.Adam(0.005)), images, labels, args.repeats),
+    }
+    fast_model = build_complete_model()
+    seconds["fast"] = _timed(_loop_step(fast_model, fast_dp_gradients(fast_model, training.CLASSIFY, settings),
+                                        keras.optimizers.legacy.Adam(0.005)), images, labels, args.repeats)
+    strict_model = build_complete_model("group")
+    seconds["strict"] = _timed(_loop_step(strict_model, fast_dp_gradients(strict_model, training.CLASSIFY, settings),
+                                          keras.optimizers.legacy.Adam(0.005)), images, labels, args.repeats)
+    seconds["optimizer"] = _timed(_optimizer_step(build_complete_model(), settings), images, labels,
+                                  args.optimizer_repeats, warmup=1)
+
+    print(f"post's complete model, batch 32, {os.cpu_count()} CPUs; median seconds per step:")
+    print("| step | s/step | x plain |")
+    print("| --- | --- | --- |")
+    for name in ("plain", "optimizer", "fast", "strict"):
+        print(f"| {name} | {seconds[name]:.4f} | {seconds[name] / seconds['plain']:.2f} |")
+    write_json(args.json, {name: seconds[name] for name in ("plain", "optimizer", "fast", "strict")})
+
+
+if __name__ == "__main__":
+    main()

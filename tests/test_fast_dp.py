@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from omniglot_inversion import build_complete_model, data, training
-from omniglot_inversion.fast_dp import _batch_forward, fast_dp_gradients, per_example_gradients, privatize
+from omniglot_inversion.errors import UsageError
+from omniglot_inversion.fast_dp import fast_dp_gradients, per_example_gradients, privatize
 from omniglot_inversion.privacy import DPSettings, dp_optimizer
 
 keras = tf.keras
@@ -64,12 +65,11 @@ def test_same_gradient_as_the_optimizer_without_cross_example_layers(microbatche
 
 
 def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir):
-    """How close the engines are with batch norm, where they differ by design: the optimizer's
-    per-example gradient includes the path through the batch statistics, the fast engine's does not.
-    Measured on real batches at initialisation (seeds 0-2, batch 16 and 32): cosine similarity of
-    the two noise-free DP gradients 0.50-0.75, norm ratio 0.93-1.35. So the fast engine's update is
-    a different (correlated) DP-SGD direction, not the same one; whether it learns as well is
-    measured by benchmarks/dp_learning.py."""
+    """With batch norm the engines differ by design (module docstring of fast_dp). Measured on
+    real batches of 32 at initialisation (seeds 0-2): cosine similarity of the two noise-free DP
+    updates 0.991-0.995, norm ratio fast / optimizer 0.71-0.74 (the statistics-held norms that
+    set the clip factors are larger than the optimizer's). Against the statistics-held clipped sum
+    alone, the cosine was 0.50-0.75, which is why the engine takes the extra pass."""
     tf.keras.utils.set_random_seed(0)
     model = build_complete_model()
     images, labels = data.as_arrays(data.load_split("test", data_dir, limit=32))
@@ -77,8 +77,8 @@ def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir):
     expected = _flat(_optimizer_gradients(model, settings, tf.constant(images), tf.constant(labels)))
     got = _flat(_fast_gradients(model, settings, tf.constant(images), tf.constant(labels)))
     cosine = float(got @ expected / (np.linalg.norm(got) * np.linalg.norm(expected)))
-    assert 0.4 < cosine < 0.99  # correlated, and not identical: the statistics path matters
-    assert 0.7 < np.linalg.norm(got) / np.linalg.norm(expected) < 1.5
+    assert cosine > 0.98
+    assert 0.6 < np.linalg.norm(got) / np.linalg.norm(expected) < 1.0
 
 
 def test_noise_has_the_documented_standard_deviation():
@@ -96,12 +96,12 @@ def test_per_example_gradients_match_single_example_tapes_given_the_batch_statis
     tf.keras.utils.set_random_seed(1)
     model = build_complete_model()
     images, labels = _batch(4, seed=2)
-    _, statistics = _batch_forward(list(model.layers), images)
-    stacked = per_example_gradients(model, training.CLASSIFY, images, labels, statistics)
+    batch = per_example_gradients(model, training.CLASSIFY, images, labels)
+    assert [g.shape[1:] for g in batch.gradients] == [v.shape for v in model.trainable_variables]
     for index in range(2):
         with tf.GradientTape() as tape:
             hidden = images[index:index + 1]
-            remaining = iter(statistics)
+            remaining = iter(batch.statistics)
             for layer in model.layers:
                 if isinstance(layer, layers.BatchNormalization):
                     mean, variance = next(remaining)
@@ -110,13 +110,32 @@ def test_per_example_gradients_match_single_example_tapes_given_the_batch_statis
                     hidden = layer(hidden)
             loss = training.CLASSIFY.loss(labels[index:index + 1], hidden)[0]
         single = tape.gradient(loss, model.trainable_variables)
-        for batch_row, alone in zip(stacked, single, strict=True):
+        for batch_row, alone in zip(batch.gradients, single, strict=True):
             np.testing.assert_allclose(batch_row[index].numpy(), alone.numpy(), rtol=1e-3, atol=1e-5)
 
 
-def test_batch_forward_updates_the_moving_averages():
+def test_moving_averages_follow_keras_training_step():
+    tf.keras.utils.set_random_seed(3)
     model = build_complete_model()
-    norm = next(layer for layer in model.layers if isinstance(layer, layers.BatchNormalization))
-    before = norm.moving_mean.numpy().copy()
-    fast_dp_gradients(model, training.CLASSIFY, DPSettings(noise_multiplier=0.5, batch_size=8))(*_batch(8))
-    assert not np.allclose(before, norm.moving_mean.numpy())
+    twin = build_complete_model()
+    twin.set_weights(model.get_weights())
+    images, labels = _batch(8)
+    fast_dp_gradients(model, training.CLASSIFY, DPSettings(noise_multiplier=0.5, batch_size=8))(images, labels)
+    twin(images, training=True)  # Keras's own batch-norm update
+    for mine, keras_own in zip(model.non_trainable_weights, twin.non_trainable_weights, strict=True):
+        assert not np.allclose(mine.numpy(), twin_initial(mine))
+        np.testing.assert_allclose(mine.numpy(), keras_own.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def twin_initial(weight) -> np.ndarray:
+    """Initial value of a moving statistic: zeros for means, ones for variances."""
+    return np.zeros(weight.shape) if "moving_mean" in weight.name else np.ones(weight.shape)
+
+
+def test_unsupported_models_are_refused_with_the_alternative():
+    functional = keras.Model(*(lambda i: (i, layers.Dense(3)(i)))(keras.Input((4,))))
+    with pytest.raises(UsageError, match="keras.Sequential"):
+        fast_dp_gradients(functional, training.CLASSIFY, DPSettings(noise_multiplier=1.0))
+    recurrent = keras.Sequential([keras.Input((5, 4)), layers.SimpleRNN(3)])
+    with pytest.raises(UsageError, match="no per-example rule for SimpleRNN"):
+        fast_dp_gradients(recurrent, training.CLASSIFY, DPSettings(noise_multiplier=1.0))

@@ -26,15 +26,19 @@ from omniglot_inversion.privacy import DPSettings, dp_optimizer  # noqa: E402
 keras = tf.keras
 
 
-def _timed(step, images, labels, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        step(images, labels)
-    seconds = []
+def _timed(steps: dict, images, labels, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per step of each step function, measured in interleaved rounds so that a
+    change in machine load touches all of them alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step(images, labels)
+    seconds = {name: [] for name in steps}
     for _ in range(repeats):
-        started = time.perf_counter()
-        step(images, labels)
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds)
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step(images, labels)
+            seconds[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def _loop_step(model, gradients, optimizer):
@@ -65,19 +69,15 @@ def main() -> None:
     labels = tf.constant(rng.integers(0, 50, size=32))
     settings = DPSettings(noise_multiplier=0.7)
 
-    plain_model = build_complete_model()
-    seconds = {
-        "plain": _timed(_loop_step(plain_model, training.plain_gradients(plain_model, training.CLASSIFY, True),
-                                   keras.optimizers.legacy.Adam(0.005)), images, labels, args.repeats),
-    }
-    fast_model = build_complete_model()
-    seconds["fast"] = _timed(_loop_step(fast_model, fast_dp_gradients(fast_model, training.CLASSIFY, settings),
-                                        keras.optimizers.legacy.Adam(0.005)), images, labels, args.repeats)
-    strict_model = build_complete_model("group")
-    seconds["strict"] = _timed(_loop_step(strict_model, fast_dp_gradients(strict_model, training.CLASSIFY, settings),
-                                          keras.optimizers.legacy.Adam(0.005)), images, labels, args.repeats)
-    seconds["optimizer"] = _timed(_optimizer_step(build_complete_model(), settings), images, labels,
-                                  args.optimizer_repeats, warmup=1)
+    steps = {}
+    for name, normalization in (("plain", "batch"), ("fast", "batch"), ("strict", "group")):
+        model = build_complete_model(normalization)
+        gradients = (training.plain_gradients(model, training.CLASSIFY, True) if name == "plain"
+                     else fast_dp_gradients(model, training.CLASSIFY, settings))
+        steps[name] = _loop_step(model, gradients, keras.optimizers.legacy.Adam(0.005))
+    seconds = _timed(steps, images, labels, args.repeats)
+    seconds.update(_timed({"optimizer": _optimizer_step(build_complete_model(), settings)}, images, labels,
+                          args.optimizer_repeats, warmup=1))
 
     print(f"post's complete model, batch 32, {os.cpu_count()} CPUs; median seconds per step:")
     print("| step | s/step | x plain |")

@@ -80,11 +80,20 @@ def _group_standardize(layer, hidden):
     return tf.reshape((grouped - mean) * tf.math.rsqrt(variance + layer.epsilon), shape)
 
 
+def _scale(layer, hidden):
+    return layer.gamma if layer.scale else tf.ones([hidden.shape[-1]], hidden.dtype)
+
+
+def _offset(layer, hidden):
+    return layer.beta if layer.center else tf.zeros([hidden.shape[-1]], hidden.dtype)
+
+
 def _forward(model_layers, inputs):
     """Batch forward with batch statistics held constant.
 
-    Returns the output, one record (layer, layer input, pre-activation output, standardised input)
-    per layer with weights, and the batch-norm statistics.
+    Returns the output, one record (layer, layer input, pre-activation output, extra) per layer with
+    weights, and the batch-norm statistics. For batch norm, extra is (mean, 1 / std); group norm's
+    record holds its standardised input in place of the layer input.
     """
     records, statistics = [], []
     hidden = inputs
@@ -98,28 +107,27 @@ def _forward(model_layers, inputs):
                 pre = pre + layer.bias
             records.append((layer, hidden, pre, None))
             hidden = layer.activation(pre)
-        elif isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization)):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                axes = list(range(len(hidden.shape) - 1))
-                mean, variance = tf.nn.moments(hidden, axes=axes)
-                mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
-                statistics.append((mean, variance))
-                standardized = (hidden - mean) * tf.math.rsqrt(variance + layer.epsilon)
-            else:
-                standardized = _group_standardize(layer, hidden)
-            pre = standardized
-            if layer.scale:
-                pre = pre * layer.gamma
-            if layer.center:
-                pre = pre + layer.beta
-            records.append((layer, hidden, pre, standardized))
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            mean, variance = tf.nn.moments(hidden, axes=list(range(len(hidden.shape) - 1)))
+            mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
+            statistics.append((mean, variance))
+            # one fused op that normalises with the given statistics; they get no gradient
+            pre, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                hidden, _scale(layer, hidden), _offset(layer, hidden), mean=mean, variance=variance,
+                epsilon=layer.epsilon, is_training=False)
+            records.append((layer, hidden, pre, (mean, tf.math.rsqrt(variance + layer.epsilon))))
+            hidden = pre
+        elif isinstance(layer, keras.layers.GroupNormalization):
+            standardized = _group_standardize(layer, hidden)
+            pre = standardized * _scale(layer, hidden) + _offset(layer, hidden)
+            records.append((layer, standardized, pre, None))
             hidden = pre
         else:
             hidden = layer(hidden, training=True)
     return hidden, records, statistics
 
 
-def _layer_gradients(layer, layer_input, output_gradient, standardized) -> dict:
+def _layer_gradients(layer, layer_input, output_gradient, extra) -> dict:
     """Per-example gradients of one layer's weights, keyed by variable reference."""
     per_example = {}
     if isinstance(layer, keras.layers.Conv2D):
@@ -146,10 +154,16 @@ def _layer_gradients(layer, layer_input, output_gradient, standardized) -> dict:
         output_gradient = outputs
     else:  # normalisation: scale and offset per channel
         positions = list(range(1, len(output_gradient.shape) - 1))
+        offset = tf.reduce_sum(output_gradient, axis=positions)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, inverse_std = extra  # sum of gradient * standardised input, without forming the latter
+            scale = (tf.reduce_sum(output_gradient * layer_input, axis=positions) - mean * offset) * inverse_std
+        else:
+            scale = tf.reduce_sum(output_gradient * layer_input, axis=positions)
         if layer.scale:
-            per_example[layer.gamma.ref()] = tf.reduce_sum(output_gradient * standardized, axis=positions)
+            per_example[layer.gamma.ref()] = scale
         if layer.center:
-            per_example[layer.beta.ref()] = tf.reduce_sum(output_gradient, axis=positions)
+            per_example[layer.beta.ref()] = offset
         return per_example
     if layer.use_bias:
         per_example[layer.bias.ref()] = tf.reduce_sum(output_gradient, axis=positions)
@@ -165,8 +179,8 @@ def per_example_gradients(model: keras.Model, task: Task, inputs, targets) -> Pe
         total = tf.reduce_sum(losses)
     output_gradients = tape.gradient(total, [pre for _, _, pre, _ in records])
     gradients = {}
-    for (layer, layer_input, _, standardized), output_gradient in zip(records, output_gradients, strict=True):
-        gradients.update(_layer_gradients(layer, layer_input, output_gradient, standardized))
+    for (layer, layer_input, _, extra), output_gradient in zip(records, output_gradients, strict=True):
+        gradients.update(_layer_gradients(layer, layer_input, output_gradient, extra))
     ordered = [gradients[variable.ref()] for variable in model.trainable_variables]
     return PerExample(ordered, predictions, losses, statistics)
 

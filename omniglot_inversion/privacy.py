@@ -42,10 +42,13 @@ _GUARANTEES = {
         "of standard deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count."
     ),
     "fast": (
-        "Engine 'fast': vectorised per-example gradients with the batch statistics treated as given, "
-        "clipped to l2_norm_clip, summed, Gaussian noise of standard deviation l2_norm_clip * "
-        "noise_multiplier added, divided by the microbatch count (the Gaussian sum query of TensorFlow "
-        "Privacy)."
+        "Engine 'fast': per-example gradients from batch passes (fast_dp); each microbatch's clip "
+        "factor min(1, l2_norm_clip / norm) applied to its gradient, the clipped gradients summed, Gaussian "
+        "noise of standard deviation l2_norm_clip * noise_multiplier added, divided by the microbatch "
+        "count (TensorFlow Privacy's Gaussian sum query). With batch norm the norms behind the clip factors "
+        "are taken with the batch statistics held constant, while the summed gradients flow through them "
+        "(as the optimizer path's do), so a clipped term may exceed l2_norm_clip where the full gradient is "
+        "longer than the statistics-held one."
     ),
 }
 _STRICT = (

@@ -34,9 +34,9 @@ def _part1_config(args: argparse.Namespace):
 
     values = dict(QUICK) if args.quick else {}
     for field in ("epochs", "attacker_epochs", "batch_size"):
-        if getattr(args, field) is not None:
+        if getattr(args, field, None) is not None:
             values[field] = getattr(args, field)
-    return Part1Config(seed=args.seed, keras_training_mode=args.keras_training_mode,
+    return Part1Config(seed=args.seed, keras_training_mode=getattr(args, "keras_training_mode", False),
                        data_dir=args.data_dir, **values)
 
 
@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     text = "train a new attacker against an intercepted on-device stage (Keras HDF5) and test it"
     sub = commands.add_parser("attack", help=text, description=text)
     sub.add_argument("--intercepted", required=True, type=Path, help="HDF5 file of the on-device stage")
-    _add_part1_options(sub)
+    sub.add_argument("--out", required=True, type=Path, help="run folder (created if missing)")
+    _add_common_options(sub)
     sub.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     sub.set_defaults(handler=_run_attack)
     return parser

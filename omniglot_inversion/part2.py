@@ -22,14 +22,14 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
 from omniglot_inversion.interception import export_mobile_stage, load_intercepted
 from omniglot_inversion.models import build_complete_model
-from omniglot_inversion.runs import METRICS, MOBILE_STAGE, Log, attack, prepare_run_folder, versions
+from omniglot_inversion.runs import METRICS, MOBILE_STAGE, Log, RunConfig, attack, prepare_run_folder, versions
 
 POST_NOISE_MULTIPLIERS = (0.7, 0.5, 0.3)
 DP_WEIGHTS = "dp_model_weights.h5"
 
 
 @dataclass(frozen=True)
-class Part2Config:
+class Part2Config(RunConfig):
     """Everything a Part 2 run depends on; saved into ``metrics.json``. Defaults are the post's."""
 
     noise_multipliers: tuple[float, ...] = POST_NOISE_MULTIPLIERS
@@ -39,28 +39,18 @@ class Part2Config:
     learning_rate: float = 0.005
     num_microbatches: int | None = None
     epochs: int = 20
-    batch_size: int = 32
     steps_per_epoch: int | None = None  # None: ceil(accounting_n / batch_size), as the post
     accounting_n: int = 13_180
     delta: float = 1e-5
-    attacker_epochs: int = 100
-    seed: int = 0
-    train_size: int = data.TARGET_TRAIN_SIZE
-    val_size: int | None = None
-    attacker_size: int | None = None
-    test_size: int | None = None
-    data_dir: str | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.noise_multipliers:
             raise UsageError("give at least one noise multiplier.")
         if self.normalization not in ("batch", "group"):
             raise UsageError(f"normalization must be 'batch' (the post) or 'group' (strict), "
                              f"got {self.normalization!r}.")
         privacy.guarantee(self.engine, self.normalization)  # refuses an unknown engine
-        for name in ("epochs", "attacker_epochs", "batch_size", "train_size", "accounting_n"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise UsageError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}.")
         for noise in self.noise_multipliers:

@@ -36,14 +36,14 @@ Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class Part1Config:
-    """Everything a Part 1 run depends on; saved into ``metrics.json``. Defaults are the post's."""
+class RunConfig:
+    """What Part 1 and Part 2 runs share: data sizes, attacker training, seed. Defaults are the post's;
+    a size of None means the whole split."""
 
     epochs: int = 10
     attacker_epochs: int = 100
     batch_size: int = 32
     seed: int = 0
-    keras_training_mode: bool = False
     train_size: int = data.TARGET_TRAIN_SIZE
     val_size: int | None = None
     attacker_size: int | None = None
@@ -58,6 +58,13 @@ class Part1Config:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be at least 1 (or unset for the whole split), got {value}.")
+
+
+@dataclass(frozen=True)
+class Part1Config(RunConfig):
+    """Everything a Part 1 run depends on; saved into ``metrics.json``."""
+
+    keras_training_mode: bool = False
 
 
 # Small sizes for smoke runs: a minute on a CPU, same code path as the full run.

@@ -39,12 +39,13 @@ def test_export_and_load_round_trip_gives_the_same_codes(tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
-def _post_style_stage() -> keras.Model:
-    """The on-device stack written the way the post's R code does it, other layer names, no dropout."""
+def _post_style_stage(filters: int = 32, last_stride: int = 2, code_first: bool = False) -> keras.Model:
+    """The on-device stack written the way the post's R code does it, other layer names, no dropout;
+    the arguments make it not fit: other widths, another last pooling stride, a Lambda layer first."""
     inputs = keras.Input((105, 105, 1))
-    x = inputs
-    for index, (kernel, pool, stride) in enumerate(((7, 3, 3), (7, 3, 2), (5, 2, 2), (3, 2, 2))):
-        x = layers.Conv2D(32, kernel, activation="relu", name=f"my_conv_{index}")(x)
+    x = layers.Lambda(lambda t: t * 2.0)(inputs) if code_first else inputs
+    for index, (kernel, pool, stride) in enumerate(((7, 3, 3), (7, 3, 2), (5, 2, 2), (3, 2, last_stride))):
+        x = layers.Conv2D(filters, kernel, activation="relu", name=f"my_conv_{index}")(x)
         x = layers.BatchNormalization(name=f"my_norm_{index}")(x)
         x = layers.MaxPooling2D(pool, strides=stride, name=f"my_pool_{index}")(x)
     return keras.Model(inputs, x, name="someone_elses_model")
@@ -68,13 +69,7 @@ def test_loads_weights_only_hdf5(tmp_path):
 
 
 def test_refuses_a_stage_with_other_shapes(tmp_path):
-    inputs = keras.Input((105, 105, 1))
-    x = inputs
-    for kernel, pool, stride in ((7, 3, 3), (7, 3, 2), (5, 2, 2), (3, 2, 2)):
-        x = layers.Conv2D(16, kernel, activation="relu")(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.MaxPooling2D(pool, strides=stride)(x)
-    keras.Model(inputs, x).save_weights(tmp_path / "narrow.h5", save_format="h5")
+    _post_style_stage(filters=16).save_weights(tmp_path / "narrow.h5", save_format="h5")
     with pytest.raises(UsageError, match=r"weight shapes \[\(7, 7, 1, 16\), \(16,\)\]"):
         load_intercepted(tmp_path / "narrow.h5")
 
@@ -86,25 +81,13 @@ def test_refuses_an_uncut_complete_model(tmp_path):
 
 
 def test_refuses_other_pooling(tmp_path):
-    inputs = keras.Input((105, 105, 1))
-    x = inputs
-    for kernel, pool, stride in ((7, 3, 3), (7, 3, 2), (5, 2, 2), (3, 2, 1)):
-        x = layers.Conv2D(32, kernel, activation="relu")(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.MaxPooling2D(pool, strides=stride)(x)
-    keras.Model(inputs, x).save(tmp_path / "stride.h5", save_format="h5")
+    _post_style_stage(last_stride=1).save(tmp_path / "stride.h5", save_format="h5")
     with pytest.raises(UsageError, match=r"layer 11 \(MaxPooling2D\) has strides=\[1, 1\]"):
         load_intercepted(tmp_path / "stride.h5")
 
 
 def test_refuses_a_lambda_layer(tmp_path):
-    inputs = keras.Input((105, 105, 1))
-    x = layers.Lambda(lambda t: t * 2.0)(inputs)
-    for kernel, pool, stride in ((7, 3, 3), (7, 3, 2), (5, 2, 2), (3, 2, 2)):
-        x = layers.Conv2D(32, kernel, activation="relu")(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.MaxPooling2D(pool, strides=stride)(x)
-    keras.Model(inputs, x).save(tmp_path / "lambda.h5", save_format="h5")
+    _post_style_stage(code_first=True).save(tmp_path / "lambda.h5", save_format="h5")
     with pytest.raises(UsageError, match="Lambda layer"):
         load_intercepted(tmp_path / "lambda.h5")
 
@@ -124,3 +107,14 @@ def test_missing_non_hdf5_and_truncated_files_are_clear_errors(tmp_path):
         pass
     with pytest.raises(UsageError, match="no Keras weights"):
         load_intercepted(tmp_path / "empty.h5")
+
+
+def test_strict_variant_round_trips_into_a_group_norm_target(tmp_path):
+    model = build_complete_model("group")
+    _randomise(model, seed=5)
+    path = export_mobile_stage(model, tmp_path / "strict.h5")
+    target = load_intercepted(path)
+    kinds = {type(layer).__name__ for layer in target.on_device_model.layers}
+    assert "GroupNormalization" in kinds and "BatchNormalization" not in kinds
+    np.testing.assert_allclose(target.mobile_step(_images()).numpy(), cut_at_mobile_output(model)(_images()).numpy(),
+                               rtol=1e-5, atol=1e-5)

@@ -170,8 +170,62 @@ def _layer_gradients(layer, layer_input, output_gradient, extra) -> dict:
     return per_example
 
 
+def _activation_slope(layer, pre):
+    """Elementwise derivative of ``layer``'s activation at ``pre``."""
+    with tf.GradientTape() as tape:
+        tape.watch(pre)
+        activated = layer.activation(pre)
+    return tape.gradient(activated, pre)
+
+
+def _weight_sums(layer, layer_input, upstream):
+    """Batch-summed weight gradients of a Conv2D or Dense layer for an upstream gradient at its
+    pre-activation output: (kernel, bias)."""
+    if isinstance(layer, keras.layers.Conv2D):
+        kernel = tf.raw_ops.Conv2DBackpropFilter(
+            input=layer_input, filter_sizes=tf.constant(layer.kernel.shape.as_list()), out_backprop=upstream,
+            strides=[1, *layer.strides, 1], padding=layer.padding.upper())
+    else:
+        kernel = tf.einsum("...i,...o->io", layer_input, upstream)
+    return kernel, tf.reduce_sum(upstream, axis=list(range(len(upstream.shape) - 1)))
+
+
+def _own_statistics_correction(gradients: dict, producer, batch_norm, output_gradient) -> None:
+    """Add, to the per-example gradients of the layer feeding a batch norm, the part that flows
+    through that batch norm's own statistics.
+
+    With example i's gradient ``dy_i`` at the batch norm's output, ``A_i = sum(dy_i)`` and
+    ``C_i = sum(dy_i * x_hat_i)`` per channel (its offset and scale gradients), the statistics
+    path adds ``-(gamma / std / N) * (A_i * sum_j dh_j/dw + C_i * sum_j x_hat_j * dh_j/dw)`` to its
+    gradient of the producer's weights w (N values per channel, h = the producer's activated output):
+    two batch-summed weight gradients shared by all examples, so this costs two batch passes of
+    the producer's weight gradient. Paths through later layers' statistics are not included.
+    """
+    layer, layer_input, pre, _ = producer
+    norm, norm_input, _, (mean, inverse_std) = batch_norm
+    standardized = (norm_input - mean) * inverse_std
+    slope = _activation_slope(layer, pre)
+    shift_kernel, shift_bias = _weight_sums(layer, layer_input, slope)
+    scale_kernel, scale_bias = _weight_sums(layer, layer_input, slope * standardized)
+    positions = list(range(1, len(output_gradient.shape) - 1))
+    count = tf.cast(tf.reduce_prod(tf.shape(norm_input)[:-1]), norm_input.dtype)
+    gamma = norm.gamma if norm.scale else 1.0
+    shift = tf.reduce_sum(output_gradient, axis=positions) * gamma * inverse_std / count  # (batch, channels)
+    scale = tf.reduce_sum(output_gradient * standardized, axis=positions) * gamma * inverse_std / count
+    kernel_rank = len(layer.kernel.shape)
+    expand = [slice(None)] + [tf.newaxis] * (kernel_rank - 1)
+    gradients[layer.kernel.ref()] -= (shift[tuple(expand)] * shift_kernel[tf.newaxis]
+                                      + scale[tuple(expand)] * scale_kernel[tf.newaxis])
+    if layer.use_bias:
+        gradients[layer.bias.ref()] -= shift * shift_bias + scale * scale_bias
+
+
 def per_example_gradients(model: keras.Model, task: Task, inputs, targets) -> PerExample:
-    """Each example's gradient of its own loss, batch-norm statistics held constant (no side effects)."""
+    """Each example's gradient of its own loss (no side effects).
+
+    Batch-norm statistics are held constant, except for the path from each batch norm's own
+    statistics back to the weights of the layer that feeds it (`_own_statistics_correction`).
+    """
     model_layers = _layers(model)
     with tf.GradientTape() as tape:
         predictions, records, statistics = _forward(model_layers, inputs)
@@ -181,6 +235,11 @@ def per_example_gradients(model: keras.Model, task: Task, inputs, targets) -> Pe
     gradients = {}
     for (layer, layer_input, _, extra), output_gradient in zip(records, output_gradients, strict=True):
         gradients.update(_layer_gradients(layer, layer_input, output_gradient, extra))
+    for index in range(1, len(records)):
+        producer, norm = records[index - 1], records[index]
+        follows = model_layers.index(norm[0]) == model_layers.index(producer[0]) + 1
+        if isinstance(norm[0], keras.layers.BatchNormalization) and follows:
+            _own_statistics_correction(gradients, producer, norm, output_gradients[index])
     ordered = [gradients[variable.ref()] for variable in model.trainable_variables]
     return PerExample(ordered, predictions, losses, statistics)
 

@@ -1,6 +1,6 @@
 """DP-SGD training of the post's complete model (Part 2), by one of two engines.
 
-Engine ``fast`` (default): the vectorised per-example engine of `fast_dp`, in the package's loop.
+Engine ``fast`` (default): the per-example engine of `fast_dp`, in the package's loop.
 Engine ``optimizer``: TensorFlow Privacy's ``DPKerasAdamOptimizer`` through ``model.fit``, as the
 post does (one microbatch per example). Per step: per-example gradients of the per-example loss
 (``tape.jacobian``), each clipped to ``l2_norm_clip``, summed, Gaussian noise of standard deviation
@@ -144,7 +144,7 @@ def train_dp(
     one row per epoch (train/val loss and accuracy, seconds).
 
     ``engine="optimizer"`` compiles the model with TensorFlow Privacy's DPKerasAdamOptimizer and runs
-    ``model.fit``, as the post does; ``engine="fast"`` runs the package's loop with the vectorised
+    ``model.fit``, as the post does; ``engine="fast"`` runs the package's loop with the
     engine of `fast_dp` (same aggregation, same Adam). Both draw ``steps_per_epoch`` batches per epoch
     from one iterator.
     """

@@ -65,11 +65,11 @@ def test_same_gradient_as_the_optimizer_without_cross_example_layers(microbatche
 
 
 def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir):
-    """With batch norm the engines differ by design (module docstring of fast_dp). Measured on
+    """With four batch norms the engines differ by design (module docstring of fast_dp). Measured on
     real batches of 32 at initialisation (seeds 0-2): cosine similarity of the two noise-free DP
-    updates 0.991-0.995, norm ratio fast / optimizer 0.71-0.74 (the statistics-held norms that
-    set the clip factors are larger than the optimizer's). Against the statistics-held clipped sum
-    alone, the cosine was 0.50-0.75, which is why the engine takes the extra pass."""
+    updates 0.998-0.999, norm ratio fast / optimizer 0.93-0.95. For comparison, with every
+    statistics path left out the cosine was 0.50-0.75; with the own-statistics paths but without
+    the extra batch pass 0.88."""
     tf.keras.utils.set_random_seed(0)
     model = build_complete_model()
     images, labels = data.as_arrays(data.load_split("test", data_dir, limit=32))
@@ -77,8 +77,8 @@ def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir):
     expected = _flat(_optimizer_gradients(model, settings, tf.constant(images), tf.constant(labels)))
     got = _flat(_fast_gradients(model, settings, tf.constant(images), tf.constant(labels)))
     cosine = float(got @ expected / (np.linalg.norm(got) * np.linalg.norm(expected)))
-    assert cosine > 0.98
-    assert 0.6 < np.linalg.norm(got) / np.linalg.norm(expected) < 1.0
+    assert cosine > 0.995
+    assert 0.85 < np.linalg.norm(got) / np.linalg.norm(expected) < 1.05
 
 
 def test_noise_has_the_documented_standard_deviation():
@@ -92,26 +92,27 @@ def test_noise_has_the_documented_standard_deviation():
     assert abs(values.mean()) < 4 * expected / np.sqrt(values.size)
 
 
-def test_per_example_gradients_match_single_example_tapes_given_the_batch_statistics():
+def test_per_example_gradients_are_exact_with_a_single_batch_norm():
+    """With one batch norm and nothing that mixes examples after it, the statistics path the
+    engine adds (own statistics -> the layer feeding them) is the whole of it: each example's
+    gradient equals the row of TensorFlow Privacy's jacobian."""
     tf.keras.utils.set_random_seed(1)
-    model = build_complete_model()
-    images, labels = _batch(4, seed=2)
+    model = keras.Sequential([
+        keras.Input((105, 105, 1)),
+        layers.Conv2D(8, 7, strides=3, activation="relu"),
+        layers.BatchNormalization(),
+        layers.MaxPooling2D(3, strides=3),
+        layers.Flatten(),
+        layers.Dense(50, activation="softmax"),
+    ])
+    images, labels = _batch(8, seed=2)
     batch = per_example_gradients(model, training.CLASSIFY, images, labels)
-    assert [g.shape[1:] for g in batch.gradients] == [v.shape for v in model.trainable_variables]
-    for index in range(2):
-        with tf.GradientTape() as tape:
-            hidden = images[index:index + 1]
-            remaining = iter(batch.statistics)
-            for layer in model.layers:
-                if isinstance(layer, layers.BatchNormalization):
-                    mean, variance = next(remaining)
-                    hidden = (hidden - mean) / tf.sqrt(variance + layer.epsilon) * layer.gamma + layer.beta
-                else:
-                    hidden = layer(hidden)
-            loss = training.CLASSIFY.loss(labels[index:index + 1], hidden)[0]
-        single = tape.gradient(loss, model.trainable_variables)
-        for batch_row, alone in zip(batch.gradients, single, strict=True):
-            np.testing.assert_allclose(batch_row[index].numpy(), alone.numpy(), rtol=1e-3, atol=1e-5)
+    with tf.GradientTape() as tape:
+        losses = training.CLASSIFY.loss(labels, model(images, training=True))
+    jacobian = tape.jacobian(losses, model.trainable_variables)
+    assert [g.shape for g in batch.gradients] == [j.shape for j in jacobian]
+    for mine, rows in zip(batch.gradients, jacobian, strict=True):
+        np.testing.assert_allclose(mine.numpy(), rows.numpy(), rtol=2e-3, atol=2e-5)
 
 
 def test_moving_averages_follow_keras_training_step():

@@ -16,12 +16,13 @@ def _random_batches(batches: int, batch_size: int = 32) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(batch_size)
 
 
-def test_a_few_dp_steps_run_and_change_the_weights():
+@pytest.mark.parametrize("engine", ["optimizer", "fast"])
+def test_a_few_dp_steps_run_and_change_the_weights(engine):
     tf.keras.utils.set_random_seed(0)
     model = build_complete_model()
     before = [weight.numpy().copy() for weight in model.trainable_weights]
     rows = train_dp(model, DPSettings(noise_multiplier=0.7, batch_size=8), _random_batches(2, 8),
-                    epochs=1, steps_per_epoch=2)
+                    epochs=1, steps_per_epoch=2, engine=engine)
     assert len(rows) == 1 and 0.0 <= rows[0]["train_accuracy"] <= 1.0
     changed = [not np.array_equal(a, w.numpy()) for a, w in zip(before, model.trainable_weights, strict=True)]
     assert all(changed)
@@ -65,6 +66,12 @@ def test_part2_quick_command_writes_every_output(tmp_path, data_dir, capsys):
     assert code == 0
     attack_metrics = json.loads((attack_out / runs.METRICS).read_text())
     assert len(attack_metrics["attacker"]["history"]) == 1 and (attack_out / runs.FIGURE).exists()
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(UsageError, match="Unknown DP engine 'jacobian'"):
+        train_dp(build_complete_model(), DPSettings(noise_multiplier=1.0), _random_batches(1),
+                 epochs=1, steps_per_epoch=1, engine="jacobian")
 
 
 def test_part2_refuses_negative_noise_before_writing(tmp_path, capsys):

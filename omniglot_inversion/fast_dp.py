@@ -180,10 +180,11 @@ def _activation_slope(layer, pre):
 
 def _weight_sums(layer, layer_input, upstream):
     """Batch-summed weight gradients of a Conv2D or Dense layer for an upstream gradient at its
-    pre-activation output: (kernel, bias)."""
+    pre-activation output, which may have more channels than the layer: (kernel, bias)."""
     if isinstance(layer, keras.layers.Conv2D):
+        shape = [*layer.kernel.shape[:-1], upstream.shape[-1]]
         kernel = tf.raw_ops.Conv2DBackpropFilter(
-            input=layer_input, filter_sizes=tf.constant(layer.kernel.shape.as_list()), out_backprop=upstream,
+            input=layer_input, filter_sizes=tf.constant(shape), out_backprop=upstream,
             strides=[1, *layer.strides, 1], padding=layer.padding.upper())
     else:
         kernel = tf.einsum("...i,...o->io", layer_input, upstream)
@@ -205,8 +206,10 @@ def _own_statistics_correction(gradients: dict, producer, batch_norm, output_gra
     norm, norm_input, _, (mean, inverse_std) = batch_norm
     standardized = (norm_input - mean) * inverse_std
     slope = _activation_slope(layer, pre)
-    shift_kernel, shift_bias = _weight_sums(layer, layer_input, slope)
-    scale_kernel, scale_bias = _weight_sums(layer, layer_input, slope * standardized)
+    # both batch sums in one pass: shift and scale patterns side by side as output channels
+    kernels, biases = _weight_sums(layer, layer_input, tf.concat([slope, slope * standardized], axis=-1))
+    shift_kernel, scale_kernel = tf.split(kernels, 2, axis=-1)
+    shift_bias, scale_bias = tf.split(biases, 2, axis=-1)
     positions = list(range(1, len(output_gradient.shape) - 1))
     count = tf.cast(tf.reduce_prod(tf.shape(norm_input)[:-1]), norm_input.dtype)
     gamma = norm.gamma if norm.scale else 1.0

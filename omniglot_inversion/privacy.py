@@ -42,13 +42,13 @@ _GUARANTEES = {
         "of standard deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count."
     ),
     "fast": (
-        "Engine 'fast': per-example gradients from batch passes (fast_dp); each microbatch's clip "
-        "factor min(1, l2_norm_clip / norm) applied to its gradient, the clipped gradients summed, Gaussian "
-        "noise of standard deviation l2_norm_clip * noise_multiplier added, divided by the microbatch "
-        "count (TensorFlow Privacy's Gaussian sum query). With batch norm the norms behind the clip factors "
-        "are taken with the batch statistics held constant, while the summed gradients flow through them "
-        "(as the optimizer path's do), so a clipped term may exceed l2_norm_clip where the full gradient is "
-        "longer than the statistics-held one."
+        "Engine 'fast': per-example gradients from batch passes (omniglot_inversion.fast_dp); each "
+        "microbatch's clip factor min(1, l2_norm_clip / norm) applied to its gradient, the clipped "
+        "gradients summed, Gaussian noise of standard deviation l2_norm_clip * noise_multiplier added, "
+        "divided by the microbatch count (TensorFlow Privacy's Gaussian sum query). With several batch "
+        "norms the norms behind the clip factors leave out the paths through later layers' batch "
+        "statistics, while the summed gradients include them (as the optimizer path's do), so a clipped "
+        "term may exceed l2_norm_clip where those paths lengthen it."
     ),
 }
 _STRICT = (

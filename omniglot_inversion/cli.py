@@ -137,6 +137,14 @@ def _run_attack(args: argparse.Namespace) -> None:
                                     "versions": runs.versions(), **result})
 
 
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from omniglot_inversion.leakage import EVALUATION, REPORT, evaluate_runs
+
+    out = args.out or args.runs[0]
+    evaluate_runs(args.runs, out, data_dir=args.data_dir, disjoint=args.disjoint, limit=args.limit, seed=args.seed)
+    print(f"written: {Path(out) / EVALUATION}, {Path(out) / REPORT} and figures")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``omniglot-inversion`` command."""
     parser = argparse.ArgumentParser(
@@ -183,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(sub)
     sub.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     sub.set_defaults(handler=_run_attack)
+
+    text = "measure the attacks in Part 1 / Part 2 run folders: metrics, baselines, breakdowns, report"
+    sub = commands.add_parser("evaluate", help=text, description=text)
+    sub.add_argument("runs", nargs="+", type=Path, help="run folders (Part 1 and/or Part 2)")
+    sub.add_argument("--out", type=Path, help="folder for evaluation.json, figures, report.md (default: first run)")
+    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
+    sub.add_argument("--disjoint", action="store_true",
+                     help="test only on small2's alphabets that small1 lacks (no image the attacker trained on)")
+    sub.add_argument("--limit", type=_positive_int, help="first N small2 images only (smoke runs)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the shuffled baseline")
+    sub.set_defaults(handler=_run_evaluate)
     return parser
 
 

@@ -204,6 +204,21 @@ def load_split(split: str, data_dir: str | os.PathLike | None = None, limit: int
     )
 
 
+def record_labels(split: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> dict:
+    """Alphabet ids and character labels (1,623 classes, as tfds numbers them) of a split's records,
+    in the order of `load_split`, without decoding images."""
+    builder = omniglot_builder(data_dir)
+    ds = builder.as_dataset(split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False),
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    if limit is not None:
+        ds = ds.take(limit)
+    alphabets, characters = [], []
+    for record in ds.map(lambda r: (r["alphabet"], r["label"])).batch(1024).as_numpy_iterator():
+        alphabets.append(record[0])
+        characters.append(record[1])
+    return {"alphabet": np.concatenate(alphabets), "character": np.concatenate(characters)}
+
+
 def alphabet_names(data_dir: str | os.PathLike | None = None) -> list[str]:
     """The 50 alphabet names, indexed by the alphabet id the records carry."""
     return list(omniglot_builder(data_dir).info.features["alphabet"].names)

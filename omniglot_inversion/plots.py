@@ -14,9 +14,11 @@ from omniglot_inversion.files import atomic_path  # noqa: E402
 
 
 def save_reconstruction_grid(
-    originals: np.ndarray, reconstructions: np.ndarray, path: str | os.PathLike, title: str
+    originals: np.ndarray, reconstructions: np.ndarray, path: str | os.PathLike, title: str,
+    captions: list[str] | None = None,
 ) -> None:
-    """Originals in the top row, the attacker's reconstructions (clipped to [0, 1]) below them."""
+    """Originals in the top row, the attacker's reconstructions (clipped to [0, 1]) below them,
+    with an optional caption under each reconstruction (per-image scores)."""
     count = len(originals)
     figure, axes = plt.subplots(2, count, figsize=(0.9 * count, 2.3), squeeze=False)
     for column in range(count):
@@ -25,10 +27,60 @@ def save_reconstruction_grid(
             axis.imshow(images[column, ..., 0], cmap="gray", vmin=0.0, vmax=1.0)
             axis.set_xticks([])
             axis.set_yticks([])
+        if captions is not None:
+            axes[1, column].set_xlabel(captions[column], fontsize=6)
     axes[0, 0].set_ylabel("original", fontsize=8)
     axes[1, 0].set_ylabel("attack", fontsize=8)
     figure.suptitle(title, fontsize=10)
+    _save(figure, path)
+
+
+def _save(figure, path: str | os.PathLike) -> None:
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100)
     plt.close(figure)
+
+
+def _errorbar_arrays(intervals: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    means = np.array([i["mean"] for i in intervals])
+    return means, np.array([means - [i["low"] for i in intervals], [i["high"] for i in intervals] - means])
+
+
+def save_alphabet_bars(per_alphabet: dict, seen: set[str], path: str | os.PathLike, title: str) -> None:
+    """Per-alphabet MSE and top-1 re-identification with their intervals; seen alphabets hatched."""
+    names = sorted(per_alphabet)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for axis, metric, label in ((axes[0], "mse", "reconstruction MSE"), (axes[1], "top1", "top-1 re-identification")):
+        means, errors = _errorbar_arrays([per_alphabet[name][metric] for name in names])
+        bars = axis.bar(range(len(names)), means, yerr=errors, capsize=3, color="tab:blue")
+        for bar, name in zip(bars, names, strict=True):
+            if name in seen:
+                bar.set_hatch("//")
+        axis.set_xticks(range(len(names)))
+        axis.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+        axis.set_ylabel(label)
+    figure.suptitle(f"{title} (hatched: alphabets the attacker trained on)", fontsize=10)
+    _save(figure, path)
+
+
+def save_privacy_utility(results: list[dict], path: str | os.PathLike) -> None:
+    """x: epsilon (log scale), the non-private target at the right; y: target validation accuracy,
+    and the attack's SSIM and top-1 re-identification with their intervals."""
+    finite = [r["epsilon"] for r in results if r["epsilon"] is not None]
+    right = max(finite) * 10 if finite else 1.0
+    ordered = sorted(results, key=lambda r: right if r["epsilon"] is None else r["epsilon"])
+    xs = [right if r["epsilon"] is None else r["epsilon"] for r in ordered]
+    figure, axes = plt.subplots(1, 3, figsize=(11, 3.3))
+    axes[0].plot(xs, [r["target_val_accuracy"] for r in ordered], "o-")
+    axes[0].set_ylabel("target validation accuracy")
+    for axis, metric, label in ((axes[1], "ssim", "attack SSIM"), (axes[2], "top1", "attack top-1 re-identification")):
+        means, errors = _errorbar_arrays([r["attack"][metric] for r in ordered])
+        axis.errorbar(xs, means, yerr=errors, fmt="o-", capsize=3)
+        axis.set_ylabel(label)
+    for axis in axes:
+        axis.set_xscale("log")
+        axis.set_xlabel("epsilon (no DP at the right)")
+        axis.set_xticks(xs)
+        axis.set_xticklabels(["no DP" if r["epsilon"] is None else f"{r['epsilon']:.3g}" for r in ordered], fontsize=7)
+    _save(figure, path)

@@ -45,13 +45,11 @@ keras = tf.keras
 
 class PerExample(NamedTuple):
     """One batch through the engine: per-example gradients (batch, *variable shape) in the order of
-    ``model.trainable_variables``, the predictions, the per-example losses, and the batch-norm
-    statistics used, as (mean, variance) per batch-norm layer."""
+    ``model.trainable_variables``, the predictions and the per-example losses."""
 
     gradients: list[tf.Tensor]
     predictions: tf.Tensor
     losses: tf.Tensor
-    statistics: list[tuple[tf.Tensor, tf.Tensor]]
 
 
 def _layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -93,10 +91,10 @@ def _forward(model_layers, inputs):
     """Batch forward with batch statistics held constant.
 
     Returns the output, one record (layer, layer input, pre-activation output, extra) per layer with
-    weights, and the batch-norm statistics. For batch norm, extra is (mean, 1 / std); group norm's
+    weights. For batch norm, extra is (mean, 1 / std); group norm's
     record holds its standardised input in place of the layer input.
     """
-    records, statistics = [], []
+    records = []
     hidden = inputs
     for layer in model_layers:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
@@ -111,7 +109,6 @@ def _forward(model_layers, inputs):
         elif isinstance(layer, keras.layers.BatchNormalization):
             mean, variance = tf.nn.moments(hidden, axes=list(range(len(hidden.shape) - 1)))
             mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
-            statistics.append((mean, variance))
             # one fused op that normalises with the given statistics; they get no gradient
             pre, _, _ = tf.compat.v1.nn.fused_batch_norm(
                 hidden, _scale(layer, hidden), _offset(layer, hidden), mean=mean, variance=variance,
@@ -125,7 +122,7 @@ def _forward(model_layers, inputs):
             hidden = pre
         else:
             hidden = layer(hidden, training=True)
-    return hidden, records, statistics
+    return hidden, records
 
 
 def _layer_gradients(layer, layer_input, output_gradient, extra) -> dict:
@@ -232,7 +229,7 @@ def per_example_gradients(model: keras.Model, task: Task, inputs, targets) -> Pe
     """
     model_layers = _layers(model)
     with tf.GradientTape() as tape:
-        predictions, records, statistics = _forward(model_layers, inputs)
+        predictions, records = _forward(model_layers, inputs)
         losses = task.loss(targets, predictions)
         total = tf.reduce_sum(losses)
     output_gradients = tape.gradient(total, [pre for _, _, pre, _ in records])
@@ -245,7 +242,7 @@ def per_example_gradients(model: keras.Model, task: Task, inputs, targets) -> Pe
         if isinstance(norm[0], keras.layers.BatchNormalization) and follows:
             _own_statistics_correction(gradients, producer, norm, output_gradients[index])
     ordered = [gradients[variable.ref()] for variable in model.trainable_variables]
-    return PerExample(ordered, predictions, losses, statistics)
+    return PerExample(ordered, predictions, losses)
 
 
 def microbatch_gradients(per_example: list[tf.Tensor], num_microbatches: int) -> list[tf.Tensor]:

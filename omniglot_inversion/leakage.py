@@ -60,24 +60,18 @@ class Attack:
     target_accuracy: float | None
 
 
-def _attacker(folder: Path) -> AttackModel:
-    attacker = AttackModel()
-    attacker.load_weights(runs._require(folder / runs.ATTACKER_WEIGHTS, "train-attacker"))
-    return attacker
-
-
 def find_attacks(run: Path) -> list[Attack]:
     """The attacks a Part 1 or Part 2 run folder holds."""
     metrics = read_json(run / runs.METRICS, default={})
     if (run / runs.TARGET_WEIGHTS).exists():
         accuracy = metrics.get("target", {}).get("val_accuracy")
-        return [Attack("non-private", runs.load_target(run), _attacker(run), None, accuracy)]
+        return [Attack("non-private", runs.load_target(run), runs.load_attacker(run), None, accuracy)]
     levels = metrics.get("noise_levels", {})
     attacks = []
     for noise, level in levels.items():
         folder = run / f"noise_{noise}"
-        attacks.append(Attack(f"noise {noise}", load_intercepted(folder / runs.MOBILE_STAGE), _attacker(folder),
-                              level["epsilon"], level["target"]["val_accuracy"]))
+        attacks.append(Attack(f"noise {noise}", load_intercepted(folder / runs.MOBILE_STAGE),
+                              runs.load_attacker(folder), level["epsilon"], level["target"]["val_accuracy"]))
     if not attacks:
         raise UsageError(f"{run} holds no finished Part 1 or Part 2 run (no {runs.TARGET_WEIGHTS} and no noise "
                          f"level in {runs.METRICS}); run `omniglot-inversion part1` or `part2` into it first.")

@@ -139,6 +139,13 @@ def train_target_step(config: Part1Config, out: Path, log: Log = print) -> dict:
     return result
 
 
+def load_attacker(out: Path) -> AttackModel:
+    """The AttackModel saved in a run folder (or a Part 2 noise-level folder)."""
+    attacker = AttackModel()
+    attacker.load_weights(_require(out / ATTACKER_WEIGHTS, "train-attacker"))
+    return attacker
+
+
 def load_target(out: Path) -> TargetModel:
     """The TargetModel saved in a run folder."""
     model = TargetModel()
@@ -176,8 +183,7 @@ def train_attacker(target, config, out: Path, log: Log = print) -> dict:
 
 def test_attacker(target, config, out: Path, title: str, log: Log = print) -> dict:
     """Reconstruct ``small2`` with the attacker saved in ``out``: test MSE and the figure of the first 16."""
-    attacker = AttackModel()
-    attacker.load_weights(_require(out / ATTACKER_WEIGHTS, "train-attacker"))
+    attacker = load_attacker(out)
     started = time.perf_counter()
     images, _ = data.as_arrays(data.load_split("small2", config.data_dir, limit=config.test_size))
     guesses = training.reconstruct(attacker, target.mobile_step, images)

@@ -125,8 +125,20 @@ def _forward(model_layers, inputs):
     return hidden, records
 
 
-def _layer_gradients(layer, layer_input, output_gradient, extra) -> dict:
-    """Per-example gradients of one layer's weights, keyed by variable reference."""
+def _normalization_sums(layer_input, output_gradient, extra) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per example and channel: sum of the output gradient (the offset's gradient) and of the output
+    gradient times the standardised input (the scale's gradient), each (batch, channels)."""
+    positions = list(range(1, len(output_gradient.shape) - 1))
+    offset = tf.reduce_sum(output_gradient, axis=positions)
+    product = tf.reduce_sum(output_gradient * layer_input, axis=positions)
+    if extra is None:  # group norm: the record holds the standardised input
+        return offset, product
+    mean, inverse_std = extra  # batch norm: standardise the sum instead of the input
+    return offset, (product - mean * offset) * inverse_std
+
+
+def _layer_gradients(layer, layer_input, output_gradient) -> dict:
+    """Per-example gradients of a Conv2D or Dense layer's weights, keyed by variable reference."""
     per_example = {}
     if isinstance(layer, keras.layers.Conv2D):
         kernel_shape = tf.constant(layer.kernel.shape.as_list())
@@ -143,26 +155,13 @@ def _layer_gradients(layer, layer_input, output_gradient, extra) -> dict:
                       parallel_iterations=32),
             [None, *layer.kernel.shape])
         positions = [1, 2]
-    elif isinstance(layer, keras.layers.Dense):
+    else:  # Dense
         batch = tf.shape(layer_input)[0]
         inputs = tf.reshape(layer_input, [batch, -1, layer_input.shape[-1]])
         outputs = tf.reshape(output_gradient, [batch, -1, output_gradient.shape[-1]])
         per_example[layer.kernel.ref()] = tf.einsum("bni,bno->bio", inputs, outputs)
         positions = [1]
         output_gradient = outputs
-    else:  # normalisation: scale and offset per channel
-        positions = list(range(1, len(output_gradient.shape) - 1))
-        offset = tf.reduce_sum(output_gradient, axis=positions)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            mean, inverse_std = extra  # sum of gradient * standardised input, without forming the latter
-            scale = (tf.reduce_sum(output_gradient * layer_input, axis=positions) - mean * offset) * inverse_std
-        else:
-            scale = tf.reduce_sum(output_gradient * layer_input, axis=positions)
-        if layer.scale:
-            per_example[layer.gamma.ref()] = scale
-        if layer.center:
-            per_example[layer.beta.ref()] = offset
-        return per_example
     if layer.use_bias:
         per_example[layer.bias.ref()] = tf.reduce_sum(output_gradient, axis=positions)
     return per_example
@@ -189,34 +188,30 @@ def _weight_sums(layer, layer_input, upstream):
     return kernel, tf.reduce_sum(upstream, axis=list(range(len(upstream.shape) - 1)))
 
 
-def _own_statistics_correction(gradients: dict, producer, batch_norm, output_gradient) -> None:
+def _own_statistics_correction(gradients: dict, producer, batch_norm, sums) -> None:
     """Add, to the per-example gradients of the layer feeding a batch norm, the part that flows
     through that batch norm's own statistics.
 
-    With example i's gradient ``dy_i`` at the batch norm's output, ``A_i = sum(dy_i)`` and
-    ``C_i = sum(dy_i * x_hat_i)`` per channel (its offset and scale gradients), the statistics
-    path adds ``-(gamma / std / N) * (A_i * sum_j dh_j/dw + C_i * sum_j x_hat_j * dh_j/dw)`` to its
-    gradient of the producer's weights w (N values per channel, h = the producer's activated output):
-    two batch-summed weight gradients shared by all examples, so this costs two batch passes of
-    the producer's weight gradient. Paths through later layers' statistics are not included.
+    With example i's sums ``A_i = sum(dy_i)`` and ``C_i = sum(dy_i * x_hat_i)`` per channel (its
+    offset and scale gradients, ``sums``), the statistics path adds
+    ``-(gamma / std / N) * (A_i * sum_j dh_j/dw + C_i * sum_j x_hat_j * dh_j/dw)`` to its gradient of
+    the producer's weights w (N values per channel, h = the producer's activated output): two
+    batch-summed weight gradients shared by all examples, computed in one filter-gradient pass.
+    Paths through later layers' statistics are not included.
     """
     layer, layer_input, pre, _ = producer
     norm, norm_input, _, (mean, inverse_std) = batch_norm
-    standardized = (norm_input - mean) * inverse_std
     slope = _activation_slope(layer, pre)
     # both batch sums in one pass: shift and scale patterns side by side as output channels
-    kernels, biases = _weight_sums(layer, layer_input, tf.concat([slope, slope * standardized], axis=-1))
+    upstream = tf.concat([slope, slope * (norm_input - mean) * inverse_std], axis=-1)
+    kernels, biases = _weight_sums(layer, layer_input, upstream)
     shift_kernel, scale_kernel = tf.split(kernels, 2, axis=-1)
     shift_bias, scale_bias = tf.split(biases, 2, axis=-1)
-    positions = list(range(1, len(output_gradient.shape) - 1))
     count = tf.cast(tf.reduce_prod(tf.shape(norm_input)[:-1]), norm_input.dtype)
-    gamma = norm.gamma if norm.scale else 1.0
-    shift = tf.reduce_sum(output_gradient, axis=positions) * gamma * inverse_std / count  # (batch, channels)
-    scale = tf.reduce_sum(output_gradient * standardized, axis=positions) * gamma * inverse_std / count
-    kernel_rank = len(layer.kernel.shape)
-    expand = [slice(None)] + [tf.newaxis] * (kernel_rank - 1)
-    gradients[layer.kernel.ref()] -= (shift[tuple(expand)] * shift_kernel[tf.newaxis]
-                                      + scale[tuple(expand)] * scale_kernel[tf.newaxis])
+    weight = (norm.gamma if norm.scale else 1.0) * inverse_std / count
+    shift, scale = (total * weight for total in sums)  # (batch, channels)
+    expand = (slice(None),) + (tf.newaxis,) * (len(layer.kernel.shape) - 1)
+    gradients[layer.kernel.ref()] -= shift[expand] * shift_kernel[tf.newaxis] + scale[expand] * scale_kernel[tf.newaxis]
     if layer.use_bias:
         gradients[layer.bias.ref()] -= shift * shift_bias + scale * scale_bias
 
@@ -234,13 +229,20 @@ def per_example_gradients(model: keras.Model, task: Task, inputs, targets) -> Pe
         total = tf.reduce_sum(losses)
     output_gradients = tape.gradient(total, [pre for _, _, pre, _ in records])
     gradients = {}
-    for (layer, layer_input, _, extra), output_gradient in zip(records, output_gradients, strict=True):
-        gradients.update(_layer_gradients(layer, layer_input, output_gradient, extra))
-    for index in range(1, len(records)):
-        producer, norm = records[index - 1], records[index]
-        follows = model_layers.index(norm[0]) == model_layers.index(producer[0]) + 1
-        if isinstance(norm[0], keras.layers.BatchNormalization) and follows:
-            _own_statistics_correction(gradients, producer, norm, output_gradients[index])
+    for index, ((layer, layer_input, _, extra), output_gradient) in enumerate(
+            zip(records, output_gradients, strict=True)):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            gradients.update(_layer_gradients(layer, layer_input, output_gradient))
+            continue
+        sums = _normalization_sums(layer_input, output_gradient, extra)
+        if layer.center:
+            gradients[layer.beta.ref()] = sums[0]
+        if layer.scale:
+            gradients[layer.gamma.ref()] = sums[1]
+        producer = records[index - 1] if index else None
+        follows = producer is not None and model_layers.index(layer) == model_layers.index(producer[0]) + 1
+        if isinstance(layer, keras.layers.BatchNormalization) and follows:
+            _own_statistics_correction(gradients, producer, records[index], sums)
     ordered = [gradients[variable.ref()] for variable in model.trainable_variables]
     return PerExample(ordered, predictions, losses)
 

@@ -118,8 +118,6 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
 def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = False, log: Log = print) -> dict:
     """Part 2 end to end: epsilon table; per noise level a DP target, its interception, an attack."""
     out = prepare_run_folder(out, overwrite)
-    if overwrite:
-        (out / METRICS).unlink(missing_ok=True)
     table = accounting.epsilon_table(config.noise_multipliers, n=config.accounting_n,
                                      batch_size=config.batch_size, epochs=config.epochs, delta=config.delta)
     write_epsilon_table(table, out)

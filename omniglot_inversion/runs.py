@@ -106,11 +106,13 @@ def _epoch_printer(log: Log, total: int, label: str) -> training.EpochCallback:
 
 
 def prepare_run_folder(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Create the run folder; refuse one that already holds a run unless ``overwrite``."""
+    """Create the run folder; refuse one that already holds a run unless ``overwrite``, which
+    drops the old run's ``metrics.json`` so that no section of it outlives the new run."""
     out = Path(out)
     if (out / METRICS).exists() and not overwrite:
         raise UsageError(f"{out} already holds a run ({METRICS} exists); choose another --out or pass --overwrite.")
     out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS).unlink(missing_ok=True)
     return out
 
 
@@ -215,8 +217,6 @@ def reconstruct_step(config: Part1Config, out: Path, log: Log = print) -> dict:
 def run_part1(config: Part1Config, out: str | os.PathLike, *, overwrite: bool = False, log: Log = print) -> dict:
     """Part 1 end to end: train the target, train the attacker, reconstruct the test images."""
     out = prepare_run_folder(out, overwrite)
-    if overwrite:
-        (out / METRICS).unlink(missing_ok=True)
     train_target_step(config, out, log)
     train_attacker_step(config, out, log)
     reconstruct_step(config, out, log)

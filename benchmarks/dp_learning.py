@@ -36,12 +36,12 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         training.set_seed(args.seed)
-        train_ds, val_ds = data.target_datasets(args.data_dir, seed=args.seed, repeat=True)
+        target_data = data.target_datasets(args.data_dir, seed=args.seed, repeat=True)
         model = build_complete_model(normalization)
-        history = train_dp(model, DPSettings(noise_multiplier=args.noise), train_ds, val_ds=val_ds,
+        history = train_dp(model, DPSettings(noise_multiplier=args.noise), target_data.train, val_ds=target_data.val,
                            epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                            engine="optimizer" if name == "optimizer" else "fast",
-                           on_epoch=lambda row, name=name: print(name, row, flush=True))
+                           seed=args.seed, on_epoch=lambda row, name=name: print(name, row, flush=True))
         results["runs"][name] = history
         write_json(args.json, results)
     for name, history in results["runs"].items():

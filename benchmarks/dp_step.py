@@ -73,7 +73,7 @@ def main() -> None:
     for name, normalization in (("plain", "batch"), ("fast", "batch"), ("strict", "group")):
         model = build_complete_model(normalization)
         gradients = (training.plain_gradients(model, training.CLASSIFY, True) if name == "plain"
-                     else fast_dp_gradients(model, training.CLASSIFY, settings))
+                     else fast_dp_gradients(model, training.CLASSIFY, settings, tf.Variable(0, dtype=tf.int64)))
         steps[name] = _loop_step(model, gradients, keras.optimizers.legacy.Adam(0.005))
     seconds = _timed(steps, images, labels, args.repeats)
     seconds.update(_timed({"optimizer": _optimizer_step(build_complete_model(), settings)}, images, labels,

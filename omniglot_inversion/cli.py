@@ -45,11 +45,11 @@ def _run_part1_step(args: argparse.Namespace) -> None:
 
     config = _part1_config(args)
     if args.command == "part1":
-        runs.run_part1(config, args.out, overwrite=args.overwrite)
+        runs.run_part1(config, args.out, overwrite=args.overwrite, resume=args.resume)
         print(f"Part 1 done: {args.out / runs.METRICS}")
         return
     if args.command == "train-target":
-        out = runs.prepare_run_folder(args.out, args.overwrite)
+        out = runs.prepare_run_folder(args.out, config, overwrite=args.overwrite, resume=args.resume)
         runs.train_target_step(config, out)
         return
     step = {"train-attacker": runs.train_attacker_step, "reconstruct": runs.reconstruct_step}[args.command]
@@ -88,7 +88,15 @@ def _add_part2_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=_positive_int, help="DP epochs (post: 20)")
     parser.add_argument("--steps-per-epoch", type=_positive_int, help="steps per epoch (post: ceil(13180 / 32))")
     parser.add_argument("--delta", type=_positive_float, help="delta for epsilon (post: 1e-5)")
+    _add_run_folder_options(parser)
+
+
+def _add_run_folder_options(parser: argparse.ArgumentParser, resume: bool = True) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    if resume:
+        parser.add_argument("--resume", action="store_true",
+                            help="continue an interrupted run in --out (same options): completed steps are kept, "
+                            "an interrupted training continues from its last finished epoch")
 
 
 def _run_part2(args: argparse.Namespace) -> None:
@@ -104,7 +112,7 @@ def _run_part2(args: argparse.Namespace) -> None:
             values[field] = tuple(value) if option == "noise" else value
     config = part2.Part2Config(seed=args.seed, data_dir=args.data_dir, engine=args.engine,
                                normalization="group" if args.strict else "batch", **values)
-    part2.run_part2(config, args.out, overwrite=args.overwrite)
+    part2.run_part2(config, args.out, overwrite=args.overwrite, resume=args.resume)
     print(f"Part 2 done: {args.out / 'metrics.json'}")
 
 
@@ -131,7 +139,7 @@ def _run_attack(args: argparse.Namespace) -> None:
 
     target = load_intercepted(args.intercepted)
     config = _part1_config(args)
-    out = runs.prepare_run_folder(args.out, args.overwrite)
+    out = runs.prepare_run_folder(args.out, config, overwrite=args.overwrite)
     result = runs.attack(target, config, out, f"Attack on {args.intercepted.name}: small2 and reconstructions")
     write_json(out / runs.METRICS, {"config": dataclasses.asdict(config), "intercepted": str(args.intercepted),
                                     "versions": runs.versions(), **result})
@@ -163,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         _add_part1_options(sub)
         if name in ("part1", "train-target"):
-            sub.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+            _add_run_folder_options(sub)
         sub.set_defaults(handler=_run_part1_step)
 
     text = "Part 2 end to end: DP-trained targets per noise level, epsilon table, interception, attacks"
@@ -189,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--intercepted", required=True, type=Path, help="HDF5 file of the on-device stage")
     sub.add_argument("--out", required=True, type=Path, help="run folder (created if missing)")
     _add_common_options(sub)
-    sub.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    _add_run_folder_options(sub, resume=False)
     sub.set_defaults(handler=_run_attack)
 
     text = "measure the attacks in Part 1 / Part 2 run folders: metrics, baselines, breakdowns, report"
@@ -206,13 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; user errors print one line and return exit status 2."""
+    """Entry point; user errors print one line and return exit status 2, Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
     except UsageError as err:
         print(f"omniglot-inversion: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " continue it with --resume;" if getattr(args, "resume", None) is not None else ""
+        print(f"omniglot-inversion: interrupted;{hint} completed files are intact.", file=sys.stderr)
+        return 130
     return 0
 
 

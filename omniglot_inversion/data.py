@@ -16,11 +16,13 @@ other checksums. Nothing inside the installed tfds package is modified.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -185,6 +187,26 @@ def preprocess_image(image: tf.Tensor) -> tf.Tensor:
     return tf.image.rgb_to_grayscale(tf.cast(image, tf.float32) / 255.0)
 
 
+def check_images(images, what: str = "images") -> np.ndarray:
+    """``images`` as the models take them, float32 (n, 105, 105, 1) in [0, 1], or a `UsageError`
+    naming what is wrong and how to fix it."""
+    array = np.asarray(images)
+    if array.ndim == 3 and array.shape[1:] == IMAGE_SHAPE[:2]:
+        raise UsageError(f"{what} have shape {array.shape}, without the channel axis; add it with "
+                         f"images[..., None] to get (n, 105, 105, 1).")
+    if array.ndim != 4 or array.shape[1:] != IMAGE_SHAPE or len(array) == 0:
+        raise UsageError(f"{what} must have shape (n, 105, 105, 1) with n >= 1 (grayscale Omniglot images), "
+                         f"got {array.shape}.")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise UsageError(f"{what} must be floating point in [0, 1], got dtype {array.dtype}; for 8-bit pixels "
+                         f"use images.astype('float32') / 255.")
+    low, high = float(np.min(array)), float(np.max(array))
+    if not (0.0 <= low and high <= 1.0):  # also catches NaN
+        raise UsageError(f"{what} must lie in [0, 1], found values from {low:g} to {high:g}; divide 8-bit "
+                         f"pixel values by 255.")
+    return array.astype(np.float32, copy=False)
+
+
 def load_split(split: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> tf.data.Dataset:
     """One tfds split as an unbatched dataset of ``(image, alphabet_id)``, in tfds's order.
 
@@ -224,6 +246,15 @@ def alphabet_names(data_dir: str | os.PathLike | None = None) -> list[str]:
     return list(omniglot_builder(data_dir).info.features["alphabet"].names)
 
 
+class TargetData(NamedTuple):
+    """The target's training stream, its validation set, and the steps of one pass over the
+    training records."""
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    steps_per_pass: int
+
+
 def target_datasets(
     data_dir: str | os.PathLike | None = None,
     *,
@@ -232,23 +263,29 @@ def target_datasets(
     batch_size: int = BATCH_SIZE,
     seed: int | None = None,
     repeat: bool = False,
-) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """The post's target data: first ``train_size`` records of ``test`` (shuffled 1000, batched)
-    for training, the following ``val_size`` (default: all the rest, 2,180) for validation.
+) -> TargetData:
+    """The post's target data: first ``train_size`` records of ``test`` (shuffled with a buffer of
+    1000, batched) for training, the following ``val_size`` (default: all the rest, 2,180) for
+    validation.
 
-    ``repeat`` repeats the shuffled records before batching, as Part 2 of the post does, so every
-    batch is full and an epoch is a number of steps rather than a pass over the data.
+    The training stream never ends: one iterator serves every epoch (``steps_per_pass`` batches an
+    epoch for Part 1), and each pass over the records is shuffled anew. Without ``repeat`` every
+    pass ends with its partial batch, as the post's Part 1 loop sees it; with ``repeat`` (Part 2)
+    passes run into each other so every batch is full. The images sit in memory and the stream
+    shuffles their indices, so an iterator's position is a few thousand integers: training
+    checkpoints save it and a resumed run sees the same batches as an uninterrupted one.
     """
-    records = load_split("test", data_dir)
-    train = records.take(train_size).cache().shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        train = train.repeat()
-    train = train.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    rest = records.skip(train_size)
-    if val_size is not None:
-        rest = rest.take(val_size)
-    val = rest.cache().batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return train, val
+    records = load_split("test", data_dir, limit=None if val_size is None else train_size + val_size)
+    images, labels = as_arrays(records)
+    if len(images) <= train_size:
+        raise UsageError(f"train_size {train_size} leaves no validation images among the {len(images)} records "
+                         f"of split 'test'; choose a smaller train_size.")
+    train_images, train_labels = tf.constant(images[:train_size]), tf.constant(labels[:train_size])
+    order = tf.data.Dataset.range(train_size).shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    order = order.repeat().batch(batch_size) if repeat else order.batch(batch_size).repeat()
+    train = order.map(lambda index: (tf.gather(train_images, index), tf.gather(train_labels, index)))
+    val = tf.data.Dataset.from_tensor_slices((images[train_size:], labels[train_size:])).batch(batch_size)
+    return TargetData(train.prefetch(tf.data.AUTOTUNE), val, math.ceil(train_size / batch_size))
 
 
 def as_arrays(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

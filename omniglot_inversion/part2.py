@@ -9,7 +9,6 @@ per noise level (``noise_0.7/`` ...) with ``dp_model_weights.h5`` (the complete 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
 import os
@@ -18,11 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omniglot_inversion import accounting, data, privacy, training
+from omniglot_inversion.checkpoints import EpochCheckpoint
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
 from omniglot_inversion.interception import export_mobile_stage, load_intercepted
 from omniglot_inversion.models import build_complete_model
-from omniglot_inversion.runs import METRICS, MOBILE_STAGE, Log, RunConfig, attack, prepare_run_folder, versions
+from omniglot_inversion.runs import (
+    CHECKPOINTS,
+    METRICS,
+    MOBILE_STAGE,
+    Log,
+    RunConfig,
+    attacker_checkpoint,
+    prepare_run_folder,
+    test_attacker,
+    train_attacker,
+)
 
 POST_NOISE_MULTIPLIERS = (0.7, 0.5, 0.3)
 DP_WEIGHTS = "dp_model_weights.h5"
@@ -88,9 +98,10 @@ def write_epsilon_table(rows: list[dict], out: Path) -> None:
 
 
 def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, log: Log = print) -> dict:
-    """Train the complete model with DP-SGD at one noise level; save it and its mobile stage."""
-    training.set_seed(config.seed)
-    train_ds, val_ds = data.target_datasets(
+    """Train the complete model with DP-SGD at one noise level; save it and its mobile stage.
+    Resumes from the per-epoch checkpoint in ``folder`` when there is one."""
+    training.set_seed(config.seed, deterministic=True)
+    target_data = data.target_datasets(
         config.data_dir, train_size=config.train_size, val_size=config.val_size,
         batch_size=config.batch_size, seed=config.seed, repeat=True,
     )
@@ -102,40 +113,56 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
             f"{row['train_accuracy']:.4f}  val_accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.1f} s, "
             f"{row['seconds'] / config.steps:.3f} s/step)")
 
-    history = privacy.train_dp(model, config.settings(noise_multiplier), train_ds, val_ds=val_ds,
+    checkpoint = folder / CHECKPOINTS / "dp_target"
+    history = privacy.train_dp(model, config.settings(noise_multiplier), target_data.train, val_ds=target_data.val,
                                epochs=config.epochs, steps_per_epoch=config.steps, engine=config.engine,
-                               on_epoch=report)
+                               on_epoch=report, seed=config.seed, checkpoint_dir=checkpoint)
     seconds = time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / DP_WEIGHTS) as tmp:
         model.save_weights(tmp, save_format="h5")
     export_mobile_stage(model, folder / MOBILE_STAGE)
+    EpochCheckpoint(checkpoint).remove()
     return {"history": history, "train_accuracy": history[-1]["train_accuracy"],
             "val_accuracy": history[-1]["val_accuracy"], "seconds": seconds,
             "seconds_per_step": seconds / (config.epochs * config.steps), "steps": config.epochs * config.steps}
 
 
-def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = False, log: Log = print) -> dict:
-    """Part 2 end to end: epsilon table; per noise level a DP target, its interception, an attack."""
-    out = prepare_run_folder(out, overwrite)
+def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
+              log: Log = print) -> dict:
+    """Part 2 end to end: epsilon table; per noise level a DP target, its interception, an attack.
+
+    ``resume`` continues an interrupted run in ``out``: noise levels and steps (DP training,
+    attacker, test) already done are kept, an interrupted training continues from its last epoch.
+    """
+    out = prepare_run_folder(out, config, overwrite=overwrite, resume=resume)
     table = accounting.epsilon_table(config.noise_multipliers, n=config.accounting_n,
                                      batch_size=config.batch_size, epochs=config.epochs, delta=config.delta)
     write_epsilon_table(table, out)
     log(accounting.format_table(table))
     log(accounting.POISSON_CAVEAT)
-    metrics = {"config": dataclasses.asdict(config), "versions": versions(), "epsilon": table,
-               "epsilon_caveat": accounting.POISSON_CAVEAT,
-               "guarantees": privacy.guarantee(config.engine, config.normalization), "noise_levels": {}}
+    metrics = read_json(out / METRICS)
+    metrics.update({"epsilon": table, "epsilon_caveat": accounting.POISSON_CAVEAT,
+                    "guarantees": privacy.guarantee(config.engine, config.normalization)})
+    levels = metrics.setdefault("noise_levels", {})
     write_json(out / METRICS, metrics)
     for row in table:
         noise = row["noise_multiplier"]
         folder = noise_folder(out, noise)
-        target_result = train_dp_target(config, noise, folder, log)
-        intercepted = load_intercepted(folder / MOBILE_STAGE)
+        level = levels.setdefault(f"{noise:g}", {"epsilon": row["epsilon"], "epsilon_2020": row["epsilon_2020"]})
         title = (f"DP target, noise {noise:g}, epsilon {row['epsilon']:.2f} "
                  f"(2020 accounting: {row['epsilon_2020']:.1f}): small2 and reconstructions")
-        attack_result = attack(intercepted, config, folder, title, log)
-        metrics["noise_levels"][f"{noise:g}"] = {"epsilon": row["epsilon"], "epsilon_2020": row["epsilon_2020"],
-                                                 "target": target_result, **attack_result}
-        write_json(out / METRICS, metrics)
+        for section in ("target", "attacker", "test"):
+            if section in level:
+                log(f"noise {noise:g} {section}: done before, kept")
+                continue
+            if section == "target":
+                level[section] = train_dp_target(config, noise, folder, log)
+            elif section == "attacker":
+                level[section] = train_attacker(load_intercepted(folder / MOBILE_STAGE), config, folder, log)
+            else:
+                level[section] = test_attacker(load_intercepted(folder / MOBILE_STAGE), config, folder, title, log)
+            write_json(out / METRICS, metrics)
+            if section == "attacker":
+                EpochCheckpoint(attacker_checkpoint(folder)).remove()
     return read_json(out / METRICS)

@@ -14,15 +14,18 @@ averages (used at inference, and by the attacker) are computed from private data
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import tensorflow as tf
 
 from omniglot_inversion import training
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.fast_dp import fast_dp_gradients
+from omniglot_inversion.files import read_json, write_json
 
 keras = tf.keras
 
@@ -42,13 +45,14 @@ _GUARANTEES = {
         "of standard deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count."
     ),
     "fast": (
-        "Engine 'fast': per-example gradients from batch passes (omniglot_inversion.fast_dp); each "
-        "microbatch's clip factor min(1, l2_norm_clip / norm) applied to its gradient, the clipped "
-        "gradients summed, Gaussian noise of standard deviation l2_norm_clip * noise_multiplier added, "
-        "divided by the microbatch count (TensorFlow Privacy's Gaussian sum query). With several batch "
-        "norms the norms behind the clip factors leave out the paths through later layers' batch "
-        "statistics, while the summed gradients include them (as the optimizer path's do), so a clipped "
-        "term may exceed l2_norm_clip where those paths lengthen it."
+        "Engine 'fast': per-example gradients from batch passes (omniglot_inversion.fast_dp), each "
+        "microbatch's gradient clipped to l2_norm_clip, summed, Gaussian noise of standard deviation "
+        "l2_norm_clip * noise_multiplier added, divided by the microbatch count (TensorFlow Privacy's "
+        "Gaussian sum query), so every summed term has norm <= l2_norm_clip. With batch norm, the "
+        "per-example gradients treat the batch statistics as constants except for the path through each "
+        "batch norm's own statistics to the layer feeding it (the optimizer path's also follow later "
+        "layers' statistics). The noise is pseudo-random from the run's seed and the step: anyone who "
+        "knows the seed can regenerate it, so keep the seed secret where that matters."
     ),
 }
 _STRICT = (
@@ -106,15 +110,18 @@ def dp_optimizer(settings: DPSettings):
 
 
 class _EpochLog(keras.callbacks.Callback):
-    """Turns Keras logs into the package's per-epoch rows, with wall time."""
+    """Turns Keras logs into the package's per-epoch rows, with wall time; with ``path``, keeps the
+    rows in that JSON file too, so that a resumed ``model.fit`` reports the epochs done before."""
 
-    def __init__(self, on_epoch: Callable[[dict], None] | None):
+    def __init__(self, on_epoch: Callable[[dict], None] | None, path: Path | None = None):
         super().__init__()
-        self.rows: list[dict] = []
+        self._path = path
+        self.rows: list[dict] = read_json(path, default=[]) if path else []
         self._on_epoch = on_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
+        self.rows = [row for row in self.rows if row["epoch"] <= epoch]  # epochs redone after a resume
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -125,6 +132,8 @@ class _EpochLog(keras.callbacks.Callback):
             row["val_accuracy"] = float(logs["val_sparse_categorical_accuracy"])
         row["seconds"] = time.perf_counter() - self._started
         self.rows.append(row)
+        if self._path is not None:
+            write_json(self._path, self.rows)
         if self._on_epoch is not None:
             self._on_epoch(row)
 
@@ -139,22 +148,29 @@ def train_dp(
     engine: str = "fast",
     val_ds: tf.data.Dataset | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Train ``model`` with DP-SGD (Adam) on an endlessly repeating dataset of full batches; return
     one row per epoch (train/val loss and accuracy, seconds).
 
     ``engine="optimizer"`` compiles the model with TensorFlow Privacy's DPKerasAdamOptimizer and runs
     ``model.fit``, as the post does; ``engine="fast"`` runs the package's loop with the
-    engine of `fast_dp` (same aggregation, same Adam). Both draw ``steps_per_epoch`` batches per epoch
-    from one iterator.
+    engine of `fast_dp` (same aggregation, same Adam; noise seeded by ``seed`` and the step). Both
+    draw ``steps_per_epoch`` batches per epoch from one iterator.
+
+    ``checkpoint_dir``: per-epoch checkpoints there, and resume from the last one. The fast engine
+    then repeats an uninterrupted run exactly; the optimizer engine (Keras ``BackupAndRestore``)
+    resumes at the epoch but restarts its data iterator and noise stream.
     """
     if epochs < 1 or steps_per_epoch < 1:
         raise UsageError(f"epochs and steps per epoch must be at least 1, got {epochs} and {steps_per_epoch}.")
     if engine == "fast":
+        optimizer = keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate)
         return training.fit(
             model, training.CLASSIFY, train_ds, epochs=epochs, val_ds=val_ds, steps_per_epoch=steps_per_epoch,
-            optimizer=keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate),
-            gradients=fast_dp_gradients(model, training.CLASSIFY, settings), on_epoch=on_epoch,
+            optimizer=optimizer, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
+            gradients=fast_dp_gradients(model, training.CLASSIFY, settings, optimizer.iterations, seed),
         )
     guarantee(engine, "batch")  # refuses an unknown engine
     model.compile(
@@ -162,7 +178,9 @@ def train_dp(
         loss=keras.losses.SparseCategoricalCrossentropy(reduction=keras.losses.Reduction.NONE),
         metrics=["sparse_categorical_accuracy"],
     )
-    log = _EpochLog(on_epoch)
+    callbacks = [log := _EpochLog(on_epoch, Path(checkpoint_dir) / "epochs.json" if checkpoint_dir else None)]
+    if checkpoint_dir is not None:
+        callbacks.append(keras.callbacks.BackupAndRestore(os.fspath(checkpoint_dir)))
     model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-              callbacks=[log], verbose=0)
+              callbacks=callbacks, verbose=0)
     return log.rows

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from omniglot_inversion import data, training
+from omniglot_inversion.checkpoints import EpochCheckpoint
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
 from omniglot_inversion.models import AttackModel, TargetModel
@@ -30,6 +33,7 @@ TARGET_WEIGHTS = "target_weights.h5"
 MOBILE_STAGE = "mobile_stage.h5"
 ATTACKER_WEIGHTS = "attacker_weights.h5"
 FIGURE = "reconstruction.png"
+CHECKPOINTS = "checkpoints"
 NUM_SHOWN = 16
 
 Log = Callable[[str], None]
@@ -105,30 +109,68 @@ def _epoch_printer(log: Log, total: int, label: str) -> training.EpochCallback:
     return report
 
 
-def prepare_run_folder(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Create the run folder; refuse one that already holds a run unless ``overwrite``, which
-    drops the old run's ``metrics.json`` so that no section of it outlives the new run."""
+def _config_record(config) -> dict:
+    """The configuration as metrics.json holds it (JSON types)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _check_same_config(out: Path, stored: dict, config) -> None:
+    # the archive folder may be named differently; its content is checked when the data load
+    wanted = {key: value for key, value in _config_record(config).items() if key != "data_dir"}
+    differing = [f"{key}={stored.get(key)!r} there, {value!r} here" for key, value in wanted.items()
+                 if stored.get(key) != value]
+    if differing:
+        raise UsageError(f"{out} holds a run started with other settings ({'; '.join(differing)}); resume with "
+                         f"the same options, or pass --overwrite to start again.")
+
+
+def prepare_run_folder(out: str | os.PathLike, config, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create or reopen the run folder and record ``config`` and the versions in ``metrics.json``.
+
+    A folder that already holds a run is refused unless ``overwrite`` (the old run's metrics.json
+    and checkpoints are dropped, so nothing of it outlives the new run) or ``resume`` (the run must
+    have been started with the same configuration; its completed steps and checkpoints are kept,
+    and partial files left by an interrupted write are removed).
+    """
+    if overwrite and resume:
+        raise UsageError("--overwrite starts a run again and --resume continues it; pass one of them.")
     out = Path(out)
-    if (out / METRICS).exists() and not overwrite:
-        raise UsageError(f"{out} already holds a run ({METRICS} exists); choose another --out or pass --overwrite.")
+    stored = read_json(out / METRICS)
+    if stored is not None and not (overwrite or resume):
+        raise UsageError(f"{out} already holds a run ({METRICS} exists); choose another --out, pass --resume to "
+                         f"continue it, or --overwrite to replace it.")
     out.mkdir(parents=True, exist_ok=True)
+    if resume and stored is not None:
+        _check_same_config(out, stored.get("config", {}), config)
+        for partial in out.rglob(".*.partial*"):
+            partial.unlink()
+        return out
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     (out / METRICS).unlink(missing_ok=True)
+    write_json(out / METRICS, {"config": _config_record(config), "versions": versions()})
     return out
 
 
+def done_steps(out: Path) -> dict:
+    """The sections of ``out``'s metrics.json (the steps completed so far)."""
+    return read_json(out / METRICS, default={})
+
+
 def train_target_step(config: Part1Config, out: Path, log: Log = print) -> dict:
-    """Train the split target (the post's custom loop) and save it and its on-device stage."""
-    training.set_seed(config.seed)
-    train_ds, val_ds = data.target_datasets(
+    """Train the split target (the post's custom loop) and save it and its on-device stage;
+    resumes from the step's per-epoch checkpoint when there is one."""
+    training.set_seed(config.seed, deterministic=True)
+    target_data = data.target_datasets(
         config.data_dir, train_size=config.train_size, val_size=config.val_size,
         batch_size=config.batch_size, seed=config.seed,
     )
     model = TargetModel()
     started = time.perf_counter()
+    checkpoint = out / CHECKPOINTS / "target"
     history = training.fit(
-        model, training.CLASSIFY, train_ds, val_ds=val_ds, epochs=config.epochs,
-        training=True if config.keras_training_mode else None,
-        on_epoch=_epoch_printer(log, config.epochs, "target"),
+        model, training.CLASSIFY, target_data.train, val_ds=target_data.val, epochs=config.epochs,
+        steps_per_epoch=target_data.steps_per_pass, training=True if config.keras_training_mode else None,
+        on_epoch=_epoch_printer(log, config.epochs, "target"), checkpoint_dir=checkpoint,
     )
     seconds = time.perf_counter() - started
     with atomic_path(out / TARGET_WEIGHTS) as tmp:
@@ -138,6 +180,7 @@ def train_target_step(config: Part1Config, out: Path, log: Log = print) -> dict:
     result = {"history": history, "train_accuracy": history[-1]["train_accuracy"],
               "val_accuracy": history[-1]["val_accuracy"], "seconds": seconds}
     _update_metrics(out, "target", result, config)
+    EpochCheckpoint(checkpoint).remove()
     return result
 
 
@@ -167,20 +210,28 @@ def attack(target, config, out: Path, title: str, log: Log = print) -> dict:
 
 
 def train_attacker(target, config, out: Path, log: Log = print) -> dict:
-    """Train a fresh AttackModel on ``small1`` by querying ``target.mobile_step``; save its weights."""
-    training.set_seed(config.seed)
+    """Train a fresh AttackModel on ``small1`` by querying ``target.mobile_step``; save its weights.
+    Resumes from the per-epoch checkpoint in ``out`` when there is one; the caller removes it
+    (`EpochCheckpoint.remove`) once the result is recorded."""
+    training.set_seed(config.seed, deterministic=True)
     images, _ = data.as_arrays(data.load_split("small1", config.data_dir, limit=config.attacker_size))
     attacker = AttackModel()
     started = time.perf_counter()
     history = training.train_attacker(
         attacker, target.mobile_step, images, epochs=config.attacker_epochs, batch_size=config.batch_size,
         on_epoch=_epoch_printer(log, config.attacker_epochs, "attacker"),
+        checkpoint_dir=attacker_checkpoint(out),
     )
     seconds = time.perf_counter() - started
     with atomic_path(out / ATTACKER_WEIGHTS) as tmp:
         attacker.save_weights(tmp, save_format="h5")
     return {"history": history, "train_mse": history[-1]["train_mse"], "num_images": len(images),
             "seconds": seconds}
+
+
+def attacker_checkpoint(out: Path) -> Path:
+    """Where `train_attacker` keeps its per-epoch checkpoint for the run folder ``out``."""
+    return out / CHECKPOINTS / "attacker"
 
 
 def test_attacker(target, config, out: Path, title: str, log: Log = print) -> dict:
@@ -204,6 +255,7 @@ def train_attacker_step(config: Part1Config, out: Path, log: Log = print) -> dic
     """Part 1's attacker step on a run folder holding a trained target."""
     result = train_attacker(load_target(out), config, out, log)
     _update_metrics(out, "attacker", result, config)
+    EpochCheckpoint(attacker_checkpoint(out)).remove()
     return result
 
 
@@ -214,10 +266,20 @@ def reconstruct_step(config: Part1Config, out: Path, log: Log = print) -> dict:
     return result
 
 
-def run_part1(config: Part1Config, out: str | os.PathLike, *, overwrite: bool = False, log: Log = print) -> dict:
-    """Part 1 end to end: train the target, train the attacker, reconstruct the test images."""
-    out = prepare_run_folder(out, overwrite)
-    train_target_step(config, out, log)
-    train_attacker_step(config, out, log)
-    reconstruct_step(config, out, log)
+PART1_STEPS = (("target", train_target_step), ("attacker", train_attacker_step), ("test", reconstruct_step))
+
+
+def run_part1(config: Part1Config, out: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
+              log: Log = print) -> dict:
+    """Part 1 end to end: train the target, train the attacker, reconstruct the test images.
+
+    ``resume`` continues an interrupted run in ``out``: completed steps are kept, an interrupted
+    training continues from its last epoch (`prepare_run_folder`).
+    """
+    out = prepare_run_folder(out, config, overwrite=overwrite, resume=resume)
+    for section, step in PART1_STEPS:
+        if section in done_steps(out):
+            log(f"{section}: done before, kept")
+            continue
+        step(config, out, log)
     return read_json(out / METRICS)

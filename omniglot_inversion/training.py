@@ -13,12 +13,16 @@ training. ``training=None`` reproduces that (the default everywhere in this pack
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
+
+from omniglot_inversion.checkpoints import EpochCheckpoint
+from omniglot_inversion.data import check_images
 
 keras = tf.keras
 
@@ -71,6 +75,7 @@ def fit(
     gradients: GradientFn | None = None,
     steps_per_epoch: int | None = None,
     on_epoch: EpochCallback | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Train ``model`` on batches of ``(inputs, targets)`` and return one log row per epoch.
 
@@ -79,6 +84,11 @@ def fit(
     ``keras.Model.fit`` does. Each row holds ``epoch``, ``train_loss``, ``train_<metric>``, with
     ``val_ds`` also ``val_loss`` and ``val_<metric>``, and ``seconds``. ``on_epoch`` receives each
     row as soon as the epoch ends (progress printing).
+
+    ``checkpoint_dir``: save model, optimizer and data position there after every epoch, and
+    start from the last epoch saved there if any (`checkpoints.EpochCheckpoint`); the rows of the
+    epochs done before are part of the returned log. Resuming repeats an uninterrupted run exactly
+    when the data order and any randomness are functions of the saved state (as in this package).
     """
     optimizer = optimizer or keras.optimizers.Adam()
     gradients = gradients or plain_gradients(model, task, training)
@@ -99,8 +109,12 @@ def fit(
         val_metric.update_state(targets, predictions)
 
     batches = iter(train_ds) if steps_per_epoch else None
-    history = []
-    for epoch in range(1, epochs + 1):
+    saver = None
+    if checkpoint_dir is not None:
+        trackables = dict(model=model, optimizer=optimizer, **({"iterator": batches} if batches else {}))
+        saver = EpochCheckpoint(checkpoint_dir, **trackables)
+    history = saver.restore() if saver else []
+    for epoch in range(len(history) + 1, epochs + 1):
         started = time.perf_counter()
         for inputs, targets in (itertools.islice(batches, steps_per_epoch) if batches else train_ds):
             train_step(inputs, targets)
@@ -115,6 +129,8 @@ def fit(
         for metric in (train_loss, val_loss, train_metric, val_metric):
             metric.reset_state()
         history.append(row)
+        if saver is not None:
+            saver.save(history)
         if on_epoch is not None:
             on_epoch(row)
     return history
@@ -126,6 +142,7 @@ def query_codes(mobile_step: Callable, images: np.ndarray, batch_size: int = 256
     The intercepted stage is frozen and runs in inference mode, so its answer to an image never
     changes; the attacker can train on these codes for every epoch instead of re-querying.
     """
+    images = check_images(images)
     return np.concatenate([
         mobile_step(images[start:start + batch_size], training=False).numpy()
         for start in range(0, len(images), batch_size)
@@ -140,14 +157,16 @@ def train_attacker(
     epochs: int,
     batch_size: int = 32,
     on_epoch: EpochCallback | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
     """The post's attacker training: decode intercepted codes of ``images`` back into ``images``.
 
     Batches in the data's order, unshuffled, as the post does. Returns the per-epoch log.
+    ``checkpoint_dir`` as in `fit`.
     """
     codes = query_codes(mobile_step, images)
-    pairs = tf.data.Dataset.from_tensor_slices((codes, images)).batch(batch_size)
-    return fit(attacker, RECONSTRUCT, pairs, epochs=epochs, on_epoch=on_epoch)
+    pairs = tf.data.Dataset.from_tensor_slices((codes, check_images(images))).batch(batch_size)
+    return fit(attacker, RECONSTRUCT, pairs, epochs=epochs, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir)
 
 
 def reconstruct(attacker: keras.Model, mobile_step: Callable, images: np.ndarray) -> np.ndarray:

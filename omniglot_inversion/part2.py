@@ -97,9 +97,15 @@ def write_epsilon_table(rows: list[dict], out: Path) -> None:
         tmp.write_text(buffer.getvalue())
 
 
+def dp_checkpoint(folder: Path) -> Path:
+    """Where `train_dp_target` keeps its per-epoch checkpoint for a noise level's folder."""
+    return folder / CHECKPOINTS / "dp_target"
+
+
 def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, log: Log = print) -> dict:
     """Train the complete model with DP-SGD at one noise level; save it and its mobile stage.
-    Resumes from the per-epoch checkpoint in ``folder`` when there is one."""
+    Resumes from the per-epoch checkpoint in ``folder`` (`dp_checkpoint`) when there is one; the
+    caller removes it once the result is recorded."""
     training.set_seed(config.seed, deterministic=True)
     target_data = data.target_datasets(
         config.data_dir, train_size=config.train_size, val_size=config.val_size,
@@ -113,16 +119,14 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
             f"{row['train_accuracy']:.4f}  val_accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.1f} s, "
             f"{row['seconds'] / config.steps:.3f} s/step)")
 
-    checkpoint = folder / CHECKPOINTS / "dp_target"
     history = privacy.train_dp(model, config.settings(noise_multiplier), target_data.train, val_ds=target_data.val,
                                epochs=config.epochs, steps_per_epoch=config.steps, engine=config.engine,
-                               on_epoch=report, seed=config.seed, checkpoint_dir=checkpoint)
+                               on_epoch=report, seed=config.seed, checkpoint_dir=dp_checkpoint(folder))
     seconds = time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / DP_WEIGHTS) as tmp:
         model.save_weights(tmp, save_format="h5")
     export_mobile_stage(model, folder / MOBILE_STAGE)
-    EpochCheckpoint(checkpoint).remove()
     return {"history": history, "train_accuracy": history[-1]["train_accuracy"],
             "val_accuracy": history[-1]["val_accuracy"], "seconds": seconds,
             "seconds_per_step": seconds / (config.epochs * config.steps), "steps": config.epochs * config.steps}
@@ -163,6 +167,6 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
             else:
                 level[section] = test_attacker(load_intercepted(folder / MOBILE_STAGE), config, folder, title, log)
             write_json(out / METRICS, metrics)
-            if section == "attacker":
-                EpochCheckpoint(attacker_checkpoint(folder)).remove()
+            # only now: a kill before the metrics are written resumes from the checkpoint
+            EpochCheckpoint(dp_checkpoint(folder) if section == "target" else attacker_checkpoint(folder)).remove()
     return read_json(out / METRICS)

@@ -205,8 +205,10 @@ def attack(target, config, out: Path, title: str, log: Log = print) -> dict:
     ``config`` supplies ``seed``, ``attacker_epochs``, ``batch_size``, ``attacker_size``,
     ``test_size`` and ``data_dir``. Writes the attacker weights and the figure into ``out``.
     """
-    return {"attacker": train_attacker(target, config, out, log),
-            "test": test_attacker(target, config, out, title, log)}
+    result = {"attacker": train_attacker(target, config, out, log),
+              "test": test_attacker(target, config, out, title, log)}
+    EpochCheckpoint(attacker_checkpoint(out)).remove()
+    return result
 
 
 def train_attacker(target, config, out: Path, log: Log = print) -> dict:

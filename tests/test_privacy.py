@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import build_complete_model, cli, part2, runs
+from omniglot_inversion import build_complete_model, cli, part2, privacy, runs
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.privacy import DPSettings, train_dp
 
@@ -78,3 +78,30 @@ def test_part2_refuses_negative_noise_before_writing(tmp_path, capsys):
     assert cli.main(["part2", "--quick", "--out", str(tmp_path / "run"), "--noise", "-1"]) == 2
     assert "noise multiplier must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_optimizer_engine_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    """model.fit with DPKerasAdamOptimizer, stopped by an error after its second epoch, continues at
+    that epoch from the per-epoch backup and reports every epoch once."""
+    settings = DPSettings(noise_multiplier=0.7, batch_size=8)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(8, 105, 105, 1)).astype(np.float32)
+    batches = tf.data.Dataset.from_tensors((images, rng.integers(0, 50, size=8))).repeat()
+    original = privacy._EpochLog.on_epoch_end
+
+    def crash_after_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise RuntimeError("simulated crash")
+
+    tf.keras.utils.set_random_seed(0)
+    monkeypatch.setattr(privacy._EpochLog, "on_epoch_end", crash_after_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_dp(build_complete_model(), settings, batches, epochs=3, steps_per_epoch=1, engine="optimizer",
+                 checkpoint_dir=tmp_path)
+    first_rows = json.loads((tmp_path / "epochs.json").read_text())
+    monkeypatch.setattr(privacy._EpochLog, "on_epoch_end", original)
+    rows = train_dp(build_complete_model(), settings, batches, epochs=3, steps_per_epoch=1, engine="optimizer",
+                    checkpoint_dir=tmp_path)
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert rows[0] == first_rows[0]  # epoch 1 was not trained again

@@ -109,10 +109,11 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
                   data_dir=None) -> dict:
     """Copy each run's mobile stage and attacker into ``out`` as ``<name>_mobile_stage.h5`` and
     ``<name>_attacker.h5`` and write ``manifest.json``; returns the manifest."""
+    entries = _sources(Path(part1), Path(part2))  # refuses unfinished runs before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
-    for entry in _sources(Path(part1), Path(part2)):
+    for entry in entries:
         copied = {}
         for kind, source in (("mobile_stage", MOBILE_STAGE), ("attacker", ATTACKER_WEIGHTS)):
             target = out / f"{entry['name']}_{kind}.h5"

@@ -55,3 +55,15 @@ def test_shipped_attackers_reproduce_the_recorded_small1_mse(manifest, data_dir)
     for mobile_stage, attacker_weights in _pairs():
         recorded = manifest["files"][attacker_weights.name]["metrics"]["small1_mse"]
         assert small1_mse(mobile_stage, attacker_weights, data_dir) == pytest.approx(recorded, abs=5e-4)
+
+
+def test_export_refuses_runs_that_are_not_finished(tmp_path):
+    from omniglot_inversion.errors import UsageError
+    from omniglot_inversion.export import export_models
+    from omniglot_inversion.files import write_json
+
+    part1, part2 = tmp_path / "part1", tmp_path / "part2"
+    write_json(part1 / "metrics.json", {"config": {}, "target": {}})
+    with pytest.raises(UsageError, match=r"missing: attacker, test.*part1 --out .* --resume"):
+        export_models(part1, part2, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

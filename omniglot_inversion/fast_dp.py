@@ -310,23 +310,42 @@ def privatize(per_example: list[tf.Tensor], l2_norm_clip: float, noise_multiplie
     return add_noise(summed, l2_norm_clip, noise_multiplier, num_microbatches, seed)
 
 
-def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variable, noise_seed: int = 0
-                      ) -> GradientFn:
+def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variable, noise_seed: int = 0,
+                      exact_sum: bool = False) -> GradientFn:
     """A `training.fit` gradient function doing one DP-SGD step with this engine: per-example
     gradients (`per_example_gradients`), clipped, summed, noised and averaged (`privatize`), and
     the batch-norm moving averages updated (`update_moving_averages`).
+
+    ``exact_sum`` (engine ``fast-exact``; matters only with batch norm): the clip factors still come
+    from `per_example_gradients`, but the clipped sum is the gradient of the clip-weighted loss
+    through the batch statistics, i.e. the optimizer path's per-example gradients (all statistics
+    paths included) each scaled by its factor: one more training-mode batch pass, which also
+    updates the moving averages. Closer to the optimizer (cosine 0.998 instead of 0.85-0.93) at
+    about 1.3 times the cost; a summed term may then exceed the clip where those paths lengthen it.
 
     ``settings`` is a `privacy.DPSettings`; batches must hold exactly ``settings.batch_size``
     examples (a repeated dataset), as the optimizer path requires too. ``step`` (the optimizer's
     ``iterations``) and ``noise_seed`` seed each step's noise.
     """
-    _layers(model)  # refuses unsupported models now rather than inside the training loop
+    model_layers = _layers(model)  # refuses unsupported models now rather than inside the training loop
+    exact_sum = exact_sum and any(isinstance(layer, keras.layers.BatchNormalization) for layer in model_layers)
     clip, noise, count = settings.l2_norm_clip, settings.noise_multiplier, settings.microbatches
 
     def gradients(inputs, targets):
         batch = per_example_gradients(model, task, inputs, targets)
-        update_moving_averages(batch.statistics)
         seed = tf.stack([tf.constant(noise_seed, tf.int64), tf.cast(step, tf.int64)])
-        return privatize(batch.gradients, clip, noise, count, seed), batch.predictions, batch.losses
+        if not exact_sum:
+            update_moving_averages(batch.statistics)
+            return privatize(batch.gradients, clip, noise, count, seed), batch.predictions, batch.losses
+        factors = tf.stop_gradient(clip_factors(microbatch_gradients(batch.gradients, count), clip))
+        per_example_factor = tf.repeat(factors, tf.shape(inputs)[0] // count)
+        with tf.GradientTape() as tape:
+            predictions = model(inputs, training=True)
+            losses = task.loss(targets, predictions)
+            # a microbatch's loss is the mean of its examples' losses
+            weighted = tf.reduce_sum(per_example_factor * losses) * tf.cast(count, losses.dtype) / tf.cast(
+                tf.shape(inputs)[0], losses.dtype)
+        summed = tape.gradient(weighted, model.trainable_variables)
+        return add_noise(summed, clip, noise, count, seed), predictions, losses
 
     return gradients

@@ -1,6 +1,7 @@
-"""DP-SGD training of the post's complete model (Part 2), by one of two engines.
+"""DP-SGD training of the post's complete model (Part 2), by one of three engines.
 
-Engine ``fast`` (default): the per-example engine of `fast_dp`, in the package's loop.
+Engines ``fast`` (default) and ``fast-exact``: the per-example engine of `fast_dp`, in the
+package's loop (``fast-exact`` sums the clipped gradients through the batch statistics).
 Engine ``optimizer``: TensorFlow Privacy's ``DPKerasAdamOptimizer`` through ``model.fit``, as the
 post does (one microbatch per example). Per step: per-example gradients of the per-example loss
 (``tape.jacobian``), each clipped to ``l2_norm_clip``, summed, Gaussian noise of standard deviation
@@ -29,7 +30,7 @@ from omniglot_inversion.files import read_json, write_json
 
 keras = tf.keras
 
-ENGINES = ("fast", "optimizer")
+ENGINES = ("fast", "fast-exact", "optimizer")
 
 _BATCH_NORM_CAVEAT = (
     " Batch normalisation on batch statistics makes each example's forward pass depend on the other "
@@ -53,6 +54,14 @@ _GUARANTEES = {
         "batch norm's own statistics to the layer feeding it (the optimizer path's also follow later "
         "layers' statistics). The noise is pseudo-random from the run's seed and the step: anyone who "
         "knows the seed can regenerate it, so keep the seed secret where that matters."
+    ),
+    "fast-exact": (
+        "Engine 'fast-exact': as 'fast' for the clip factors (per-example gradients from batch passes, "
+        "batch statistics held except each batch norm's own), but the summed gradient is that of the "
+        "clip-weighted loss through the batch statistics (as the optimizer path's per-example gradients "
+        "are), so a clipped term may exceed l2_norm_clip where the later statistics paths lengthen it; "
+        "Gaussian noise of standard deviation l2_norm_clip * noise_multiplier added, divided by the "
+        "microbatch count. Noise pseudo-random from the run's seed and the step."
     ),
 }
 _STRICT = (
@@ -155,22 +164,24 @@ def train_dp(
     one row per epoch (train/val loss and accuracy, seconds).
 
     ``engine="optimizer"`` compiles the model with TensorFlow Privacy's DPKerasAdamOptimizer and runs
-    ``model.fit``, as the post does; ``engine="fast"`` runs the package's loop with the
-    engine of `fast_dp` (same aggregation, same Adam; noise seeded by ``seed`` and the step). Both
+    ``model.fit``, as the post does; ``engine="fast"`` and ``"fast-exact"`` run the package's loop
+    with the engine of `fast_dp` (same aggregation, same Adam; noise seeded by ``seed`` and the
+    step; ``fast-exact`` sums the clipped gradients through the batch statistics). All
     draw ``steps_per_epoch`` batches per epoch from one iterator.
 
-    ``checkpoint_dir``: per-epoch checkpoints there, and resume from the last one. The fast engine
-    then repeats an uninterrupted run exactly; the optimizer engine (Keras ``BackupAndRestore``)
+    ``checkpoint_dir``: per-epoch checkpoints there, and resume from the last one. The fast engines
+    then repeat an uninterrupted run exactly; the optimizer engine (Keras ``BackupAndRestore``)
     resumes at the epoch but restarts its data iterator and noise stream.
     """
     if epochs < 1 or steps_per_epoch < 1:
         raise UsageError(f"epochs and steps per epoch must be at least 1, got {epochs} and {steps_per_epoch}.")
-    if engine == "fast":
+    if engine in ("fast", "fast-exact"):
         optimizer = keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate)
         return training.fit(
             model, training.CLASSIFY, train_ds, epochs=epochs, val_ds=val_ds, steps_per_epoch=steps_per_epoch,
             optimizer=optimizer, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-            gradients=fast_dp_gradients(model, training.CLASSIFY, settings, optimizer.iterations, seed),
+            gradients=fast_dp_gradients(model, training.CLASSIFY, settings, optimizer.iterations, seed,
+                                        exact_sum=engine == "fast-exact"),
         )
     guarantee(engine, "batch")  # refuses an unknown engine
     model.compile(

@@ -76,11 +76,11 @@ def _add_part2_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="run folder (created if missing)")
     _add_common_options(parser)
     parser.add_argument("--noise", type=float, nargs="+", help="noise multipliers (post: 0.7 0.5 0.3)")
-    parser.add_argument("--engine", choices=("fast", "fast-exact", "optimizer"), default="fast",
-                        help="DP engine: 'fast' (per-example gradients from batch passes, default), 'fast-exact' "
-                        "(clipped sum through the batch statistics, closer to the optimizer, ~1.3x the cost of "
-                        "'fast') or 'optimizer' (TensorFlow Privacy's DPKerasAdamOptimizer with model.fit, as "
-                        "the post; ~40x a plain step)")
+    parser.add_argument("--engine", choices=("fast", "fast-lite", "optimizer"), default="fast",
+                        help="DP engine: 'fast' (per-example clip factors from batch passes, clipped sum through "
+                        "the batch statistics; default), 'fast-lite' (sum of the clipped per-example gradients; "
+                        "~0.75x the cost, unstable late in the post's 20 epochs) or 'optimizer' (TensorFlow "
+                        "Privacy's DPKerasAdamOptimizer with model.fit, as the post; ~40x a plain step)")
     parser.add_argument("--strict", action="store_true",
                         help="strict variant: group instead of batch normalisation (no statistics shared "
                         "between examples)")

@@ -311,17 +311,19 @@ def privatize(per_example: list[tf.Tensor], l2_norm_clip: float, noise_multiplie
 
 
 def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variable, noise_seed: int = 0,
-                      exact_sum: bool = False) -> GradientFn:
+                      exact_sum: bool = True) -> GradientFn:
     """A `training.fit` gradient function doing one DP-SGD step with this engine: per-example
     gradients (`per_example_gradients`), clipped, summed, noised and averaged (`privatize`), and
     the batch-norm moving averages updated (`update_moving_averages`).
 
-    ``exact_sum`` (engine ``fast-exact``; matters only with batch norm): the clip factors still come
-    from `per_example_gradients`, but the clipped sum is the gradient of the clip-weighted loss
+    ``exact_sum`` (engine ``fast``, the default; matters only with batch norm): the clip factors
+    come from `per_example_gradients`, but the clipped sum is the gradient of the clip-weighted loss
     through the batch statistics, i.e. the optimizer path's per-example gradients (all statistics
     paths included) each scaled by its factor: one more training-mode batch pass, which also
-    updates the moving averages. Closer to the optimizer (cosine 0.998 instead of 0.85-0.93) at
-    about 1.3 times the cost; a summed term may then exceed the clip where those paths lengthen it.
+    updates the moving averages. Cosine 0.998 with the optimizer's update; a summed term may exceed
+    the clip where those paths lengthen it. Without it (engine ``fast-lite``) the summed terms are
+    the clipped per-example gradients themselves: about 0.75 times the cost, cosine 0.85-0.93, and
+    at the post's settings its training became unstable late in a 20-epoch run (README).
 
     ``settings`` is a `privacy.DPSettings`; batches must hold exactly ``settings.batch_size``
     examples (a repeated dataset), as the optimizer path requires too. ``step`` (the optimizer's

@@ -1,7 +1,8 @@
 """DP-SGD training of the post's complete model (Part 2), by one of three engines.
 
-Engines ``fast`` (default) and ``fast-exact``: the per-example engine of `fast_dp`, in the
-package's loop (``fast-exact`` sums the clipped gradients through the batch statistics).
+Engines ``fast`` (default) and ``fast-lite``: the per-example engine of `fast_dp`, in the
+package's loop (``fast`` sums the clipped gradients through the batch statistics, ``fast-lite``
+sums the clipped per-example gradients themselves).
 Engine ``optimizer``: TensorFlow Privacy's ``DPKerasAdamOptimizer`` through ``model.fit``, as the
 post does (one microbatch per example). Per step: per-example gradients of the per-example loss
 (``tape.jacobian``), each clipped to ``l2_norm_clip``, summed, Gaussian noise of standard deviation
@@ -30,7 +31,7 @@ from omniglot_inversion.files import read_json, write_json
 
 keras = tf.keras
 
-ENGINES = ("fast", "fast-exact", "optimizer")
+ENGINES = ("fast", "fast-lite", "optimizer")
 
 _BATCH_NORM_CAVEAT = (
     " Batch normalisation on batch statistics makes each example's forward pass depend on the other "
@@ -46,7 +47,17 @@ _GUARANTEES = {
         "of standard deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count."
     ),
     "fast": (
-        "Engine 'fast': per-example gradients from batch passes (omniglot_inversion.fast_dp), each "
+        "Engine 'fast': per-example gradients from batch passes (omniglot_inversion.fast_dp; batch "
+        "statistics held except each batch norm's own) give each microbatch's clip factor "
+        "min(1, l2_norm_clip / norm); the summed gradient is that of the clip-weighted loss through the "
+        "batch statistics (as the optimizer path's per-example gradients are), so a clipped term may "
+        "exceed l2_norm_clip where the later statistics paths lengthen it; Gaussian noise of standard "
+        "deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count. The noise is "
+        "pseudo-random from the run's seed and the step: anyone who knows the seed can regenerate it, so "
+        "keep the seed secret where that matters."
+    ),
+    "fast-lite": (
+        "Engine 'fast-lite': per-example gradients from batch passes (omniglot_inversion.fast_dp), each "
         "microbatch's gradient clipped to l2_norm_clip, summed, Gaussian noise of standard deviation "
         "l2_norm_clip * noise_multiplier added, divided by the microbatch count (TensorFlow Privacy's "
         "Gaussian sum query), so every summed term has norm <= l2_norm_clip. With batch norm, the "
@@ -54,14 +65,6 @@ _GUARANTEES = {
         "batch norm's own statistics to the layer feeding it (the optimizer path's also follow later "
         "layers' statistics). The noise is pseudo-random from the run's seed and the step: anyone who "
         "knows the seed can regenerate it, so keep the seed secret where that matters."
-    ),
-    "fast-exact": (
-        "Engine 'fast-exact': as 'fast' for the clip factors (per-example gradients from batch passes, "
-        "batch statistics held except each batch norm's own), but the summed gradient is that of the "
-        "clip-weighted loss through the batch statistics (as the optimizer path's per-example gradients "
-        "are), so a clipped term may exceed l2_norm_clip where the later statistics paths lengthen it; "
-        "Gaussian noise of standard deviation l2_norm_clip * noise_multiplier added, divided by the "
-        "microbatch count. Noise pseudo-random from the run's seed and the step."
     ),
 }
 _STRICT = (
@@ -164,9 +167,9 @@ def train_dp(
     one row per epoch (train/val loss and accuracy, seconds).
 
     ``engine="optimizer"`` compiles the model with TensorFlow Privacy's DPKerasAdamOptimizer and runs
-    ``model.fit``, as the post does; ``engine="fast"`` and ``"fast-exact"`` run the package's loop
+    ``model.fit``, as the post does; ``engine="fast"`` and ``"fast-lite"`` run the package's loop
     with the engine of `fast_dp` (same aggregation, same Adam; noise seeded by ``seed`` and the
-    step; ``fast-exact`` sums the clipped gradients through the batch statistics). All
+    step; ``fast`` sums the clipped gradients through the batch statistics). All
     draw ``steps_per_epoch`` batches per epoch from one iterator.
 
     ``checkpoint_dir``: per-epoch checkpoints there, and resume from the last one. The fast engines
@@ -175,13 +178,13 @@ def train_dp(
     """
     if epochs < 1 or steps_per_epoch < 1:
         raise UsageError(f"epochs and steps per epoch must be at least 1, got {epochs} and {steps_per_epoch}.")
-    if engine in ("fast", "fast-exact"):
+    if engine in ("fast", "fast-lite"):
         optimizer = keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate)
         return training.fit(
             model, training.CLASSIFY, train_ds, epochs=epochs, val_ds=val_ds, steps_per_epoch=steps_per_epoch,
             optimizer=optimizer, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
             gradients=fast_dp_gradients(model, training.CLASSIFY, settings, optimizer.iterations, seed,
-                                        exact_sum=engine == "fast-exact"),
+                                        exact_sum=engine == "fast"),
         )
     guarantee(engine, "batch")  # refuses an unknown engine
     model.compile(

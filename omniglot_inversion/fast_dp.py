@@ -21,10 +21,13 @@ This engine instead
 Without batch norm, steps 1-4 are exactly the optimizer path's update, and with a single batch
 norm the per-example gradients are exactly its per-example gradients (tests/test_fast_dp.py). With
 several batch norms, as in the post's model, the optimizer path's per-example gradients also flow
-through later layers' statistics; this engine leaves those paths out, so its clipped sum points a
-little away from the optimizer's (cosine about 0.88 at initialisation) while every summed term
-is exactly the vector whose norm was clipped. Measured, it learns as well (README, issue 7's
-benchmarks). The batch-norm moving averages are updated from the batch statistics as Keras does.
+through later layers' statistics, which step 3 leaves out. So by default (engine ``fast``) the
+clip factors come from step 4 but the clipped sum is taken as the gradient of the clip-weighted
+loss through the batch statistics: one more training-mode batch pass, which also updates the
+moving averages as Keras does; its direction is the optimizer's (cosine 0.998 on real batches).
+Engine ``fast-lite`` sums the clipped per-example gradients of step 3 themselves (cosine
+0.85-0.93, about 0.75 times the cost); at the post's settings its training became unstable late
+in a 20-epoch run (README).
 
 The noise is drawn with a stateless generator from ``(noise_seed, step)``: a run repeats exactly
 and resumes exactly from a checkpoint. Whoever knows the seed can regenerate the noise, so a

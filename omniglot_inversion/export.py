@@ -21,7 +21,7 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
 from omniglot_inversion.interception import load_intercepted
 from omniglot_inversion.models import AttackModel
-from omniglot_inversion.runs import ATTACKER_WEIGHTS, METRICS, MOBILE_STAGE
+from omniglot_inversion.runs import ATTACKER_WEIGHTS, FIGURE, METRICS, MOBILE_STAGE
 
 MANIFEST = "manifest.json"
 DATA_NOTE = "with OMNIGLOT_DIR set to the folder of the four Omniglot archives (or --data-dir)"
@@ -108,7 +108,8 @@ def small1_mse(mobile_stage: Path, attacker_weights: Path, data_dir=None) -> flo
 def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str | os.PathLike,
                   data_dir=None) -> dict:
     """Copy each run's mobile stage and attacker into ``out`` as ``<name>_mobile_stage.h5`` and
-    ``<name>_attacker.h5`` and write ``manifest.json``; returns the manifest."""
+    ``<name>_attacker.h5``, its reconstruction figure as ``<name>_reconstruction.png``, and write
+    ``manifest.json``; returns the manifest."""
     entries = _sources(Path(part1), Path(part2))  # refuses unfinished runs before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +121,8 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
             with atomic_path(target) as tmp:
                 shutil.copyfile(entry["folder"] / source, tmp)
             copied[kind] = target
+        with atomic_path(out / f"{entry['name']}_reconstruction.png") as tmp:
+            shutil.copyfile(entry["folder"] / FIGURE, tmp)
         mse = small1_mse(copied["mobile_stage"], copied["attacker"], data_dir)
         record = {key: entry[key] for key in ("command", "versions", "wall_seconds")}
         record.update(seed=entry["config"]["seed"], epochs=entry["config"]["epochs"],

@@ -66,8 +66,10 @@ def _completed(run: Path, sections: list[str], made_by: str) -> dict:
     return metrics
 
 
-def _sources(part1: Path, part2: Path) -> list[dict]:
-    """One entry per shipped pair (mobile stage, attacker): where it comes from and its run's record."""
+def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], list[str]]:
+    """One entry per shipped pair (mobile stage, attacker): where it comes from and its run's record;
+    and the names of the noise levels left out because they are not finished (``require_all``
+    refuses those instead)."""
     metrics = _completed(part1, ["target", "attacker", "test"], "part1")
     command = part1_command(metrics["config"], os.fspath(part1))
     entries = [{"name": "part1", "folder": part1, "command": command, "config": metrics["config"],
@@ -79,11 +81,15 @@ def _sources(part1: Path, part2: Path) -> list[dict]:
                             "test_mse": metrics["test"]["test_mse"]}}]
     metrics = _completed(part2, ["noise_levels"], "part2")
     command = part2_command(metrics["config"], os.fspath(part2))
+    missing = []
     for noise in metrics["config"]["noise_multipliers"]:
         level = metrics["noise_levels"].get(f"{noise:g}", {})
         if not {"target", "attacker", "test"} <= set(level):
-            raise UsageError(f"{part2} has not finished noise {noise:g}; finish it with "
-                             f"`omniglot-inversion part2 --out {part2} --resume` (same options).")
+            if require_all:
+                raise UsageError(f"{part2} has not finished noise {noise:g}; finish it with "
+                                 f"`omniglot-inversion part2 --out {part2} --resume` (same options).")
+            missing.append(f"dp_noise_{noise:g}")
+            continue
         entries.append({
             "name": f"dp_noise_{noise:g}", "folder": part2 / f"noise_{noise:g}", "command": command,
             "config": metrics["config"], "versions": metrics["versions"],
@@ -93,7 +99,7 @@ def _sources(part1: Path, part2: Path) -> list[dict]:
                         "val_accuracy": level["target"]["val_accuracy"],
                         "attacker_train_mse": level["attacker"]["train_mse"], "test_mse": level["test"]["test_mse"]},
         })
-    return entries
+    return entries, missing
 
 
 def small1_mse(mobile_stage: Path, attacker_weights: Path, data_dir=None) -> float:
@@ -106,11 +112,13 @@ def small1_mse(mobile_stage: Path, attacker_weights: Path, data_dir=None) -> flo
 
 
 def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str | os.PathLike,
-                  data_dir=None) -> dict:
+                  data_dir=None, require_all: bool = True) -> dict:
     """Copy each run's mobile stage and attacker into ``out`` as ``<name>_mobile_stage.h5`` and
     ``<name>_attacker.h5``, its reconstruction figure as ``<name>_reconstruction.png``, and write
-    ``manifest.json``; returns the manifest."""
-    entries = _sources(Path(part1), Path(part2))  # refuses unfinished runs before anything is written
+    ``manifest.json``; returns the manifest. ``require_all=False`` ships the finished noise levels
+    of an unfinished Part 2 and lists the others under ``missing``."""
+    # refuses unfinished runs before anything is written
+    entries, missing = _sources(Path(part1), Path(part2), require_all)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -130,7 +138,7 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
                       metrics={**entry["metrics"], "small1_mse": mse})
         for kind, path in copied.items():
             files[path.name] = {"kind": kind, "run": entry["name"], "sha256": sha256(path), **record}
-    manifest = {"files": files,
+    manifest = {"files": files, "missing": missing,
                 "loading": "see README.md in this folder",
                 "regenerate": "omniglot-inversion saved-models --runs runs --out saved_models"}
     write_json(out / MANIFEST, manifest)

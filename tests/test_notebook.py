@@ -22,7 +22,7 @@ def test_notebook_runs_top_to_bottom_at_the_small_preset(tmp_path, data_dir):
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
-    # data samples, attacker curve, Part 1 grid, new attacker's (none shown), three DP grids
-    assert len(figures) >= 6
+    # data samples, attacker curve, Part 1 grid, and a grid per DP level (shipped or trained: >= 2)
+    assert len(figures) >= 5
     text = "".join(output.get("text", "") for output in outputs)
     assert "test MSE" in text and "top-1 re-identification" in text

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from omniglot_inversion import AttackModel
+from omniglot_inversion.errors import UsageError
 from omniglot_inversion.export import MANIFEST, sha256, small1_mse
 from omniglot_inversion.interception import load_intercepted
 
@@ -65,7 +66,6 @@ def test_shipped_attackers_reproduce_the_recorded_small1_mse(manifest, data_dir)
 
 
 def test_export_refuses_runs_that_are_not_finished(tmp_path):
-    from omniglot_inversion.errors import UsageError
     from omniglot_inversion.export import export_models
     from omniglot_inversion.files import write_json
 
@@ -74,3 +74,41 @@ def test_export_refuses_runs_that_are_not_finished(tmp_path):
     with pytest.raises(UsageError, match=r"missing: attacker, test.*part1 --out .* --resume"):
         export_models(part1, part2, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_rest(tmp_path, data_dir):
+    import shutil
+
+    from omniglot_inversion.export import export_models
+    from omniglot_inversion.files import write_json
+
+    def run_folder(folder, name):
+        folder.mkdir(parents=True)
+        shutil.copyfile(SAVED / f"{name}_mobile_stage.h5", folder / "mobile_stage.h5")
+        shutil.copyfile(SAVED / f"{name}_attacker.h5", folder / "attacker_weights.h5")
+        shutil.copyfile(SAVED / f"{name}_reconstruction.png", folder / "reconstruction.png")
+
+    step = {"seconds": 1.0, "train_accuracy": 0.5, "val_accuracy": 0.5, "train_mse": 0.05, "test_mse": 0.06}
+    run_folder(tmp_path / "part1", "part1")
+    write_json(tmp_path / "part1" / "metrics.json", {
+        "config": {"seed": 0, "epochs": 10, "attacker_epochs": 100, "batch_size": 32}, "versions": {},
+        "target": step, "attacker": step, "test": step})
+    run_folder(tmp_path / "part2" / "noise_0.7", "dp_noise_0.7")
+    config = {"seed": 0, "epochs": 20, "attacker_epochs": 100, "batch_size": 32, "engine": "fast",
+              "l2_norm_clip": 1.0, "learning_rate": 0.005, "delta": 1e-5, "normalization": "batch",
+              "noise_multipliers": [0.7, 0.5]}
+    write_json(tmp_path / "part2" / "metrics.json", {"config": config, "versions": {}, "noise_levels": {
+        "0.7": {"epsilon": 3.39, "epsilon_2020": 4.02, "target": step, "attacker": step, "test": step},
+        "0.5": {"epsilon": 11.35, "epsilon_2020": 12.47}}})
+    with pytest.raises(UsageError, match="has not finished noise 0.5"):
+        export_models(tmp_path / "part1", tmp_path / "part2", tmp_path / "out", data_dir=data_dir)
+    manifest = export_models(tmp_path / "part1", tmp_path / "part2", tmp_path / "out", data_dir=data_dir,
+                             require_all=False)
+    assert manifest["missing"] == ["dp_noise_0.5"]
+    assert sorted(manifest["files"]) == sorted(f"{run}_{kind}.h5" for run in ("part1", "dp_noise_0.7")
+                                               for kind in ("mobile_stage", "attacker"))
+    assert "--noise 0.7 0.5" in manifest["files"]["dp_noise_0.7_attacker.h5"]["command"]
+    # the same files give the same small1 MSE as the shipped manifest records
+    shipped = json.loads((SAVED / MANIFEST).read_text())["files"]["dp_noise_0.7_attacker.h5"]["metrics"]
+    assert manifest["files"]["dp_noise_0.7_attacker.h5"]["metrics"]["small1_mse"] == pytest.approx(
+        shipped["small1_mse"], abs=1e-6)

@@ -115,7 +115,7 @@ def _config_record(config) -> dict:
 
 
 def _check_same_config(out: Path, stored: dict, config) -> None:
-    # the archive folder may be named differently; its content is checked when the data load
+    # the archive folder may be named differently; its content is checked when the data loads
     wanted = {key: value for key, value in _config_record(config).items() if key != "data_dir"}
     differing = [f"{key}={stored.get(key)!r} there, {value!r} here" for key, value in wanted.items()
                  if stored.get(key) != value]

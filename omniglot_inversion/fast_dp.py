@@ -4,15 +4,17 @@ TensorFlow Privacy's optimizer gets per-example gradients from ``tape.jacobian``
 batch's graph: one backward pass of the full batch per example (about 40 times a plain step here).
 This engine instead
 
-1. runs the batch forward once with batch-norm statistics held constant;
-2. runs one backward pass of the summed loss to every layer's output before its activation. With
-   the statistics held, no example's loss depends on another example's activations, so example
-   i's slice of that gradient is the gradient of example i's loss alone;
+1. runs the batch forward once in training mode (batch norm with the batch's statistics);
+2. runs one backward pass of the summed loss to every layer's output before its activation, with
+   the batch-norm statistics held constant (a custom gradient, `_batch_norm`). With the statistics
+   held, no example's loss depends on another example's activations, so example i's slice of that
+   gradient is the gradient of example i's loss alone;
 3. forms each example's weight gradients from its layer input and that output gradient
    (convolution: a filter gradient per example; dense: outer product; normalisation scale and
    offset: sums over positions), and adds, for the layer feeding each batch norm, the part of
    the gradient that flows through that batch norm's own statistics (two batch-summed weight
-   gradients shared by all examples; `_own_statistics_correction`);
+   gradients shared by all examples, estimated from a sample of the batch;
+   `_own_statistics_correction`);
 4. takes each microbatch's clip factor min(1, l2_norm_clip / norm) from these gradients, as
    TensorFlow Privacy's Gaussian sum query does, sums the clipped gradients, adds Gaussian noise of
    standard deviation ``l2_norm_clip * noise_multiplier`` and divides by the number of
@@ -23,11 +25,12 @@ norm the per-example gradients are exactly its per-example gradients (tests/test
 several batch norms, as in the post's model, the optimizer path's per-example gradients also flow
 through later layers' statistics, which step 3 leaves out. So by default (engine ``fast``) the
 clip factors come from step 4 but the clipped sum is taken as the gradient of the clip-weighted
-loss through the batch statistics: one more training-mode batch pass, which also updates the
-moving averages as Keras does; its direction is the optimizer's (cosine 0.998 on real batches).
-Engine ``fast-lite`` sums the clipped per-example gradients of step 3 themselves (cosine
-0.85-0.93, about 0.75 times the cost); at the post's settings its training became unstable late
-in a 20-epoch run (README).
+loss through the batch statistics: a second backward pass through the forward pass of step 1,
+the same gradient Keras's training step takes; its direction is the optimizer's (cosine 0.998 on
+real batches). Engine ``fast-lite`` sums the clipped per-example gradients of step 3 themselves
+(cosine 0.85-0.93, about 0.75 times the cost); at the post's settings its training became
+unstable late in a 20-epoch run (README). Both update the moving averages from step 1's batch
+statistics, as Keras does.
 
 The noise is drawn with a stateless generator from ``(noise_seed, step)``: a run repeats exactly
 and resumes exactly from a checkpoint. Whoever knows the seed can regenerate the noise, so a
@@ -47,6 +50,12 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.training import GradientFn, Task
 
 keras = tf.keras
+
+
+# Examples behind the engine's estimate of each batch norm's own-statistics sums (a quarter of the
+# post's batch): the sums are averages over every position, and computing them on the whole batch
+# cost a fifth of a step.
+STATISTICS_SAMPLE = 8
 
 
 class BatchStatistics(NamedTuple):
@@ -104,8 +113,54 @@ def _offset(layer, hidden):
     return layer.beta if layer.center else tf.zeros([hidden.shape[-1]], hidden.dtype)
 
 
-def _forward(model_layers, inputs):
-    """Batch forward with batch statistics held constant.
+class _StatisticsSwitch:
+    """Which backward pass the batch norms of one forward pass build: with their batch statistics
+    held constant (``held``, the per-example pass) or through them (the batch gradient Keras takes).
+    Read when ``tape.gradient`` builds the backward pass, so one forward serves both."""
+
+    def __init__(self):
+        self.held = True
+
+
+def _batch_norm(layer, hidden, switch: _StatisticsSwitch):
+    """Training-mode batch norm with the fused kernels: (output, biased batch mean and variance).
+
+    Its gradient follows ``switch``: through the batch statistics (Keras's training gradient) or
+    with them held constant.
+    """
+    channels = hidden.shape[-1]
+    scale, offset = _scale(layer, hidden), _offset(layer, hidden)
+
+    @tf.custom_gradient
+    def normalize(x, gamma, beta):
+        # the fused kernels take NHWC; any other rank has the same statistics over all other axes
+        x4 = x if len(x.shape) == 4 else tf.reshape(x, [-1, 1, 1, channels])
+        empty = tf.zeros([0], x.dtype)
+        y, mean, unbiased, reserve1, reserve2, reserve3 = tf.raw_ops.FusedBatchNormV3(
+            x=x4, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=layer.epsilon, is_training=True)
+        count = tf.cast(tf.reduce_prod(tf.shape(x4)[:-1]), x.dtype)
+        variance = unbiased * tf.maximum(count - 1.0, 1.0) / count
+
+        def gradient(dy, *_):  # the statistics outputs carry no gradient
+            dy4 = tf.reshape(dy, tf.shape(x4))
+            if switch.held:
+                grads = tf.raw_ops.FusedBatchNormGradV3(
+                    y_backprop=dy4, x=x4, scale=gamma, reserve_space_1=mean, reserve_space_2=variance,
+                    reserve_space_3=reserve3, epsilon=layer.epsilon, is_training=False)
+            else:
+                grads = tf.raw_ops.FusedBatchNormGradV3(
+                    y_backprop=dy4, x=x4, scale=gamma, reserve_space_1=reserve1, reserve_space_2=reserve2,
+                    reserve_space_3=reserve3, epsilon=layer.epsilon, is_training=True)
+            return tf.reshape(grads[0], tf.shape(x)), grads[1], grads[2]
+
+        return (tf.reshape(y, tf.shape(x)), tf.stop_gradient(mean), tf.stop_gradient(variance)), gradient
+
+    output, mean, variance = normalize(hidden, scale, offset)
+    return output, mean, variance
+
+
+def _forward(model_layers, inputs, switch: _StatisticsSwitch):
+    """Training-mode batch forward pass whose batch norms follow ``switch`` (`_batch_norm`).
 
     Returns the output, one record (layer, layer input, pre-activation output, extra) per layer with
     weights. For batch norm, extra is its `BatchStatistics`; group norm's
@@ -124,12 +179,7 @@ def _forward(model_layers, inputs):
             records.append((layer, hidden, pre, None))
             hidden = layer.activation(pre)
         elif isinstance(layer, keras.layers.BatchNormalization):
-            mean, variance = tf.nn.moments(hidden, axes=list(range(len(hidden.shape) - 1)))
-            mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
-            # one fused op that normalises with the given statistics; they get no gradient
-            pre, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                hidden, _scale(layer, hidden), _offset(layer, hidden), mean=mean, variance=variance,
-                epsilon=layer.epsilon, is_training=False)
+            pre, mean, variance = _batch_norm(layer, hidden, switch)
             count = tf.cast(tf.reduce_prod(tf.shape(hidden)[:-1]), hidden.dtype)
             records.append((layer, hidden, pre,
                             BatchStatistics(mean, variance, tf.math.rsqrt(variance + layer.epsilon), count)))
@@ -207,7 +257,7 @@ def _weight_sums(layer, layer_input, upstream):
     return kernel, tf.reduce_sum(upstream, axis=list(range(len(upstream.shape) - 1)))
 
 
-def _own_statistics_correction(gradients: dict, producer, batch_norm, sums) -> None:
+def _own_statistics_correction(gradients: dict, producer, batch_norm, sums, sample: int | None) -> None:
     """Add, to the per-example gradients of the layer feeding a batch norm, the part that flows
     through that batch norm's own statistics.
 
@@ -216,10 +266,14 @@ def _own_statistics_correction(gradients: dict, producer, batch_norm, sums) -> N
     ``-(gamma / std / N) * (A_i * sum_j dh_j/dw + C_i * sum_j x_hat_j * dh_j/dw)`` to its gradient of
     the producer's weights w (N values per channel, h = the producer's activated output): two
     batch-summed weight gradients shared by all examples, computed in one filter-gradient pass.
-    Paths through later layers' statistics are not included.
+    ``sample``: estimate those two sums from the first ``sample`` examples only (scaled up); they
+    are averages over all N positions, so a few examples' positions estimate them closely at a
+    fraction of the cost. Paths through later layers' statistics are not included.
     """
     layer, layer_input, pre, _ = producer
     norm, norm_input, _, statistics = batch_norm
+    if sample is not None:
+        layer_input, pre, norm_input = layer_input[:sample], pre[:sample], norm_input[:sample]
     slope = _activation_slope(layer, pre)
     # both batch sums in one pass: shift and scale patterns side by side as output channels
     upstream = tf.concat([slope, slope * (norm_input - statistics.mean) * statistics.inverse_std], axis=-1)
@@ -227,6 +281,8 @@ def _own_statistics_correction(gradients: dict, producer, batch_norm, sums) -> N
     shift_kernel, scale_kernel = tf.split(kernels, 2, axis=-1)
     shift_bias, scale_bias = tf.split(biases, 2, axis=-1)
     weight = (norm.gamma if norm.scale else 1.0) * statistics.inverse_std / statistics.count
+    if sample is not None:
+        weight *= tf.cast(tf.shape(sums[0])[0], weight.dtype) / tf.cast(tf.shape(slope)[0], weight.dtype)
     shift, scale = (total * weight for total in sums)  # (batch, channels)
     expand = (slice(None),) + (tf.newaxis,) * (len(layer.kernel.shape) - 1)
     gradients[layer.kernel.ref()] -= shift[expand] * shift_kernel[tf.newaxis] + scale[expand] * scale_kernel[tf.newaxis]
@@ -234,15 +290,14 @@ def _own_statistics_correction(gradients: dict, producer, batch_norm, sums) -> N
         gradients[layer.bias.ref()] -= shift * shift_bias + scale * scale_bias
 
 
-def per_example_gradients(model: keras.Model, task: Task, inputs, targets) -> PerExample:
-    """Each example's gradient of its own loss (no side effects).
-
-    Batch-norm statistics are held constant, except for the path from each batch norm's own
-    statistics back to the weights of the layer that feeds it (`_own_statistics_correction`).
-    """
+def _per_example_pass(model: keras.Model, task: Task, inputs, targets, sample: int | None):
+    """One training-mode forward pass, its held-statistics backward pass and the per-example
+    gradients built from it: (`PerExample`, the persistent tape, the forward's `_StatisticsSwitch`),
+    so that the caller can take a second backward pass through the same forward."""
     model_layers = _layers(model)
-    with tf.GradientTape() as tape:
-        predictions, records = _forward(model_layers, inputs)
+    switch = _StatisticsSwitch()
+    with tf.GradientTape(persistent=True) as tape:
+        predictions, records = _forward(model_layers, inputs, switch)
         losses = task.loss(targets, predictions)
         total = tf.reduce_sum(losses)
     output_gradients = tape.gradient(total, [pre for _, _, pre, _ in records])
@@ -260,11 +315,22 @@ def per_example_gradients(model: keras.Model, task: Task, inputs, targets) -> Pe
         producer = records[index - 1] if index else None
         follows = producer is not None and model_layers.index(layer) == model_layers.index(producer[0]) + 1
         if isinstance(layer, keras.layers.BatchNormalization) and follows:
-            _own_statistics_correction(gradients, producer, records[index], sums)
+            _own_statistics_correction(gradients, producer, records[index], sums, sample)
     ordered = [gradients[variable.ref()] for variable in model.trainable_variables]
     statistics = [(layer, extra) for layer, _, _, extra in records
                   if isinstance(layer, keras.layers.BatchNormalization)]
-    return PerExample(ordered, predictions, losses, statistics)
+    return PerExample(ordered, predictions, losses, statistics), tape, switch
+
+
+def per_example_gradients(model: keras.Model, task: Task, inputs, targets,
+                          statistics_sample: int | None = None) -> PerExample:
+    """Each example's gradient of its own loss (no side effects).
+
+    Batch-norm statistics are held constant, except for the path from each batch norm's own
+    statistics back to the weights of the layer that feeds it (`_own_statistics_correction`,
+    estimated from ``statistics_sample`` examples if given, else exact).
+    """
+    return _per_example_pass(model, task, inputs, targets, statistics_sample)[0]
 
 
 def update_moving_averages(statistics: list[tuple[keras.layers.BatchNormalization, BatchStatistics]]) -> None:
@@ -314,19 +380,24 @@ def privatize(per_example: list[tf.Tensor], l2_norm_clip: float, noise_multiplie
 
 
 def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variable, noise_seed: int = 0,
-                      exact_sum: bool = True) -> GradientFn:
+                      exact_sum: bool = True, statistics_sample: int | None = STATISTICS_SAMPLE) -> GradientFn:
     """A `training.fit` gradient function doing one DP-SGD step with this engine: per-example
     gradients (`per_example_gradients`), clipped, summed, noised and averaged (`privatize`), and
     the batch-norm moving averages updated (`update_moving_averages`).
 
     ``exact_sum`` (engine ``fast``, the default; matters only with batch norm): the clip factors
-    come from `per_example_gradients`, but the clipped sum is the gradient of the clip-weighted loss
-    through the batch statistics, i.e. the optimizer path's per-example gradients (all statistics
-    paths included) each scaled by its factor: one more training-mode batch pass, which also
-    updates the moving averages. Cosine 0.998 with the optimizer's update; a summed term may exceed
-    the clip where those paths lengthen it. Without it (engine ``fast-lite``) the summed terms are
-    the clipped per-example gradients themselves: about 0.75 times the cost, cosine 0.85-0.93, and
-    at the post's settings its training became unstable late in a 20-epoch run (README).
+    come from the per-example gradients, but the clipped sum is the gradient of the clip-weighted
+    loss through the batch statistics, i.e. the optimizer path's per-example gradients (all
+    statistics paths included) each scaled by its factor: a second backward pass through the same
+    forward pass. Cosine 0.998 with the optimizer's update; a summed term may exceed the clip where
+    those paths lengthen it. Without it (engine ``fast-lite``) the summed terms are the clipped
+    per-example gradients themselves: cosine 0.85-0.93, and at the post's settings its training
+    became unstable late in a 20-epoch run (README).
+
+    ``statistics_sample``: examples from which the batch-norm own-statistics correction's batch
+    sums are estimated (`_own_statistics_correction`; None: all). It moves only the clip
+    factors: with 8 of 32 examples, on real batches at initialisation, by a median 0.3-0.9% and
+    at most 4% (tests/test_fast_dp.py).
 
     ``settings`` is a `privacy.DPSettings`; batches must hold exactly ``settings.batch_size``
     examples (a repeated dataset), as the optimizer path requires too. ``step`` (the optimizer's
@@ -337,20 +408,17 @@ def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variabl
     clip, noise, count = settings.l2_norm_clip, settings.noise_multiplier, settings.microbatches
 
     def gradients(inputs, targets):
-        batch = per_example_gradients(model, task, inputs, targets)
+        batch, tape, switch = _per_example_pass(model, task, inputs, targets, statistics_sample)
         seed = tf.stack([tf.constant(noise_seed, tf.int64), tf.cast(step, tf.int64)])
+        update_moving_averages(batch.statistics)
         if not exact_sum:
-            update_moving_averages(batch.statistics)
             return privatize(batch.gradients, clip, noise, count, seed), batch.predictions, batch.losses
-        factors = tf.stop_gradient(clip_factors(microbatch_gradients(batch.gradients, count), clip))
-        per_example_factor = tf.repeat(factors, tf.shape(inputs)[0] // count)
-        with tf.GradientTape() as tape:
-            predictions = model(inputs, training=True)
-            losses = task.loss(targets, predictions)
-            # a microbatch's loss is the mean of its examples' losses
-            weighted = tf.reduce_sum(per_example_factor * losses) * tf.cast(count, losses.dtype) / tf.cast(
-                tf.shape(inputs)[0], losses.dtype)
-        summed = tape.gradient(weighted, model.trainable_variables)
-        return add_noise(summed, clip, noise, count, seed), predictions, losses
+        factors = clip_factors(microbatch_gradients(batch.gradients, count), clip)
+        size = tf.shape(inputs)[0]
+        # a microbatch's loss is the mean of its examples' losses
+        weights = tf.repeat(factors, size // count) * tf.cast(count, factors.dtype) / tf.cast(size, factors.dtype)
+        switch.held = False
+        summed = tape.gradient(batch.losses, model.trainable_variables, output_gradients=tf.stop_gradient(weights))
+        return add_noise(summed, clip, noise, count, seed), batch.predictions, batch.losses
 
     return gradients

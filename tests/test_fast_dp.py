@@ -7,7 +7,14 @@ import tensorflow as tf
 
 from omniglot_inversion import build_complete_model, data, training
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.fast_dp import fast_dp_gradients, per_example_gradients, privatize
+from omniglot_inversion.fast_dp import (
+    STATISTICS_SAMPLE,
+    clip_factors,
+    fast_dp_gradients,
+    microbatch_gradients,
+    per_example_gradients,
+    privatize,
+)
 from omniglot_inversion.privacy import DPSettings, dp_optimizer
 
 keras = tf.keras
@@ -126,6 +133,26 @@ def test_per_example_gradients_are_exact_with_a_single_batch_norm():
     assert [g.shape for g in batch.gradients] == [j.shape for j in jacobian]
     for mine, rows in zip(batch.gradients, jacobian, strict=True):
         np.testing.assert_allclose(mine.numpy(), rows.numpy(), rtol=2e-3, atol=2e-5)
+
+
+def test_sampled_own_statistics_move_the_clip_factors_by_a_few_percent(data_dir):
+    """The engine estimates each batch norm's own-statistics sums from 8 of 32 examples
+    (STATISTICS_SAMPLE). Measured on real batches at initialisation (seeds 0-2): median change of
+    the clip factors 0.3-0.9%, largest 1.5-3.7%; with 4 examples up to 11%."""
+    images, labels = data.as_arrays(data.load_split("test", data_dir, limit=32))
+    images, labels = tf.constant(images), tf.constant(labels)
+    tf.keras.utils.set_random_seed(0)
+    model = build_complete_model()
+
+    def factors(sample):
+        batch = per_example_gradients(model, training.CLASSIFY, images, labels, statistics_sample=sample)
+        return clip_factors(microbatch_gradients(batch.gradients, 32), 1.0).numpy()
+
+    exact, sampled = factors(None), factors(STATISTICS_SAMPLE)
+    assert STATISTICS_SAMPLE == 8
+    change = np.abs(sampled / exact - 1)
+    assert np.median(change) < 0.015 and change.max() < 0.06
+    assert change.max() > 0  # the sample is a real estimate, not the whole batch
 
 
 @pytest.mark.parametrize("exact_sum", [False, True])

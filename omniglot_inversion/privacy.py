@@ -48,7 +48,8 @@ _GUARANTEES = {
     ),
     "fast": (
         "Engine 'fast': per-example gradients from batch passes (omniglot_inversion.fast_dp; batch "
-        "statistics held except each batch norm's own) give each microbatch's clip factor "
+        "statistics held except each batch norm's own, whose batch sums are estimated from 8 examples of "
+        "the batch) give each microbatch's clip factor "
         "min(1, l2_norm_clip / norm); the summed gradient is that of the clip-weighted loss through the "
         "batch statistics (as the optimizer path's per-example gradients are), so a clipped term may "
         "exceed l2_norm_clip where the later statistics paths lengthen it; Gaussian noise of standard "

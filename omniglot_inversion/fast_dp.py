@@ -123,7 +123,7 @@ class _StatisticsSwitch:
 
 
 def _batch_norm(layer, hidden, switch: _StatisticsSwitch):
-    """Training-mode batch norm with the fused kernels: (output, biased batch mean and variance).
+    """Training-mode batch norm with the fused kernels: (output, its `BatchStatistics`).
 
     Its gradient follows ``switch``: through the batch statistics (Keras's training gradient) or
     with them held constant.
@@ -141,22 +141,22 @@ def _batch_norm(layer, hidden, switch: _StatisticsSwitch):
         count = tf.cast(tf.reduce_prod(tf.shape(x4)[:-1]), x.dtype)
         variance = unbiased * tf.maximum(count - 1.0, 1.0) / count
 
-        def gradient(dy, *_):  # the statistics outputs carry no gradient
+        def gradient(dy, *_):  # the statistics outputs carry no gradient (stop_gradient)
             dy4 = tf.reshape(dy, tf.shape(x4))
-            if switch.held:
-                grads = tf.raw_ops.FusedBatchNormGradV3(
-                    y_backprop=dy4, x=x4, scale=gamma, reserve_space_1=mean, reserve_space_2=variance,
-                    reserve_space_3=reserve3, epsilon=layer.epsilon, is_training=False)
-            else:
-                grads = tf.raw_ops.FusedBatchNormGradV3(
-                    y_backprop=dy4, x=x4, scale=gamma, reserve_space_1=reserve1, reserve_space_2=reserve2,
-                    reserve_space_3=reserve3, epsilon=layer.epsilon, is_training=True)
+            # held: normalise with the batch statistics as given constants (inference-mode gradient)
+            held = switch.held
+            grads = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy4, x=x4, scale=gamma, reserve_space_1=mean if held else reserve1,
+                reserve_space_2=variance if held else reserve2, reserve_space_3=reserve3, epsilon=layer.epsilon,
+                is_training=not held)
             return tf.reshape(grads[0], tf.shape(x)), grads[1], grads[2]
 
-        return (tf.reshape(y, tf.shape(x)), tf.stop_gradient(mean), tf.stop_gradient(variance)), gradient
+        statistics = BatchStatistics(*(tf.stop_gradient(value) for value in (
+            mean, variance, tf.math.rsqrt(variance + layer.epsilon), count)))
+        return (tf.reshape(y, tf.shape(x)), *statistics), gradient
 
-    output, mean, variance = normalize(hidden, scale, offset)
-    return output, mean, variance
+    output, *statistics = normalize(hidden, scale, offset)
+    return output, BatchStatistics(*statistics)
 
 
 def _forward(model_layers, inputs, switch: _StatisticsSwitch):
@@ -179,10 +179,8 @@ def _forward(model_layers, inputs, switch: _StatisticsSwitch):
             records.append((layer, hidden, pre, None))
             hidden = layer.activation(pre)
         elif isinstance(layer, keras.layers.BatchNormalization):
-            pre, mean, variance = _batch_norm(layer, hidden, switch)
-            count = tf.cast(tf.reduce_prod(tf.shape(hidden)[:-1]), hidden.dtype)
-            records.append((layer, hidden, pre,
-                            BatchStatistics(mean, variance, tf.math.rsqrt(variance + layer.epsilon), count)))
+            pre, statistics = _batch_norm(layer, hidden, switch)
+            records.append((layer, hidden, pre, statistics))
             hidden = pre
         elif isinstance(layer, keras.layers.GroupNormalization):
             standardized = _group_standardize(layer, hidden)

@@ -393,9 +393,10 @@ def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variabl
     became unstable late in a 20-epoch run (README).
 
     ``statistics_sample``: examples from which the batch-norm own-statistics correction's batch
-    sums are estimated (`_own_statistics_correction`; None: all). It moves only the clip
-    factors: with 8 of 32 examples, on real batches at initialisation, by a median 0.3-0.9% and
-    at most 4% (tests/test_fast_dp.py).
+    sums are estimated (`_own_statistics_correction`; None: all). With ``exact_sum`` it moves
+    only the clip factors: with 8 of 32 examples, on real batches at initialisation, by a median
+    0.3-0.9% and at most 4% (tests/test_fast_dp.py); without it the estimate is also part of the
+    summed gradients.
 
     ``settings`` is a `privacy.DPSettings`; batches must hold exactly ``settings.batch_size``
     examples (a repeated dataset), as the optimizer path requires too. ``step`` (the optimizer's

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from omniglot_inversion import training
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.fast_dp import fast_dp_gradients
+from omniglot_inversion.fast_dp import STATISTICS_SAMPLE, fast_dp_gradients
 from omniglot_inversion.files import read_json, write_json
 
 keras = tf.keras
@@ -48,8 +48,8 @@ _GUARANTEES = {
     ),
     "fast": (
         "Engine 'fast': per-example gradients from batch passes (omniglot_inversion.fast_dp; batch "
-        "statistics held except each batch norm's own, whose batch sums are estimated from 8 examples of "
-        "the batch) give each microbatch's clip factor "
+        "statistics held except each batch norm's own, whose batch sums are estimated from "
+        f"{STATISTICS_SAMPLE} examples of the batch) give each microbatch's clip factor "
         "min(1, l2_norm_clip / norm); the summed gradient is that of the clip-weighted loss through the "
         "batch statistics (as the optimizer path's per-example gradients are), so a clipped term may "
         "exceed l2_norm_clip where the later statistics paths lengthen it; Gaussian noise of standard "
@@ -63,7 +63,8 @@ _GUARANTEES = {
         "l2_norm_clip * noise_multiplier added, divided by the microbatch count (TensorFlow Privacy's "
         "Gaussian sum query), so every summed term has norm <= l2_norm_clip. With batch norm, the "
         "per-example gradients treat the batch statistics as constants except for the path through each "
-        "batch norm's own statistics to the layer feeding it (the optimizer path's also follow later "
+        f"batch norm's own statistics to the layer feeding it, estimated from {STATISTICS_SAMPLE} examples "
+        "of the batch (the optimizer path's also follow later "
         "layers' statistics). The noise is pseudo-random from the run's seed and the step: anyone who "
         "knows the seed can regenerate it, so keep the seed secret where that matters."
     ),

@@ -15,7 +15,7 @@ from omniglot_inversion.export import MANIFEST, sha256, small1_mse
 from omniglot_inversion.interception import load_intercepted
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
-POST_RUNS = ("part1", "dp_noise_0.7", "dp_noise_0.5", "dp_noise_0.3")
+RUNS = ("part1", "dp_noise_0.7", "dp_noise_0.5", "dp_noise_0.3")
 RECORD_KEYS = {"kind", "run", "sha256", "command", "seed", "epochs", "attacker_epochs", "versions", "wall_seconds",
                "metrics"}
 
@@ -25,20 +25,15 @@ def manifest() -> dict:
     return json.loads((SAVED / MANIFEST).read_text())
 
 
-def _shipped_runs(manifest: dict) -> list[str]:
-    return [run for run in POST_RUNS if run not in manifest["missing"]]
-
-
-def _pairs(manifest: dict):
-    return [(SAVED / f"{run}_mobile_stage.h5", SAVED / f"{run}_attacker.h5") for run in _shipped_runs(manifest)]
+def _pairs():
+    return [(SAVED / f"{run}_mobile_stage.h5", SAVED / f"{run}_attacker.h5") for run in RUNS]
 
 
 def test_manifest_lists_every_shipped_file_with_its_checksum_and_provenance(manifest):
-    # every run of the post is shipped or declared missing (a Part 2 not finished when exported)
-    assert "part1" in _shipped_runs(manifest) and set(manifest["missing"]) < set(POST_RUNS[1:])
+    # every run of the post is shipped
+    assert manifest["missing"] == []
     shipped = sorted(path.name for path in SAVED.glob("*.h5"))
-    assert shipped == sorted(f"{run}_{kind}.h5" for run in _shipped_runs(manifest)
-                             for kind in ("mobile_stage", "attacker"))
+    assert shipped == sorted(f"{run}_{kind}.h5" for run in RUNS for kind in ("mobile_stage", "attacker"))
     assert sorted(manifest["files"]) == shipped
     for name, record in manifest["files"].items():
         assert RECORD_KEYS <= set(record), name
@@ -48,9 +43,9 @@ def test_manifest_lists_every_shipped_file_with_its_checksum_and_provenance(mani
         assert 0.0 < record["metrics"]["small1_mse"] < 0.2
 
 
-def test_shipped_files_load_into_fresh_models_with_the_right_shapes(manifest):
+def test_shipped_files_load_into_fresh_models_with_the_right_shapes():
     images = np.random.default_rng(0).uniform(size=(4, 105, 105, 1)).astype(np.float32)
-    for mobile_stage, attacker_weights in _pairs(manifest):
+    for mobile_stage, attacker_weights in _pairs():
         target = load_intercepted(mobile_stage)
         codes = target.mobile_step(images, training=False)
         assert codes.shape == (4, 1, 1, 32)
@@ -60,7 +55,7 @@ def test_shipped_files_load_into_fresh_models_with_the_right_shapes(manifest):
 
 
 def test_shipped_attackers_reproduce_the_recorded_small1_mse(manifest, data_dir):
-    for mobile_stage, attacker_weights in _pairs(manifest):
+    for mobile_stage, attacker_weights in _pairs():
         recorded = manifest["files"][attacker_weights.name]["metrics"]["small1_mse"]
         assert small1_mse(mobile_stage, attacker_weights, data_dir) == pytest.approx(recorded, abs=5e-4)
 

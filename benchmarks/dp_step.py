@@ -76,7 +76,7 @@ def main() -> None:
         model = build_complete_model(normalization)
         gradients = (training.plain_gradients(model, training.CLASSIFY, True) if name == "plain"
                      else fast_dp_gradients(model, training.CLASSIFY, settings, tf.Variable(0, dtype=tf.int64),
-                                            exact_sum=name != "fast_lite"))
+                                            through_statistics=name != "fast_lite"))
         steps[name] = _loop_step(model, gradients, keras.optimizers.legacy.Adam(0.005))
     seconds = _timed(steps, images, labels, args.repeats)
     seconds.update(_timed({"optimizer": _optimizer_step(build_complete_model(), settings)}, images, labels,

@@ -90,6 +90,9 @@ def _add_part2_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=_positive_int, help="DP epochs (post: 20)")
     parser.add_argument("--steps-per-epoch", type=_positive_int, help="steps per epoch (post: ceil(13180 / 32))")
     parser.add_argument("--delta", type=_positive_float, help="delta for epsilon (post: 1e-5)")
+    parser.add_argument("--jobs", type=_positive_int, default=1,
+                        help="noise levels trained at once, each in its own process with (cores / jobs) threads "
+                        "(default 1; on a 2-core CPU, --jobs 3 runs the post's three levels about 1.2x faster)")
     _add_run_folder_options(parser)
 
 
@@ -114,7 +117,7 @@ def _run_part2(args: argparse.Namespace) -> None:
             values[field] = tuple(value) if option == "noise" else value
     config = part2.Part2Config(seed=args.seed, data_dir=args.data_dir, engine=args.engine,
                                normalization="group" if args.strict else "batch", **values)
-    part2.run_part2(config, args.out, overwrite=args.overwrite, resume=args.resume)
+    part2.run_part2(config, args.out, overwrite=args.overwrite, resume=args.resume, jobs=args.jobs)
     print(f"Part 2 done: {args.out / 'metrics.json'}")
 
 

@@ -113,20 +113,11 @@ def _offset(layer, hidden):
     return layer.beta if layer.center else tf.zeros([hidden.shape[-1]], hidden.dtype)
 
 
-class _StatisticsSwitch:
-    """Which backward pass the batch norms of one forward pass build: with their batch statistics
-    held constant (``held``, the per-example pass) or through them (the batch gradient Keras takes).
-    Read when ``tape.gradient`` builds the backward pass, so one forward serves both."""
-
-    def __init__(self):
-        self.held = True
-
-
-def _batch_norm(layer, hidden, switch: _StatisticsSwitch):
+def _batch_norm(layer, hidden):
     """Training-mode batch norm with the fused kernels: (output, its `BatchStatistics`).
 
-    Its gradient follows ``switch``: through the batch statistics (Keras's training gradient) or
-    with them held constant.
+    Its gradient holds the batch statistics constant (inference-mode gradient): example i's slice
+    of the backward pass is then the gradient of example i's loss alone.
     """
     channels = hidden.shape[-1]
     scale, offset = _scale(layer, hidden), _offset(layer, hidden)
@@ -136,19 +127,15 @@ def _batch_norm(layer, hidden, switch: _StatisticsSwitch):
         # the fused kernels take NHWC; any other rank has the same statistics over all other axes
         x4 = x if len(x.shape) == 4 else tf.reshape(x, [-1, 1, 1, channels])
         empty = tf.zeros([0], x.dtype)
-        y, mean, unbiased, reserve1, reserve2, reserve3 = tf.raw_ops.FusedBatchNormV3(
+        y, mean, unbiased, _, _, reserve3 = tf.raw_ops.FusedBatchNormV3(
             x=x4, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=layer.epsilon, is_training=True)
         count = tf.cast(tf.reduce_prod(tf.shape(x4)[:-1]), x.dtype)
         variance = unbiased * tf.maximum(count - 1.0, 1.0) / count
 
         def gradient(dy, *_):  # the statistics outputs carry no gradient (stop_gradient)
-            dy4 = tf.reshape(dy, tf.shape(x4))
-            # held: normalise with the batch statistics as given constants (inference-mode gradient)
-            held = switch.held
             grads = tf.raw_ops.FusedBatchNormGradV3(
-                y_backprop=dy4, x=x4, scale=gamma, reserve_space_1=mean if held else reserve1,
-                reserve_space_2=variance if held else reserve2, reserve_space_3=reserve3, epsilon=layer.epsilon,
-                is_training=not held)
+                y_backprop=tf.reshape(dy, tf.shape(x4)), x=x4, scale=gamma, reserve_space_1=mean,
+                reserve_space_2=variance, reserve_space_3=reserve3, epsilon=layer.epsilon, is_training=False)
             return tf.reshape(grads[0], tf.shape(x)), grads[1], grads[2]
 
         statistics = BatchStatistics(*(tf.stop_gradient(value) for value in (
@@ -159,16 +146,23 @@ def _batch_norm(layer, hidden, switch: _StatisticsSwitch):
     return output, BatchStatistics(*statistics)
 
 
-def _forward(model_layers, inputs, switch: _StatisticsSwitch):
-    """Training-mode batch forward pass whose batch norms follow ``switch`` (`_batch_norm`).
+class _Forward(NamedTuple):
+    """A training-mode batch forward pass: its output, one record (layer, layer input,
+    pre-activation output, extra) per layer with weights, and each dropout layer's scaled mask by
+    its index in the model. For batch norm, extra is its `BatchStatistics`; group norm's record
+    holds its standardised input in place of the layer input."""
 
-    Returns the output, one record (layer, layer input, pre-activation output, extra) per layer with
-    weights. For batch norm, extra is its `BatchStatistics`; group norm's
-    record holds its standardised input in place of the layer input.
-    """
-    records = []
+    output: tf.Tensor
+    records: list[tuple]
+    dropout_masks: dict[int, tf.Tensor]
+
+
+def _forward(model_layers, inputs) -> _Forward:
+    """Training-mode batch forward pass, batch norm on the batch's statistics held constant in
+    the backward pass (`_batch_norm`)."""
+    records, masks = [], {}
     hidden = inputs
-    for layer in model_layers:
+    for index, layer in enumerate(model_layers):
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
             if isinstance(layer, keras.layers.Conv2D):
                 pre = tf.nn.conv2d(hidden, layer.kernel, strides=layer.strides, padding=layer.padding.upper())
@@ -179,7 +173,7 @@ def _forward(model_layers, inputs, switch: _StatisticsSwitch):
             records.append((layer, hidden, pre, None))
             hidden = layer.activation(pre)
         elif isinstance(layer, keras.layers.BatchNormalization):
-            pre, statistics = _batch_norm(layer, hidden, switch)
+            pre, statistics = _batch_norm(layer, hidden)
             records.append((layer, hidden, pre, statistics))
             hidden = pre
         elif isinstance(layer, keras.layers.GroupNormalization):
@@ -187,9 +181,62 @@ def _forward(model_layers, inputs, switch: _StatisticsSwitch):
             pre = standardized * _scale(layer, hidden) + _offset(layer, hidden)
             records.append((layer, standardized, pre, None))
             hidden = pre
+        elif isinstance(layer, keras.layers.Dropout):
+            # kept so that `_statistics_paths` can replay the same draw on its sample
+            masks[index] = tf.stop_gradient(layer(tf.ones_like(hidden), training=True))
+            hidden = hidden * masks[index]
         else:
             hidden = layer(hidden, training=True)
-    return hidden, records
+    return _Forward(hidden, records, masks)
+
+
+def _statistics_paths(model_layers, trainable: list[tf.Variable], forward: _Forward, inputs, sums: dict, weights,
+                      sample: int | None) -> list[tf.Tensor]:
+    """The part of the gradient of ``sum_i weights_i * loss_i`` that flows through the batch-norm
+    statistics, per variable of ``trainable`` (the model's, in order; zeros where none).
+
+    By the chain rule it is ``sum_l dF/dmean_l . dmean_l/dtheta + dF/dvar_l . dvar_l/dtheta``: the
+    partial derivatives come from the held backward pass (``sums``: each batch norm's per-example
+    offset and scale sums by layer index, as `_normalization_sums` returns them), the total
+    derivatives of the statistics from a forward and backward pass of the first ``sample`` examples
+    (None: all) whose batch norms normalise with the batch's statistics but differentiate them as
+    means over the sample: exact for the whole batch; for a shuffled batch's first examples an
+    estimate, unbiased but for products of estimates along chains of batch norms, at about a
+    quarter of a backward pass of the batch for 8 of 32 examples. For the post's model at
+    initialisation its error per variable was 1-9% of the norm of the DP noise added to that
+    variable at noise 0.7 (tests/test_fast_dp.py): under 1% more variance than the noise.
+    """
+    if sample is not None:
+        inputs = inputs[:sample]
+    batch_norms = {id(layer): (index, extra) for index, (layer, _, _, extra) in enumerate(forward.records)
+                   if isinstance(layer, keras.layers.BatchNormalization)}
+    last = max(index for index, layer in enumerate(model_layers) if id(layer) in batch_norms)
+    variables = [variable for layer in model_layers[:last + 1] for variable in layer.trainable_variables]
+    with tf.GradientTape() as tape:
+        hidden, objective = inputs, 0.0
+        for index, layer in enumerate(model_layers[:last + 1]):
+            if id(layer) not in batch_norms:
+                hidden = (hidden * forward.dropout_masks[index][:tf.shape(hidden)[0]]
+                          if index in forward.dropout_masks else layer(hidden, training=True))
+                continue
+            batch = batch_norms[id(layer)][1]
+            offset_sums, scale_sums = sums[batch_norms[id(layer)][0]]
+            positions = list(range(len(hidden.shape) - 1))
+            sample_mean = tf.reduce_mean(hidden, axis=positions)
+            sample_variance = tf.reduce_mean(tf.square(hidden - batch.mean), axis=positions)
+            # values: the batch's statistics; gradients: the sample's estimate of theirs
+            mean = batch.mean + sample_mean - tf.stop_gradient(sample_mean)
+            variance = batch.variance + sample_variance - tf.stop_gradient(sample_variance)
+            slope = tf.stop_gradient(_scale(layer, hidden)) * batch.inverse_std  # dy/dx with statistics held
+            d_mean = -slope * tf.tensordot(weights, offset_sums, axes=1)
+            d_variance = -0.5 * slope * batch.inverse_std * tf.tensordot(weights, scale_sums, axes=1)
+            objective += tf.reduce_sum(tf.stop_gradient(d_mean) * mean + tf.stop_gradient(d_variance) * variance)
+            standardized = (hidden - mean) * tf.math.rsqrt(variance + layer.epsilon)
+            hidden = standardized * _scale(layer, hidden) + _offset(layer, hidden)
+    paths = dict(zip((v.ref() for v in variables),
+                     tape.gradient(objective, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO),
+                     strict=True))
+    return [paths[variable.ref()] if variable.ref() in paths else tf.zeros_like(variable) for variable in trainable]
 
 
 def _normalization_sums(layer_input, output_gradient, extra) -> tuple[tf.Tensor, tf.Tensor]:
@@ -255,9 +302,9 @@ def _weight_sums(layer, layer_input, upstream):
     return kernel, tf.reduce_sum(upstream, axis=list(range(len(upstream.shape) - 1)))
 
 
-def _own_statistics_correction(gradients: dict, producer, batch_norm, sums, sample: int | None) -> None:
-    """Add, to the per-example gradients of the layer feeding a batch norm, the part that flows
-    through that batch norm's own statistics.
+def _own_statistics_correction(producer, batch_norm, sums, sample: int | None) -> dict:
+    """The part of the per-example gradients of the layer feeding a batch norm that flows through
+    that batch norm's own statistics, keyed by variable reference.
 
     With example i's sums ``A_i = sum(dy_i)`` and ``C_i = sum(dy_i * x_hat_i)`` per channel (its
     offset and scale gradients, ``sums``), the statistics path adds
@@ -283,41 +330,55 @@ def _own_statistics_correction(gradients: dict, producer, batch_norm, sums, samp
         weight *= tf.cast(tf.shape(sums[0])[0], weight.dtype) / tf.cast(tf.shape(slope)[0], weight.dtype)
     shift, scale = (total * weight for total in sums)  # (batch, channels)
     expand = (slice(None),) + (tf.newaxis,) * (len(layer.kernel.shape) - 1)
-    gradients[layer.kernel.ref()] -= shift[expand] * shift_kernel[tf.newaxis] + scale[expand] * scale_kernel[tf.newaxis]
+    correction = {layer.kernel.ref(): -(shift[expand] * shift_kernel[tf.newaxis]
+                                        + scale[expand] * scale_kernel[tf.newaxis])}
     if layer.use_bias:
-        gradients[layer.bias.ref()] -= shift * shift_bias + scale * scale_bias
+        correction[layer.bias.ref()] = -(shift * shift_bias + scale * scale_bias)
+    return correction
+
+
+class _Pass(NamedTuple):
+    """What `_per_example_pass` leaves for the clipped sum: the per-example gradients with every
+    batch-norm statistic held (order of ``model.trainable_variables``), the forward pass, and each
+    batch norm's per-example offset and scale sums by record index."""
+
+    held: list[tf.Tensor]
+    forward: _Forward
+    sums: dict[int, tuple[tf.Tensor, tf.Tensor]]
 
 
 def _per_example_pass(model: keras.Model, task: Task, inputs, targets, sample: int | None):
     """One training-mode forward pass, its held-statistics backward pass and the per-example
-    gradients built from it: (`PerExample`, the persistent tape, the forward's `_StatisticsSwitch`),
-    so that the caller can take a second backward pass through the same forward."""
+    gradients built from it: (`PerExample`, `_Pass`)."""
     model_layers = _layers(model)
-    switch = _StatisticsSwitch()
-    with tf.GradientTape(persistent=True) as tape:
-        predictions, records = _forward(model_layers, inputs, switch)
-        losses = task.loss(targets, predictions)
+    with tf.GradientTape() as tape:
+        forward = _forward(model_layers, inputs)
+        losses = task.loss(targets, forward.output)
         total = tf.reduce_sum(losses)
+    records = forward.records
     output_gradients = tape.gradient(total, [pre for _, _, pre, _ in records])
-    gradients = {}
+    held, corrections, all_sums = {}, {}, {}
     for index, ((layer, layer_input, _, extra), output_gradient) in enumerate(
             zip(records, output_gradients, strict=True)):
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-            gradients.update(_layer_gradients(layer, layer_input, output_gradient))
+            held.update(_layer_gradients(layer, layer_input, output_gradient))
             continue
-        sums = _normalization_sums(layer_input, output_gradient, extra)
+        sums = all_sums[index] = _normalization_sums(layer_input, output_gradient, extra)
         if layer.center:
-            gradients[layer.beta.ref()] = sums[0]
+            held[layer.beta.ref()] = sums[0]
         if layer.scale:
-            gradients[layer.gamma.ref()] = sums[1]
+            held[layer.gamma.ref()] = sums[1]
         producer = records[index - 1] if index else None
         follows = producer is not None and model_layers.index(layer) == model_layers.index(producer[0]) + 1
         if isinstance(layer, keras.layers.BatchNormalization) and follows:
-            _own_statistics_correction(gradients, producer, records[index], sums, sample)
-    ordered = [gradients[variable.ref()] for variable in model.trainable_variables]
+            corrections.update(_own_statistics_correction(producer, records[index], sums, sample))
+    variables = model.trainable_variables
+    gradients = [held[v.ref()] + corrections[v.ref()] if v.ref() in corrections else held[v.ref()]
+                 for v in variables]
     statistics = [(layer, extra) for layer, _, _, extra in records
                   if isinstance(layer, keras.layers.BatchNormalization)]
-    return PerExample(ordered, predictions, losses, statistics), tape, switch
+    return (PerExample(gradients, forward.output, losses, statistics),
+            _Pass([held[v.ref()] for v in variables], forward, all_sums))
 
 
 def per_example_gradients(model: keras.Model, task: Task, inputs, targets,
@@ -378,46 +439,50 @@ def privatize(per_example: list[tf.Tensor], l2_norm_clip: float, noise_multiplie
 
 
 def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variable, noise_seed: int = 0,
-                      exact_sum: bool = True, statistics_sample: int | None = STATISTICS_SAMPLE) -> GradientFn:
+                      through_statistics: bool = True,
+                      statistics_sample: int | None = STATISTICS_SAMPLE) -> GradientFn:
     """A `training.fit` gradient function doing one DP-SGD step with this engine: per-example
     gradients (`per_example_gradients`), clipped, summed, noised and averaged (`privatize`), and
     the batch-norm moving averages updated (`update_moving_averages`).
 
-    ``exact_sum`` (engine ``fast``, the default; matters only with batch norm): the clip factors
-    come from the per-example gradients, but the clipped sum is the gradient of the clip-weighted
-    loss through the batch statistics, i.e. the optimizer path's per-example gradients (all
-    statistics paths included) each scaled by its factor: a second backward pass through the same
-    forward pass. Cosine 0.998 with the optimizer's update; a summed term may exceed the clip where
-    those paths lengthen it. Without it (engine ``fast-lite``) the summed terms are the clipped
-    per-example gradients themselves: cosine 0.85-0.93, and at the post's settings its training
-    became unstable late in a 20-epoch run (README).
+    ``through_statistics`` (engine ``fast``, the default; matters only with batch norm): the clip
+    factors come from the per-example gradients, but the clipped sum is the gradient of the
+    clip-weighted loss through the batch statistics, i.e. the optimizer path's per-example
+    gradients (all statistics paths included) each scaled by its factor: the clip-weighted sum
+    of the held per-example gradients plus `_statistics_paths`. Cosine 0.998 with the optimizer's
+    update; a summed term may exceed the clip where those paths lengthen it. Without it (engine
+    ``fast-lite``) the summed terms are the clipped per-example gradients themselves: cosine
+    0.85-0.93, and at the post's settings its training became unstable late in a 20-epoch run
+    (README).
 
-    ``statistics_sample``: examples from which the batch-norm own-statistics correction's batch
-    sums are estimated (`_own_statistics_correction`; None: all). With ``exact_sum`` it moves
-    only the clip factors: with 8 of 32 examples, on real batches at initialisation, by a median
-    0.3-0.9% and at most 4% (tests/test_fast_dp.py); without it the estimate is also part of the
-    summed gradients.
+    ``statistics_sample``: examples from which the batch sums of the statistics paths are
+    estimated (`_own_statistics_correction` for the clip factors, `_statistics_paths` for the
+    sum; None: all, and the sum is then exactly the gradient Keras's training step takes of the
+    clip-weighted loss). With 8 of 32 examples, on real batches at initialisation, the clip
+    factors move by a median 0.3-0.9% and at most 4% (tests/test_fast_dp.py).
 
     ``settings`` is a `privacy.DPSettings`; batches must hold exactly ``settings.batch_size``
     examples (a repeated dataset), as the optimizer path requires too. ``step`` (the optimizer's
     ``iterations``) and ``noise_seed`` seed each step's noise.
     """
     model_layers = _layers(model)  # refuses unsupported models now rather than inside the training loop
-    exact_sum = exact_sum and any(isinstance(layer, keras.layers.BatchNormalization) for layer in model_layers)
+    through_statistics = through_statistics and any(
+        isinstance(layer, keras.layers.BatchNormalization) for layer in model_layers)
     clip, noise, count = settings.l2_norm_clip, settings.noise_multiplier, settings.microbatches
 
     def gradients(inputs, targets):
-        batch, tape, switch = _per_example_pass(model, task, inputs, targets, statistics_sample)
+        batch, state = _per_example_pass(model, task, inputs, targets, statistics_sample)
         seed = tf.stack([tf.constant(noise_seed, tf.int64), tf.cast(step, tf.int64)])
         update_moving_averages(batch.statistics)
-        if not exact_sum:
+        if not through_statistics:
             return privatize(batch.gradients, clip, noise, count, seed), batch.predictions, batch.losses
         factors = clip_factors(microbatch_gradients(batch.gradients, count), clip)
         size = tf.shape(inputs)[0]
         # a microbatch's loss is the mean of its examples' losses
         weights = tf.repeat(factors, size // count) * tf.cast(count, factors.dtype) / tf.cast(size, factors.dtype)
-        switch.held = False
-        summed = tape.gradient(batch.losses, model.trainable_variables, output_gradients=tf.stop_gradient(weights))
+        paths = _statistics_paths(model_layers, model.trainable_variables, state.forward, inputs, state.sums,
+                                  weights, statistics_sample)
+        summed = [tf.tensordot(weights, held, axes=1) + path for held, path in zip(state.held, paths, strict=True)]
         return add_noise(summed, clip, noise, count, seed), batch.predictions, batch.losses
 
     return gradients

@@ -51,7 +51,8 @@ _GUARANTEES = {
         "statistics held except each batch norm's own, whose batch sums are estimated from "
         f"{STATISTICS_SAMPLE} examples of the batch) give each microbatch's clip factor "
         "min(1, l2_norm_clip / norm); the summed gradient is that of the clip-weighted loss through the "
-        "batch statistics (as the optimizer path's per-example gradients are), so a clipped term may "
+        "batch statistics (as the optimizer path's per-example gradients are; its part through the "
+        f"statistics estimated from the same {STATISTICS_SAMPLE} examples), so a clipped term may "
         "exceed l2_norm_clip where the later statistics paths lengthen it; Gaussian noise of standard "
         "deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count. The noise is "
         "pseudo-random from the run's seed and the step: anyone who knows the seed can regenerate it, so "
@@ -186,7 +187,7 @@ def train_dp(
             model, training.CLASSIFY, train_ds, epochs=epochs, val_ds=val_ds, steps_per_epoch=steps_per_epoch,
             optimizer=optimizer, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
             gradients=fast_dp_gradients(model, training.CLASSIFY, settings, optimizer.iterations, seed,
-                                        exact_sum=engine == "fast"),
+                                        through_statistics=engine == "fast"),
         )
     guarantee(engine, "batch")  # refuses an unknown engine
     model.compile(

@@ -103,6 +103,28 @@ def test_killed_part2_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir):
     _assert_no_partial_files(resumed)
 
 
+def test_levels_run_in_parallel_give_the_sequential_metrics(tmp_path, data_dir):
+    """--jobs 2 trains the two noise levels in two processes of one thread each; every number but
+    the wall times matches a one-process run on one thread. (Against two threads they differ: the
+    summation order changes in the last bits, and Adam's first steps, close to sign(gradient),
+    make that visible within an epoch.)"""
+    sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
+    one_thread = ("import sys, tensorflow as tf; tf.config.threading.set_intra_op_parallelism_threads(1); "
+                  "tf.config.threading.set_inter_op_parallelism_threads(1); from omniglot_inversion import cli; "
+                  "sys.exit(cli.main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", one_thread, *_command(PART2, sequential, data_dir)[3:]],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _run([*PART2, "--jobs", "2"], parallel, data_dir)
+    expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (sequential, parallel))
+    assert set(got["noise_levels"]) == {"0.7", "0.5"}
+    assert _numbers(got["noise_levels"]) == pytest.approx(_numbers(expected["noise_levels"]), rel=1e-6)
+    for noise in ("0.7", "0.5"):
+        record = json.loads((parallel / f"noise_{noise}" / "level.json").read_text())
+        assert record == got["noise_levels"][noise]
+    _assert_no_partial_files(parallel)
+
+
 def test_one_seed_gives_the_same_metrics_twice(tmp_path, data_dir):
     config = runs.Part1Config(seed=9, epochs=2, attacker_epochs=2, train_size=96, val_size=32, attacker_size=32,
                               test_size=16, data_dir=data_dir)

@@ -24,20 +24,24 @@ Without batch norm, steps 1-4 are exactly the optimizer path's update, and with 
 norm the per-example gradients are exactly its per-example gradients (tests/test_fast_dp.py). With
 several batch norms, as in the post's model, the optimizer path's per-example gradients also flow
 through later layers' statistics, which step 3 leaves out. So by default (engine ``fast``) the
-clip factors come from step 4 but the clipped sum is taken as the gradient of the clip-weighted
-loss through the batch statistics: a second backward pass through the forward pass of step 1,
-the same gradient Keras's training step takes; its direction is the optimizer's (cosine 0.998 on
-real batches). Engine ``fast-lite`` sums the clipped per-example gradients of step 3 themselves
-(cosine 0.85-0.93, about 0.75 times the cost); at the post's settings its training became
-unstable late in a 20-epoch run (README). Both update the moving averages from step 1's batch
-statistics, as Keras does.
+clip factors come from step 4 but the clipped sum is the gradient of the clip-weighted loss
+through the batch statistics, the gradient Keras's training step takes: the clip-weighted sum of
+the held per-example gradients of step 2-3, plus the paths through every batch norm's statistics
+(`_statistics_paths`: their partial derivatives from step 2's pass, the statistics' own
+derivatives from a forward and backward pass of a sample of the batch, in place of a second
+backward pass of the whole batch). Its direction is the optimizer's (cosine 0.998 on real batches
+with the whole batch as the sample). Engine ``fast-lite`` sums the clipped per-example gradients
+of step 3 themselves (cosine 0.85-0.93); at the post's settings its training became unstable late
+in a 20-epoch run (README). Both update the moving averages from step 1's batch statistics, as
+Keras does.
 
 The noise is drawn with a stateless generator from ``(noise_seed, step)``: a run repeats exactly
 and resumes exactly from a checkpoint. Whoever knows the seed can regenerate the noise, so a
 deployment that needs the guarantee against such a party must use a secret seed.
 
 Supported layers: Conv2D (no dilation or groups), Dense, BatchNormalization, GroupNormalization,
-and layers without weights (pooling, flatten, dropout) in a ``keras.Sequential`` model.
+Dropout, and deterministic layers without weights (pooling, flatten) in a ``keras.Sequential``
+model.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ class PerExample(NamedTuple):
     statistics: list[tuple[keras.layers.BatchNormalization, BatchStatistics]]
 
 
+_RANDOM_WITHOUT_MASK = (keras.layers.GaussianNoise, keras.layers.GaussianDropout, keras.layers.AlphaDropout)
+
+
 def _layers(model: keras.Model) -> list[keras.layers.Layer]:
     if not isinstance(model, keras.Sequential):
         raise UsageError(f"The fast DP engine needs a keras.Sequential model (a plain stack of layers), "
@@ -92,6 +99,10 @@ def _layers(model: keras.Model) -> list[keras.layers.Layer]:
                 type(layer) is not keras.layers.Conv2D or tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1):
             raise UsageError(f"The fast DP engine supports plain Conv2D layers only ({layer.name!r}); "
                              "use engine 'optimizer'.")
+        if isinstance(layer, _RANDOM_WITHOUT_MASK):
+            # the statistics-path pass replays each layer on a sample; only dropout's draw is kept for it
+            raise UsageError(f"The fast DP engine cannot replay the random draw of {type(layer).__name__} layer "
+                             f"{layer.name!r}; use Dropout, or engine 'optimizer'.")
     return list(model.layers)
 
 

@@ -9,6 +9,8 @@ from omniglot_inversion import build_complete_model, data, training
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.fast_dp import (
     STATISTICS_SAMPLE,
+    _per_example_pass,
+    _statistics_paths,
     clip_factors,
     fast_dp_gradients,
     microbatch_gradients,
@@ -134,6 +136,39 @@ def test_sampled_statistics_paths_add_little_next_to_the_noise(data_dir):
     assert max(ratios) > 0  # a real estimate, not the whole batch
 
 
+def test_statistics_paths_replay_the_dropout_draw():
+    """A dropout before batch norms: the sample pass multiplies by the forward pass's own mask, so
+    with the whole batch as the sample the sum is Keras's gradient of the clip-weighted loss under
+    that mask."""
+    tf.keras.utils.set_random_seed(5)
+    model = keras.Sequential([
+        keras.Input((105, 105, 1)),
+        layers.Conv2D(8, 7, strides=3, activation="relu"),
+        layers.Dropout(0.5),
+        layers.BatchNormalization(),
+        layers.MaxPooling2D(3, strides=3),
+        layers.Conv2D(8, 3, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Flatten(),
+        layers.Dense(50, activation="softmax"),
+    ])
+    images, labels = _batch(8, seed=4)
+    batch, state = _per_example_pass(model, training.CLASSIFY, images, labels, sample=None)
+    weights = clip_factors(microbatch_gradients(batch.gradients, 8), 0.05)
+    ours = [tf.tensordot(weights, held, axes=1) + path for held, path in zip(state.held, _statistics_paths(
+        model.layers, model.trainable_variables, state.forward, images, state.sums, weights, None), strict=True)]
+    (index, mask), = state.forward.dropout_masks.items()
+    assert 0.3 < float(tf.reduce_mean(tf.cast(mask == 0, tf.float32))) < 0.7
+    with tf.GradientTape() as tape:
+        hidden = images
+        for position, layer in enumerate(model.layers):
+            hidden = hidden * mask if position == index else layer(hidden, training=True)
+        losses = training.CLASSIFY.loss(labels, hidden)
+    expected = tape.gradient(losses, model.trainable_variables, output_gradients=weights)
+    for mine, keras_own in zip(ours, expected, strict=True):
+        np.testing.assert_allclose(mine.numpy(), keras_own.numpy(), rtol=1e-3, atol=2e-3 * np.abs(keras_own).max())
+
+
 def test_noise_has_the_documented_standard_deviation():
     zeros = [tf.zeros((32, 200, 100)), tf.zeros((32, 500))]
     noised = privatize(zeros, l2_norm_clip=1.5, noise_multiplier=0.7, num_microbatches=32, seed=tf.constant([7, 0]))
@@ -224,3 +259,6 @@ def test_unsupported_models_are_refused_with_the_alternative():
     recurrent = keras.Sequential([keras.Input((5, 4)), layers.SimpleRNN(3)])
     with pytest.raises(UsageError, match="no per-example rule for SimpleRNN"):
         fast_dp_gradients(recurrent, training.CLASSIFY, DPSettings(noise_multiplier=1.0), tf.Variable(0))
+    noisy = keras.Sequential([keras.Input((4,)), layers.GaussianNoise(0.1), layers.Dense(3)])
+    with pytest.raises(UsageError, match="cannot replay the random draw of GaussianNoise"):
+        fast_dp_gradients(noisy, training.CLASSIFY, DPSettings(noise_multiplier=1.0), tf.Variable(0))

@@ -1,0 +1,97 @@
+"""Throughput of the fast DP step when Part 2's noise levels run one at a time (one process, every
+core) against all at once (``part2 --jobs N``: N processes of cores // N threads, at least one).
+Each process trains its own copy of the post's complete model on one batch of 32; the timed steps
+of the parallel processes start together. Prints steps per second both ways and their ratio, and
+writes them to --json.
+
+    python benchmarks/parallel_levels.py --json parallel_levels.json [--jobs 3] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _worker(threads: int, steps: int, start, results) -> None:
+    """Build the model and a fast DP step with ``threads`` threads, warm up, wait for ``start``,
+    then time ``steps`` steps; put the seconds on ``results``."""
+    import numpy as np
+    import tensorflow as tf
+
+    from omniglot_inversion import build_complete_model, training
+    from omniglot_inversion.fast_dp import fast_dp_gradients
+    from omniglot_inversion.privacy import DPSettings
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    tf.keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = tf.constant((rng.uniform(size=(32, 105, 105, 1)) > 0.08).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 50, size=32))
+    model = build_complete_model()
+    gradients = fast_dp_gradients(model, training.CLASSIFY, DPSettings(noise_multiplier=0.7),
+                                  tf.Variable(0, dtype=tf.int64))
+    optimizer = tf.keras.optimizers.legacy.Adam(0.005)
+
+    @tf.function
+    def step(x, y):
+        grads, _, _ = gradients(x, y)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+
+    for _ in range(3):
+        step(images, labels)
+    start.wait()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(images, labels)
+    results.put(time.perf_counter() - started)
+
+
+def _run(processes: int, threads: int, steps: int) -> list[float]:
+    """Seconds each of ``processes`` simultaneous workers took for its ``steps`` steps."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_worker, args=(threads, steps, start, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    seconds = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+        if worker.exitcode != 0:
+            raise SystemExit(f"a worker failed with exit code {worker.exitcode}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--jobs", type=int, default=3, help="noise levels at once (post: 3)")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per process")
+    args = parser.parse_args()
+
+    from omniglot_inversion.files import write_json
+
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // args.jobs)
+    one = _run(1, cores, args.steps)[0]
+    together = _run(args.jobs, threads, args.steps)
+    sequential_rate = args.steps / one
+    parallel_rate = args.jobs * args.steps / max(together)
+    print(f"post's complete model, fast engine, batch 32, {cores} CPUs, {args.steps} steps per process:")
+    print(f"one process, {cores} threads: {sequential_rate:.2f} steps/s ({one / args.steps:.4f} s/step)")
+    print(f"{args.jobs} processes, {threads} thread(s) each: {parallel_rate:.2f} steps/s "
+          f"({max(together) / args.steps:.4f} s/step in each)")
+    print(f"ratio: {parallel_rate / sequential_rate:.2f}")
+    write_json(args.json, {"cpus": cores, "jobs": args.jobs, "threads_per_job": threads, "steps": args.steps,
+                           "sequential_steps_per_second": sequential_rate,
+                           "parallel_steps_per_second": parallel_rate,
+                           "ratio": parallel_rate / sequential_rate})
+
+
+if __name__ == "__main__":
+    main()

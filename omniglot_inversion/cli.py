@@ -79,7 +79,7 @@ def _add_part2_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("fast", "fast-lite", "optimizer"), default="fast",
                         help="DP engine: 'fast' (per-example clip factors from batch passes, clipped sum through "
                         "the batch statistics; default), 'fast-lite' (sum of the clipped per-example gradients; "
-                        "~0.75x the cost, unstable late in the post's 20 epochs) or 'optimizer' (TensorFlow "
+                        "~0.85x the cost, unstable late in the post's 20 epochs) or 'optimizer' (TensorFlow "
                         "Privacy's DPKerasAdamOptimizer with model.fit, as the post; ~40x a plain step)")
     parser.add_argument("--strict", action="store_true",
                         help="strict variant: group instead of batch normalisation (no statistics shared "

@@ -42,7 +42,15 @@ def _timed(steps: dict, images, labels, repeats: int, warmup: int = 2) -> dict[s
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def _loop_step(model, gradients, optimizer):
+def synthetic_batch():
+    """The benchmarks' batch: 32 random mostly-white 105x105 images and labels (seed 0)."""
+    rng = np.random.default_rng(0)
+    images = tf.constant((rng.uniform(size=(32, 105, 105, 1)) > 0.08).astype(np.float32))
+    return images, tf.constant(rng.integers(0, 50, size=32))
+
+
+def loop_step(model, gradients, optimizer):
+    """One training step as `training.fit` runs it: gradients, then the optimizer's update."""
     @tf.function
     def step(images, labels):
         grads, _, _ = gradients(images, labels)
@@ -66,9 +74,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tf.keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    images = tf.constant((rng.uniform(size=(32, 105, 105, 1)) > 0.08).astype(np.float32))
-    labels = tf.constant(rng.integers(0, 50, size=32))
+    images, labels = synthetic_batch()
     settings = DPSettings(noise_multiplier=0.7)
 
     steps = {}
@@ -77,7 +83,7 @@ def main() -> None:
         gradients = (training.plain_gradients(model, training.CLASSIFY, True) if name == "plain"
                      else fast_dp_gradients(model, training.CLASSIFY, settings, tf.Variable(0, dtype=tf.int64),
                                             through_statistics=name != "fast_lite"))
-        steps[name] = _loop_step(model, gradients, keras.optimizers.legacy.Adam(0.005))
+        steps[name] = loop_step(model, gradients, keras.optimizers.legacy.Adam(0.005))
     seconds = _timed(steps, images, labels, args.repeats)
     seconds.update(_timed({"optimizer": _optimizer_step(build_complete_model(), settings)}, images, labels,
                           args.optimizer_repeats, warmup=1))

@@ -18,31 +18,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _worker(threads: int, steps: int, start, results) -> None:
-    """Build the model and a fast DP step with ``threads`` threads, warm up, wait for ``start``,
-    then time ``steps`` steps; put the seconds on ``results``."""
-    import numpy as np
+    """Build the model and a fast DP step with ``threads`` threads (as a `part2 --jobs` worker),
+    warm up, wait for ``start``, then time ``steps`` steps; put the seconds on ``results``."""
+    from omniglot_inversion.part2 import limit_threads
+
+    limit_threads(threads)
     import tensorflow as tf
+    from dp_step import loop_step, synthetic_batch
 
     from omniglot_inversion import build_complete_model, training
     from omniglot_inversion.fast_dp import fast_dp_gradients
     from omniglot_inversion.privacy import DPSettings
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
     tf.keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    images = tf.constant((rng.uniform(size=(32, 105, 105, 1)) > 0.08).astype(np.float32))
-    labels = tf.constant(rng.integers(0, 50, size=32))
+    images, labels = synthetic_batch()
     model = build_complete_model()
     gradients = fast_dp_gradients(model, training.CLASSIFY, DPSettings(noise_multiplier=0.7),
                                   tf.Variable(0, dtype=tf.int64))
-    optimizer = tf.keras.optimizers.legacy.Adam(0.005)
-
-    @tf.function
-    def step(x, y):
-        grads, _, _ = gradients(x, y)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-
+    step = loop_step(model, gradients, tf.keras.optimizers.legacy.Adam(0.005))
     for _ in range(3):
         step(images, labels)
     start.wait()

@@ -171,9 +171,10 @@ def _prefixed_print(prefix: str, line: str) -> None:
     print(prefix + line, flush=True)
 
 
-def _limit_threads(threads: int) -> None:
-    """Worker start-up: TensorFlow's thread pools sized to a share of the cores, and GPU memory
-    taken as needed so that the workers can share a GPU."""
+def limit_threads(threads: int) -> None:
+    """Size TensorFlow's thread pools to ``threads`` and take GPU memory as needed, so that several
+    processes can share the machine (each `run_part2` worker starts with it). Call before
+    TensorFlow runs its first operation."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -204,26 +205,28 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
     metrics.update({"epsilon": table, "epsilon_caveat": accounting.POISSON_CAVEAT,
                     "guarantees": privacy.guarantee(config.engine, config.normalization)})
     levels = metrics.setdefault("noise_levels", {})
+    pending = []  # (noise multiplier, its key in levels) of the levels not complete
     for row in table:
-        record = noise_folder(out, row["noise_multiplier"]) / LEVEL_RECORD
-        key = f"{row['noise_multiplier']:g}"
+        noise, key = row["noise_multiplier"], f"{row['noise_multiplier']:g}"
+        record = noise_folder(out, noise) / LEVEL_RECORD
         levels[key] = read_json(record) if record.exists() else levels.get(
             key, {"epsilon": row["epsilon"], "epsilon_2020": row["epsilon_2020"]})
+        if not set(SECTIONS) <= set(levels[key]):
+            pending.append((noise, key))
     write_json(out / METRICS, metrics)
-    pending = [row["noise_multiplier"] for row in table
-               if not set(SECTIONS) <= set(levels[f"{row['noise_multiplier']:g}"])]
-    if jobs == 1 or len(pending) < 2:
-        for noise in pending:
-            levels[f"{noise:g}"] = run_level(config, out, noise, levels[f"{noise:g}"], log)
+    workers = min(jobs, len(pending))
+    if workers < 2:
+        for noise, key in pending:
+            levels[key] = run_level(config, out, noise, levels[key], log)
             write_json(out / METRICS, metrics)
         return read_json(out / METRICS)
-    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(pending)))
-    log(f"{len(pending)} noise levels, {min(jobs, len(pending))} at a time, {threads} thread(s) each")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_limit_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(run_level, config, out, noise, levels[f"{noise:g}"],
-                               functools.partial(_prefixed_print, f"[noise {noise:g}] ")): noise for noise in pending}
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log(f"{len(pending)} noise levels, {workers} at a time, {threads} thread(s) each")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=limit_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_level, config, out, noise, levels[key],
+                               functools.partial(_prefixed_print, f"[noise {key}] ")): key for noise, key in pending}
         for future in as_completed(futures):
-            levels[f"{futures[future]:g}"] = future.result()
+            levels[futures[future]] = future.result()
             write_json(out / METRICS, metrics)
     return read_json(out / METRICS)

@@ -109,8 +109,7 @@ def test_levels_run_in_parallel_give_the_sequential_metrics(tmp_path, data_dir):
     summation order changes in the last bits, and Adam's first steps, close to sign(gradient),
     make that visible within an epoch.)"""
     sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
-    one_thread = ("import sys, tensorflow as tf; tf.config.threading.set_intra_op_parallelism_threads(1); "
-                  "tf.config.threading.set_inter_op_parallelism_threads(1); from omniglot_inversion import cli; "
+    one_thread = ("import sys; from omniglot_inversion import cli, part2; part2.limit_threads(1); "
                   "sys.exit(cli.main(sys.argv[1:]))")
     result = subprocess.run([sys.executable, "-c", one_thread, *_command(PART2, sequential, data_dir)[3:]],
                             capture_output=True, text=True, timeout=600)

@@ -262,23 +262,24 @@ def _normalization_sums(layer_input, output_gradient, extra) -> tuple[tf.Tensor,
     return offset, (product - extra.mean * offset) * extra.inverse_std
 
 
+def _static_batch(tensor) -> int:
+    batch = tensor.shape[0]
+    if batch is None:
+        raise UsageError("The fast DP engine needs batches of a size known when the step is traced; batch the "
+                         "dataset with drop_remainder=True.")
+    return batch
+
+
 def _layer_gradients(layer, layer_input, output_gradient) -> dict:
     """Per-example gradients of a Conv2D or Dense layer's weights, keyed by variable reference."""
     per_example = {}
     if isinstance(layer, keras.layers.Conv2D):
-        kernel_shape = tf.constant(layer.kernel.shape.as_list())
-        strides = [1, *layer.strides, 1]
-
-        def one_example(pair):
-            example_input, example_gradient = pair
-            return tf.raw_ops.Conv2DBackpropFilter(
-                input=example_input[tf.newaxis], filter_sizes=kernel_shape, out_backprop=example_gradient[tf.newaxis],
-                strides=strides, padding=layer.padding.upper())
-
-        per_example[layer.kernel.ref()] = tf.ensure_shape(
-            tf.map_fn(one_example, (layer_input, output_gradient), fn_output_signature=layer.kernel.dtype,
-                      parallel_iterations=32),
-            [None, *layer.kernel.shape])
+        # one filter-gradient op per example on slices of the batch, which share its memory
+        # (map_fn copied both operands into tensor lists: 8 ms of a 145 ms step on 2 cores)
+        per_example[layer.kernel.ref()] = tf.concat([tf.raw_ops.Conv2DBackpropFilter(
+            input=layer_input[example:example + 1], filter_sizes=tf.constant(layer.kernel.shape.as_list()),
+            out_backprop=output_gradient[example:example + 1], strides=[1, *layer.strides, 1],
+            padding=layer.padding.upper())[tf.newaxis] for example in range(_static_batch(layer_input))], axis=0)
         positions = [1, 2]
     else:  # Dense
         batch = tf.shape(layer_input)[0]
@@ -482,6 +483,7 @@ def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variabl
     clip, noise, count = settings.l2_norm_clip, settings.noise_multiplier, settings.microbatches
 
     def gradients(inputs, targets):
+        inputs = tf.ensure_shape(inputs, [settings.batch_size, *inputs.shape[1:]])
         batch, state = _per_example_pass(model, task, inputs, targets, statistics_sample)
         seed = tf.stack([tf.constant(noise_seed, tf.int64), tf.cast(step, tf.int64)])
         update_moving_averages(batch.statistics)

@@ -262,3 +262,21 @@ def test_unsupported_models_are_refused_with_the_alternative():
     noisy = keras.Sequential([keras.Input((4,)), layers.GaussianNoise(0.1), layers.Dense(3)])
     with pytest.raises(UsageError, match="cannot replay the random draw of GaussianNoise"):
         fast_dp_gradients(noisy, training.CLASSIFY, DPSettings(noise_multiplier=1.0), tf.Variable(0))
+
+
+def test_a_batch_of_unknown_size_is_refused_and_the_training_step_pins_it():
+    model = _small_model_without_batch_norm()
+    images, labels = _batch(4)
+    untyped = tf.function(lambda x, y: per_example_gradients(model, training.CLASSIFY, x, y).gradients,
+                          input_signature=[tf.TensorSpec([None, 105, 105, 1]), tf.TensorSpec([None], tf.int64)])
+    with pytest.raises(Exception, match="batches of a size known .* drop_remainder=True") as refused:
+        untyped(images, labels)
+    assert "UsageError" in str(refused.value) or isinstance(refused.value, UsageError)  # autograph wraps it
+    # fast_dp_gradients knows the batch size from its settings, so a dataset of unknown batch size works
+    step = fast_dp_gradients(model, training.CLASSIFY, DPSettings(noise_multiplier=0.0, batch_size=4), tf.Variable(0))
+    traced = tf.function(step, input_signature=[tf.TensorSpec([None, 105, 105, 1]), tf.TensorSpec([None], tf.int64)])
+    gradients, _, _ = traced(images, labels)
+    expected = privatize(per_example_gradients(model, training.CLASSIFY, images, labels).gradients, 1.0, 0.0, 4,
+                         tf.constant([0, 0]))
+    for ours, theirs in zip(gradients, expected, strict=True):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-7)

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from omniglot_inversion import training
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.fast_dp import STATISTICS_SAMPLE, fast_dp_gradients
+from omniglot_inversion.fast_dp import PATHS_SAMPLE, STATISTICS_SAMPLE, fast_dp_gradients
 from omniglot_inversion.files import read_json, write_json
 
 keras = tf.keras
@@ -52,7 +52,7 @@ _GUARANTEES = {
         f"{STATISTICS_SAMPLE} examples of the batch) give each microbatch's clip factor "
         "min(1, l2_norm_clip / norm); the summed gradient is that of the clip-weighted loss through the "
         "batch statistics (as the optimizer path's per-example gradients are; its part through the "
-        f"statistics estimated from the same {STATISTICS_SAMPLE} examples), so a clipped term may "
+        f"statistics estimated from {PATHS_SAMPLE} examples of the batch), so a clipped term may "
         "exceed l2_norm_clip where the later statistics paths lengthen it; Gaussian noise of standard "
         "deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count. The noise is "
         "pseudo-random from the run's seed and the step: anyone who knows the seed can regenerate it, so "

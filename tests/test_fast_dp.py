@@ -8,6 +8,7 @@ import tensorflow as tf
 from omniglot_inversion import build_complete_model, data, training
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.fast_dp import (
+    PATHS_SAMPLE,
     STATISTICS_SAMPLE,
     _per_example_pass,
     _statistics_paths,
@@ -39,10 +40,11 @@ def _optimizer_gradients(model, settings, images, labels):
     return [g.numpy() for g, _ in optimizer._compute_gradients(losses, model.trainable_variables, tape=tape)]
 
 
-def _fast_gradients(model, settings, images, labels, through_statistics=True, statistics_sample=STATISTICS_SAMPLE):
+def _fast_gradients(model, settings, images, labels, through_statistics=True, statistics_sample=STATISTICS_SAMPLE,
+                    paths_sample=PATHS_SAMPLE):
     gradients, _, _ = fast_dp_gradients(model, training.CLASSIFY, settings, tf.Variable(0, dtype=tf.int64),
-                                        through_statistics=through_statistics,
-                                        statistics_sample=statistics_sample)(images, labels)
+                                        through_statistics=through_statistics, statistics_sample=statistics_sample,
+                                        paths_sample=paths_sample)(images, labels)
     return [g.numpy() for g in gradients]
 
 
@@ -96,7 +98,8 @@ def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir, th
     settings = DPSettings(noise_multiplier=0.0, l2_norm_clip=1.0, batch_size=32)
     expected = _flat(_optimizer_gradients(model, settings, images, labels))
     got = _flat(_fast_gradients(model, settings, images, labels, through_statistics,
-                                statistics_sample=None if through_statistics else STATISTICS_SAMPLE))
+                                statistics_sample=None if through_statistics else STATISTICS_SAMPLE,
+                                paths_sample=None))
     cosine = float(got @ expected / (np.linalg.norm(got) * np.linalg.norm(expected)))
     assert cosine > min_cosine
     assert ratio[0] < np.linalg.norm(got) / np.linalg.norm(expected) < ratio[1]
@@ -114,26 +117,31 @@ def test_sum_through_the_statistics_is_kerass_gradient_of_the_clip_weighted_loss
         losses = training.CLASSIFY.loss(labels, model(images, training=True))
     expected = tape.gradient(losses, model.trainable_variables, output_gradients=factors)
     settings = DPSettings(noise_multiplier=0.0, l2_norm_clip=1.0, batch_size=32)
-    got = _fast_gradients(model, settings, images, labels, statistics_sample=None)
+    got = _fast_gradients(model, settings, images, labels, statistics_sample=None, paths_sample=None)
     assert np.all(factors.numpy() < 1)  # every example clipped: the weights matter
     for mine, keras_own in zip(got, expected, strict=True):
         np.testing.assert_allclose(mine * 32, keras_own.numpy(), rtol=1e-3, atol=5e-3 * np.abs(keras_own).max())
 
 
 def test_sampled_statistics_paths_add_little_next_to_the_noise(data_dir):
-    """Estimated from 8 of 32 examples, the sum's statistics part errs, per variable, by a small
-    fraction of the DP noise added to that variable at the post's lowest noise (0.7). Measured at
-    initialisation on three real batches: 1-9% of the noise's norm (under 1% of its variance)."""
+    """Estimated from 4 of 32 examples (PATHS_SAMPLE), the sum's statistics part errs, per variable,
+    by a small fraction of the DP noise added to that variable at the post's lowest noise (0.7).
+    Measured at initialisation on real batches, largest over the variables (the first convolution's
+    kernel or bias): 7.5-17% of the noise's norm (8 examples: 7.1-8.6%), under 3% of its variance;
+    over all variables together 2.7% of the noise's norm."""
     tf.keras.utils.set_random_seed(0)
     model = build_complete_model()
     images, labels = _real_batch(data_dir)
     settings = DPSettings(noise_multiplier=0.0, l2_norm_clip=1.0, batch_size=32)
-    exact = _fast_gradients(model, settings, images, labels, statistics_sample=None)
+    exact = _fast_gradients(model, settings, images, labels, paths_sample=None)
     sampled = _fast_gradients(model, settings, images, labels)
+    assert PATHS_SAMPLE == 4
     ratios = [np.linalg.norm((mine - full) * 32) / (0.7 * np.sqrt(full.size))
               for mine, full in zip(sampled, exact, strict=True)]
-    assert max(ratios) < 0.15
-    assert max(ratios) > 0  # a real estimate, not the whole batch
+    overall = np.linalg.norm(_flat(sampled) - _flat(exact)) * 32 / (0.7 * np.sqrt(_flat(exact).size))
+    assert max(ratios) < 0.2
+    assert overall < 0.05
+    assert overall > 0  # a real estimate, not the whole batch
 
 
 def test_statistics_paths_replay_the_dropout_draw():

@@ -216,10 +216,11 @@ def _statistics_paths(model_layers, trainable: list[tf.Variable], forward: _Forw
     derivatives of the statistics from a forward and backward pass of the first ``sample`` examples
     (None: all) whose batch norms normalise with the batch's statistics but differentiate them as
     means over the sample: exact for the whole batch; for a shuffled batch's first examples an
-    estimate, unbiased but for products of estimates along chains of batch norms, at about a
-    quarter of a backward pass of the batch for 8 of 32 examples. For the post's model at
-    initialisation its error per variable was 1-9% of the norm of the DP noise added to that
-    variable at noise 0.7 (tests/test_fast_dp.py): under 1% more variance than the noise.
+    estimate, unbiased but for products of estimates along chains of batch norms, at a fraction
+    of a backward pass of the batch. For the post's model at initialisation, from 4 of 32 examples
+    (`PATHS_SAMPLE`), its error was 2.7% of the norm of the DP noise at noise 0.7 over all
+    variables and at most 17% for one variable (the first convolution's; 8 examples: at most 9%),
+    i.e. under 3% more variance than the noise (tests/test_fast_dp.py).
     """
     if sample is not None:
         inputs = inputs[:sample]

@@ -498,9 +498,8 @@ def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variabl
         if not through_statistics:
             return privatize(batch.gradients, clip, noise, count, seed), batch.predictions, batch.losses
         factors = clip_factors(microbatch_gradients(batch.gradients, count), clip)
-        size = tf.shape(inputs)[0]
         # a microbatch's loss is the mean of its examples' losses
-        weights = tf.repeat(factors, size // count) * tf.cast(count, factors.dtype) / tf.cast(size, factors.dtype)
+        weights = tf.repeat(factors, settings.batch_size // count) * (count / settings.batch_size)
         paths = _statistics_paths(model_layers, model.trainable_variables, state.forward, inputs, state.sums,
                                   weights, paths_sample)
         summed = [tf.tensordot(weights, held, axes=1) + path for held, path in zip(state.held, paths, strict=True)]

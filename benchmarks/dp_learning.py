@@ -2,6 +2,8 @@
 model at the post's DP settings (noise 0.7, clip 1.0, lr 0.005, batch 32, 412 steps an epoch) with
 each engine from the same seed on the same data order, and reports validation accuracy (inference
 mode, the 2,180 validation images) per epoch; the strict group-norm variant with the fast engine too.
+``--seeded-noise`` gives the optimizer the fast engines' noise for the seed (a paired comparison:
+same data, initial weights and noise); without it the optimizer draws TF Privacy's own noise.
 
     python benchmarks/dp_learning.py --data-dir ../shared/data/omniglot --epochs 1 --json dp_learning.json
 """
@@ -29,6 +31,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=[name for name, _ in RUNS], nargs="+")
+    parser.add_argument("--seeded-noise", action="store_true",
+                        help="the optimizer draws the fast engines' noise stream for --seed")
     args = parser.parse_args()
 
     results = {"config": vars(args), "runs": {}}
@@ -41,7 +45,8 @@ def main() -> None:
         history = train_dp(model, DPSettings(noise_multiplier=args.noise), target_data.train, val_ds=target_data.val,
                            epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                            engine="fast" if name == "strict" else name,
-                           seed=args.seed, on_epoch=lambda row, name=name: print(name, row, flush=True))
+                           seed=args.seed, seeded_noise=args.seeded_noise,
+                           on_epoch=lambda row, name=name: print(name, row, flush=True))
         results["runs"][name] = history
         write_json(args.json, results)
     for name, history in results["runs"].items():

@@ -445,6 +445,11 @@ def add_noise(summed: list[tf.Tensor], l2_norm_clip: float, noise_multiplier: fl
             for index, g in enumerate(summed)]
 
 
+def noise_seed_at(noise_seed: int, step) -> tf.Tensor:
+    """The seed of `add_noise`'s draw at optimizer step ``step`` of a run seeded ``noise_seed``."""
+    return tf.stack([tf.constant(noise_seed, tf.int64), tf.cast(step, tf.int64)])
+
+
 def privatize(per_example: list[tf.Tensor], l2_norm_clip: float, noise_multiplier: float,
               num_microbatches: int, seed: tf.Tensor) -> list[tf.Tensor]:
     """DP-SGD aggregation of per-example gradients (TensorFlow Privacy's Gaussian sum query):
@@ -493,7 +498,7 @@ def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variabl
     def gradients(inputs, targets):
         inputs = tf.ensure_shape(inputs, [settings.batch_size, *inputs.shape[1:]])
         batch, state = _per_example_pass(model, task, inputs, targets, statistics_sample)
-        seed = tf.stack([tf.constant(noise_seed, tf.int64), tf.cast(step, tf.int64)])
+        seed = noise_seed_at(noise_seed, step)
         update_moving_averages(batch.statistics)
         if not through_statistics:
             return privatize(batch.gradients, clip, noise, count, seed), batch.predictions, batch.losses

@@ -112,16 +112,28 @@ class DPSettings:
         return self.num_microbatches or self.batch_size
 
 
-def dp_optimizer(settings: DPSettings):
-    """TensorFlow Privacy's DP Adam with the given settings."""
+def dp_optimizer(settings: DPSettings, noise_seed: int | None = None):
+    """TensorFlow Privacy's DP Adam with the given settings.
+
+    ``noise_seed``: None (default) keeps TF Privacy's noise (TensorFlow's global generator);
+    an integer draws each step's noise as the fast engines seeded with it do
+    (`seeded_noise.SeededGaussianSumQuery`), the same noise at the same step.
+    """
     from tensorflow_privacy import DPKerasAdamOptimizer
 
-    return DPKerasAdamOptimizer(
+    optimizer = DPKerasAdamOptimizer(
         l2_norm_clip=settings.l2_norm_clip,
         noise_multiplier=settings.noise_multiplier,
         num_microbatches=settings.microbatches,
         learning_rate=settings.learning_rate,
     )
+    if noise_seed is not None:
+        from omniglot_inversion.seeded_noise import SeededGaussianSumQuery
+
+        # the optimizer takes no query argument; it reads this attribute at every step
+        optimizer._dp_sum_query = SeededGaussianSumQuery(settings.l2_norm_clip, settings.noise_multiplier,
+                                                         noise_seed, optimizer.iterations)
+    return optimizer
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -165,6 +177,7 @@ def train_dp(
     on_epoch: Callable[[dict], None] | None = None,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
+    seeded_noise: bool = False,
 ) -> list[dict]:
     """Train ``model`` with DP-SGD (Adam) on an endlessly repeating dataset of full batches; return
     one row per epoch (train/val loss and accuracy, seconds).
@@ -177,7 +190,11 @@ def train_dp(
 
     ``checkpoint_dir``: per-epoch checkpoints there, and resume from the last one. The fast engines
     then repeat an uninterrupted run exactly; the optimizer engine (Keras ``BackupAndRestore``)
-    resumes at the epoch but restarts its data iterator and noise stream.
+    resumes at the epoch but restarts its data iterator (and its noise stream, unless seeded).
+
+    ``seeded_noise`` (engine ``optimizer``; the fast engines always are): draw the noise from
+    ``seed`` and the step as the fast engines do (`dp_optimizer`'s ``noise_seed``), so that runs of
+    different engines from the same seed add the same noise at every step.
     """
     if epochs < 1 or steps_per_epoch < 1:
         raise UsageError(f"epochs and steps per epoch must be at least 1, got {epochs} and {steps_per_epoch}.")
@@ -191,7 +208,7 @@ def train_dp(
         )
     guarantee(engine, "batch")  # refuses an unknown engine
     model.compile(
-        optimizer=dp_optimizer(settings),
+        optimizer=dp_optimizer(settings, noise_seed=seed if seeded_noise else None),
         loss=keras.losses.SparseCategoricalCrossentropy(reduction=keras.losses.Reduction.NONE),
         metrics=["sparse_categorical_accuracy"],
     )

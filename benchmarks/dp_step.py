@@ -1,8 +1,8 @@
 """Seconds per training step of the post's complete model, batch 32, in one process on one batch:
 a non-private step, TensorFlow Privacy's DPKerasAdamOptimizer ("optimizer"), the fast engine
-("fast"), its per-example-sum variant ("fast_lite", engine 'fast-lite') and the fast engine on the
-strict group-norm variant ("strict"). Median of repeated steps
-after warm-up; prints the ratios to the plain step and writes the seconds to --json.
+("fast"), the same without sampling ("fast_exact", engine 'fast-exact'), its per-example-sum variant
+("fast_lite", engine 'fast-lite') and the fast engine on the strict group-norm variant ("strict").
+Median of repeated steps after warm-up; prints the ratios to the plain step and writes the seconds to --json.
 
     python benchmarks/dp_step.py --json dp_step.json [--repeats 10] [--optimizer-repeats 3]
 """
@@ -68,7 +68,7 @@ def _optimizer_step(model, settings):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True,
-                        help="file to write {plain, optimizer, fast, fast_lite, strict} seconds to")
+                        help="file to write {plain, optimizer, fast, fast_exact, fast_lite, strict} seconds to")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--optimizer-repeats", type=int, default=3, help="the optimizer path takes seconds a step")
     args = parser.parse_args()
@@ -78,11 +78,13 @@ def main() -> None:
     settings = DPSettings(noise_multiplier=0.7)
 
     steps = {}
-    for name, normalization in (("plain", "batch"), ("fast", "batch"), ("fast_lite", "batch"), ("strict", "group")):
+    for name, normalization in (("plain", "batch"), ("fast", "batch"), ("fast_exact", "batch"), ("fast_lite", "batch"),
+                                ("strict", "group")):
         model = build_complete_model(normalization)
+        samples = {"statistics_sample": None, "paths_sample": None} if name == "fast_exact" else {}
         gradients = (training.plain_gradients(model, training.CLASSIFY, True) if name == "plain"
                      else fast_dp_gradients(model, training.CLASSIFY, settings, tf.Variable(0, dtype=tf.int64),
-                                            through_statistics=name != "fast_lite"))
+                                            through_statistics=name != "fast_lite", **samples))
         steps[name] = loop_step(model, gradients, keras.optimizers.legacy.Adam(0.005))
     seconds = _timed(steps, images, labels, args.repeats)
     seconds.update(_timed({"optimizer": _optimizer_step(build_complete_model(), settings)}, images, labels,
@@ -91,9 +93,10 @@ def main() -> None:
     print(f"post's complete model, batch 32, {os.cpu_count()} CPUs; median seconds per step:")
     print("| step | s/step | x plain |")
     print("| --- | --- | --- |")
-    for name in ("plain", "optimizer", "fast", "fast_lite", "strict"):
+    names = ("plain", "optimizer", "fast", "fast_exact", "fast_lite", "strict")
+    for name in names:
         print(f"| {name} | {seconds[name]:.4f} | {seconds[name] / seconds['plain']:.2f} |")
-    write_json(args.json, {name: seconds[name] for name in ("plain", "optimizer", "fast", "fast_lite", "strict")})
+    write_json(args.json, {name: seconds[name] for name in names})
 
 
 if __name__ == "__main__":

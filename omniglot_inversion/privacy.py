@@ -1,8 +1,9 @@
 """DP-SGD training of the post's complete model (Part 2), by one of three engines.
 
-Engines ``fast`` (default) and ``fast-lite``: the per-example engine of `fast_dp`, in the
-package's loop (``fast`` sums the clipped gradients through the batch statistics, ``fast-lite``
-sums the clipped per-example gradients themselves).
+Engines ``fast`` (default), ``fast-exact`` and ``fast-lite``: the per-example engine of `fast_dp`,
+in the package's loop (``fast`` sums the clipped gradients through the batch statistics, estimating
+the statistics' derivatives from a few examples; ``fast-exact`` takes them from the whole batch;
+``fast-lite`` sums the clipped per-example gradients themselves).
 Engine ``optimizer``: TensorFlow Privacy's ``DPKerasAdamOptimizer`` through ``model.fit``, as the
 post does (one microbatch per example). Per step: per-example gradients of the per-example loss
 (``tape.jacobian``), each clipped to ``l2_norm_clip``, summed, Gaussian noise of standard deviation
@@ -31,7 +32,13 @@ from omniglot_inversion.files import read_json, write_json
 
 keras = tf.keras
 
-ENGINES = ("fast", "fast-lite", "optimizer")
+ENGINES = ("fast", "fast-exact", "fast-lite", "optimizer")
+# fast-engine name -> (through_statistics, statistics_sample, paths_sample) of `fast_dp_gradients`
+_FAST_ENGINES = {
+    "fast": (True, STATISTICS_SAMPLE, PATHS_SAMPLE),
+    "fast-exact": (True, None, None),
+    "fast-lite": (False, STATISTICS_SAMPLE, PATHS_SAMPLE),
+}
 
 _BATCH_NORM_CAVEAT = (
     " Batch normalisation on batch statistics makes each example's forward pass depend on the other "
@@ -57,6 +64,13 @@ _GUARANTEES = {
         "deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count. The noise is "
         "pseudo-random from the run's seed and the step: anyone who knows the seed can regenerate it, so "
         "keep the seed secret where that matters."
+    ),
+    "fast-exact": (
+        "Engine 'fast-exact': as engine 'fast', with every batch-statistics derivative taken over the whole "
+        "batch (no sampling), so the clipped sum is the gradient of the clip-weighted loss through the batch "
+        "statistics to float precision; Gaussian noise of standard deviation l2_norm_clip * noise_multiplier "
+        "added, divided by the microbatch count. The noise is pseudo-random from the run's seed and the step: "
+        "anyone who knows the seed can regenerate it, so keep the seed secret where that matters."
     ),
     "fast-lite": (
         "Engine 'fast-lite': per-example gradients from batch passes (omniglot_inversion.fast_dp), each "
@@ -183,9 +197,10 @@ def train_dp(
     one row per epoch (train/val loss and accuracy, seconds).
 
     ``engine="optimizer"`` compiles the model with TensorFlow Privacy's DPKerasAdamOptimizer and runs
-    ``model.fit``, as the post does; ``engine="fast"`` and ``"fast-lite"`` run the package's loop
-    with the engine of `fast_dp` (same aggregation, same Adam; noise seeded by ``seed`` and the
-    step; ``fast`` sums the clipped gradients through the batch statistics). All
+    ``model.fit``, as the post does; ``engine="fast"``, ``"fast-exact"`` and ``"fast-lite"`` run the
+    package's loop with the engine of `fast_dp` (same aggregation, same Adam; noise seeded by
+    ``seed`` and the step; ``fast`` and ``fast-exact`` sum the clipped gradients through the batch
+    statistics, ``fast-exact`` without sampling). All
     draw ``steps_per_epoch`` batches per epoch from one iterator.
 
     ``checkpoint_dir``: per-epoch checkpoints there, and resume from the last one. The fast engines
@@ -198,13 +213,15 @@ def train_dp(
     """
     if epochs < 1 or steps_per_epoch < 1:
         raise UsageError(f"epochs and steps per epoch must be at least 1, got {epochs} and {steps_per_epoch}.")
-    if engine in ("fast", "fast-lite"):
+    if engine in _FAST_ENGINES:
+        through_statistics, statistics_sample, paths_sample = _FAST_ENGINES[engine]
         optimizer = keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate)
         return training.fit(
             model, training.CLASSIFY, train_ds, epochs=epochs, val_ds=val_ds, steps_per_epoch=steps_per_epoch,
             optimizer=optimizer, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
             gradients=fast_dp_gradients(model, training.CLASSIFY, settings, optimizer.iterations, seed,
-                                        through_statistics=engine == "fast"),
+                                        through_statistics=through_statistics,
+                                        statistics_sample=statistics_sample, paths_sample=paths_sample),
         )
     guarantee(engine, "batch")  # refuses an unknown engine
     model.compile(

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import build_complete_model, cli, part2, privacy, runs
+from omniglot_inversion import build_complete_model, cli, part2, privacy, runs, training
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.fast_dp import fast_dp_gradients
 from omniglot_inversion.privacy import DPSettings, train_dp
 
 
@@ -49,6 +50,29 @@ def test_seeded_optimizer_engine_follows_the_fast_engine_where_no_layer_mixes_ex
     _, optimizer = trained("optimizer")
     assert np.linalg.norm(fast - start) > 100 * np.linalg.norm(fast - optimizer)
     np.testing.assert_allclose(optimizer, fast, atol=1e-5)
+
+
+def test_fast_exact_engine_is_the_fast_engine_without_sampling():
+    """Engine 'fast-exact' takes every batch-statistics derivative over the whole batch: one step
+    of it is one step of `fast_dp_gradients` with both samples None, and differs from engine 'fast'."""
+    settings = DPSettings(noise_multiplier=0.7, batch_size=8)
+
+    def weights_after_one_step(engine=None, **samples):
+        tf.keras.utils.set_random_seed(0)
+        model = build_complete_model()
+        if engine:
+            train_dp(model, settings, _random_batches(1, 8), epochs=1, steps_per_epoch=1, engine=engine)
+        else:
+            optimizer = tf.keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate)
+            training.fit(model, training.CLASSIFY, _random_batches(1, 8), epochs=1, steps_per_epoch=1,
+                         optimizer=optimizer, gradients=fast_dp_gradients(model, training.CLASSIFY, settings,
+                                                                          optimizer.iterations, 0, **samples))
+        return np.concatenate([w.numpy().ravel() for w in model.trainable_weights])
+
+    exact = weights_after_one_step("fast-exact")
+    np.testing.assert_array_equal(exact, weights_after_one_step(statistics_sample=None, paths_sample=None))
+    assert not np.array_equal(exact, weights_after_one_step("fast"))
+    assert "whole batch" in privacy.guarantee("fast-exact", "batch")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -79,7 +79,7 @@ def _add_part2_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("fast", "fast-exact", "fast-lite", "optimizer"), default="fast",
                         help="DP engine: 'fast' (per-example clip factors from batch passes, clipped sum through "
                         "the batch statistics, their derivatives estimated from a few examples; default), "
-                        "'fast-exact' (the same, all derivatives over the whole batch; ~2.3x the cost of 'fast'), "
+                        "'fast-exact' (the same, all derivatives over the whole batch; ~2.4x the cost of 'fast'), "
                         "'fast-lite' (sum of the clipped per-example gradients; unstable late in the "
                         "post's 20 epochs) or 'optimizer' (TensorFlow Privacy's DPKerasAdamOptimizer with "
                         "model.fit, as the post; ~40x a plain step)")

@@ -1,4 +1,4 @@
-"""DP-SGD training of the post's complete model (Part 2), by one of three engines.
+"""DP-SGD training of the post's complete model (Part 2), by one of four engines.
 
 Engines ``fast`` (default), ``fast-exact`` and ``fast-lite``: the per-example engine of `fast_dp`,
 in the package's loop (``fast`` sums the clipped gradients through the batch statistics, estimating
@@ -68,9 +68,11 @@ _GUARANTEES = {
     "fast-exact": (
         "Engine 'fast-exact': as engine 'fast', with every batch-statistics derivative taken over the whole "
         "batch (no sampling), so the clipped sum is the gradient of the clip-weighted loss through the batch "
-        "statistics to float precision; Gaussian noise of standard deviation l2_norm_clip * noise_multiplier "
-        "added, divided by the microbatch count. The noise is pseudo-random from the run's seed and the step: "
-        "anyone who knows the seed can regenerate it, so keep the seed secret where that matters."
+        "statistics to float precision (the clip factors, as in 'fast', leave out the paths through later "
+        "layers' statistics, so a summed term may exceed l2_norm_clip); Gaussian noise of standard deviation "
+        "l2_norm_clip * noise_multiplier added, divided by the microbatch count. The noise is pseudo-random "
+        "from the run's seed and the step: anyone who knows the seed can regenerate it, so keep the seed "
+        "secret where that matters."
     ),
     "fast-lite": (
         "Engine 'fast-lite': per-example gradients from batch passes (omniglot_inversion.fast_dp), each "

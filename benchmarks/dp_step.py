@@ -20,9 +20,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from omniglot_inversion import build_complete_model, training  # noqa: E402
-from omniglot_inversion.fast_dp import fast_dp_gradients  # noqa: E402
 from omniglot_inversion.files import write_json  # noqa: E402
-from omniglot_inversion.privacy import DPSettings, dp_optimizer  # noqa: E402
+from omniglot_inversion.privacy import DPSettings, dp_optimizer, fast_engine_gradients  # noqa: E402
 
 keras = tf.keras
 
@@ -81,10 +80,9 @@ def main() -> None:
     for name, normalization in (("plain", "batch"), ("fast", "batch"), ("fast_exact", "batch"), ("fast_lite", "batch"),
                                 ("strict", "group")):
         model = build_complete_model(normalization)
-        samples = {"statistics_sample": None, "paths_sample": None} if name == "fast_exact" else {}
+        engine = "fast" if name == "strict" else name.replace("_", "-")
         gradients = (training.plain_gradients(model, training.CLASSIFY, True) if name == "plain"
-                     else fast_dp_gradients(model, training.CLASSIFY, settings, tf.Variable(0, dtype=tf.int64),
-                                            through_statistics=name != "fast_lite", **samples))
+                     else fast_engine_gradients(engine, model, settings, tf.Variable(0, dtype=tf.int64)))
         steps[name] = loop_step(model, gradients, keras.optimizers.legacy.Adam(0.005))
     seconds = _timed(steps, images, labels, args.repeats)
     seconds.update(_timed({"optimizer": _optimizer_step(build_complete_model(), settings)}, images, labels,

@@ -32,13 +32,13 @@ from omniglot_inversion.files import read_json, write_json
 
 keras = tf.keras
 
-ENGINES = ("fast", "fast-exact", "fast-lite", "optimizer")
 # fast-engine name -> (through_statistics, statistics_sample, paths_sample) of `fast_dp_gradients`
 _FAST_ENGINES = {
     "fast": (True, STATISTICS_SAMPLE, PATHS_SAMPLE),
     "fast-exact": (True, None, None),
     "fast-lite": (False, STATISTICS_SAMPLE, PATHS_SAMPLE),
 }
+ENGINES = (*_FAST_ENGINES, "optimizer")
 
 _BATCH_NORM_CAVEAT = (
     " Batch normalisation on batch statistics makes each example's forward pass depend on the other "
@@ -152,6 +152,18 @@ def dp_optimizer(settings: DPSettings, noise_seed: int | None = None):
     return optimizer
 
 
+def fast_engine_gradients(engine: str, model: keras.Model, settings: DPSettings, step: tf.Variable,
+                          seed: int = 0):
+    """The `training.fit` gradient function of fast engine ``engine`` (``fast``, ``fast-exact`` or
+    ``fast-lite``): `fast_dp_gradients` with that engine's sampling, noise seeded by ``seed`` and
+    ``step`` (the optimizer's ``iterations``)."""
+    if engine not in _FAST_ENGINES:
+        raise UsageError(f"Unknown fast DP engine {engine!r}; choose one of {', '.join(_FAST_ENGINES)}.")
+    through_statistics, statistics_sample, paths_sample = _FAST_ENGINES[engine]
+    return fast_dp_gradients(model, training.CLASSIFY, settings, step, seed, through_statistics=through_statistics,
+                             statistics_sample=statistics_sample, paths_sample=paths_sample)
+
+
 class _EpochLog(keras.callbacks.Callback):
     """Turns Keras logs into the package's per-epoch rows, with wall time; with ``path``, keeps the
     rows in that JSON file too, so that a resumed ``model.fit`` reports the epochs done before."""
@@ -216,14 +228,11 @@ def train_dp(
     if epochs < 1 or steps_per_epoch < 1:
         raise UsageError(f"epochs and steps per epoch must be at least 1, got {epochs} and {steps_per_epoch}.")
     if engine in _FAST_ENGINES:
-        through_statistics, statistics_sample, paths_sample = _FAST_ENGINES[engine]
         optimizer = keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate)
         return training.fit(
             model, training.CLASSIFY, train_ds, epochs=epochs, val_ds=val_ds, steps_per_epoch=steps_per_epoch,
             optimizer=optimizer, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-            gradients=fast_dp_gradients(model, training.CLASSIFY, settings, optimizer.iterations, seed,
-                                        through_statistics=through_statistics,
-                                        statistics_sample=statistics_sample, paths_sample=paths_sample),
+            gradients=fast_engine_gradients(engine, model, settings, optimizer.iterations, seed),
         )
     guarantee(engine, "batch")  # refuses an unknown engine
     model.compile(

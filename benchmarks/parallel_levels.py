@@ -26,15 +26,13 @@ def _worker(threads: int, steps: int, start, results) -> None:
     import tensorflow as tf
     from dp_step import loop_step, synthetic_batch
 
-    from omniglot_inversion import build_complete_model, training
-    from omniglot_inversion.fast_dp import fast_dp_gradients
-    from omniglot_inversion.privacy import DPSettings
+    from omniglot_inversion import build_complete_model
+    from omniglot_inversion.privacy import DPSettings, fast_engine_gradients
 
     tf.keras.utils.set_random_seed(0)
     images, labels = synthetic_batch()
     model = build_complete_model()
-    gradients = fast_dp_gradients(model, training.CLASSIFY, DPSettings(noise_multiplier=0.7),
-                                  tf.Variable(0, dtype=tf.int64))
+    gradients = fast_engine_gradients("fast", model, DPSettings(noise_multiplier=0.7), tf.Variable(0, dtype=tf.int64))
     step = loop_step(model, gradients, tf.keras.optimizers.legacy.Adam(0.005))
     for _ in range(3):
         step(images, labels)

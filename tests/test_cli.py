@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omniglot_inversion import cli, runs
+from omniglot_inversion import cli, privacy, runs
 from omniglot_inversion.errors import UsageError
 
 
@@ -67,3 +67,15 @@ def test_epochs_below_one_are_refused_by_the_command_and_the_api(tmp_path, capsy
     with pytest.raises(UsageError, match="epochs must be at least 1, got 0"):
         runs.Part1Config(epochs=0)
     assert not (tmp_path / "run").exists()
+
+
+def test_engine_choices_are_the_privacy_modules_engines(capsys):
+    # the CLI keeps a literal tuple so that `--help` does not import TensorFlow
+    parser = cli.build_parser()
+    assert parser.parse_args(["part2", "--out", "run"]).engine == "fast" == privacy.ENGINES[0]
+    for engine in privacy.ENGINES:
+        assert parser.parse_args(["part2", "--out", "run", "--engine", engine]).engine == engine
+    with pytest.raises(SystemExit):
+        parser.parse_args(["part2", "--out", "run", "--engine", "no-such-engine"])
+    listed = capsys.readouterr().err.split("choose from ")[1].split(")")[0]
+    assert tuple(name.strip(" '") for name in listed.split(",")) == privacy.ENGINES

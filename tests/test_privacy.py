@@ -129,7 +129,9 @@ def test_part2_refuses_negative_noise_before_writing(tmp_path, capsys):
 
 def test_optimizer_engine_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     """model.fit with DPKerasAdamOptimizer, stopped by an error after its second epoch, continues at
-    that epoch from the per-epoch backup and reports every epoch once."""
+    that epoch from the per-epoch backup and reports every epoch once. With seeded noise (keyed on
+    the restored step count) and one batch repeated (so that the restarted data iterator gives the
+    same batches), it ends on the uninterrupted run's weights."""
     settings = DPSettings(noise_multiplier=0.7, batch_size=8)
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(8, 105, 105, 1)).astype(np.float32)
@@ -141,14 +143,21 @@ def test_optimizer_engine_resumes_from_its_last_epoch(tmp_path, monkeypatch):
         if epoch == 1:
             raise RuntimeError("simulated crash")
 
-    tf.keras.utils.set_random_seed(0)
+    def run(checkpoint_dir):
+        tf.keras.utils.set_random_seed(0)
+        model = build_complete_model()
+        rows = train_dp(model, settings, batches, epochs=3, steps_per_epoch=1, engine="optimizer",
+                        checkpoint_dir=checkpoint_dir, seed=3, seeded_noise=True)
+        return rows, np.concatenate([w.numpy().ravel() for w in model.weights])
+
+    uninterrupted_rows, uninterrupted = run(None)
     monkeypatch.setattr(privacy._EpochLog, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_dp(build_complete_model(), settings, batches, epochs=3, steps_per_epoch=1, engine="optimizer",
-                 checkpoint_dir=tmp_path)
+        run(tmp_path)
     first_rows = json.loads((tmp_path / "epochs.json").read_text())
     monkeypatch.setattr(privacy._EpochLog, "on_epoch_end", original)
-    rows = train_dp(build_complete_model(), settings, batches, epochs=3, steps_per_epoch=1, engine="optimizer",
-                    checkpoint_dir=tmp_path)
+    rows, resumed = run(tmp_path)
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     assert rows[0] == first_rows[0]  # epoch 1 was not trained again
+    assert np.linalg.norm(resumed - uninterrupted) < 1e-3 * np.linalg.norm(uninterrupted)
+    assert rows[-1]["train_loss"] == pytest.approx(uninterrupted_rows[-1]["train_loss"], rel=1e-4)

@@ -478,8 +478,9 @@ def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variabl
     clip factors leave those later paths out: for the post's model they are a median 4-8% longer
     than the optimizer's exact ones (0.97-1.28 per example, at initialisation and after 206 and 412
     steps), so the clipped signal is about 6% shorter than the optimizer's at the same noise (after
-    one epoch, mean training loss 0.045 higher on four paired seeds; README). Exact norms need every
-    later statistic's derivative per example, a backward pass per example. Without it (engine
+    one epoch, mean training loss 0.046 higher on six paired seeds; README). Exact norms need every
+    later statistic's derivative per example: a backward pass of the statistics sample per example.
+    Without it (engine
     ``fast-lite``) the summed terms are the clipped per-example gradients themselves: cosine
     0.85-0.93, and at the post's settings its training became unstable late in a 20-epoch run
     (README).

@@ -61,18 +61,14 @@ _GUARANTEES = {
         "batch statistics (as the optimizer path's per-example gradients are; its part through the "
         f"statistics estimated from {PATHS_SAMPLE} examples of the batch), so a clipped term may "
         "exceed l2_norm_clip where the later statistics paths lengthen it; Gaussian noise of standard "
-        "deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count. The noise is "
-        "pseudo-random from the run's seed and the step: anyone who knows the seed can regenerate it, so "
-        "keep the seed secret where that matters."
+        "deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count."
     ),
     "fast-exact": (
         "Engine 'fast-exact': as engine 'fast', with every batch-statistics derivative taken over the whole "
         "batch (no sampling), so the clipped sum is the gradient of the clip-weighted loss through the batch "
         "statistics to float precision (the clip factors, as in 'fast', leave out the paths through later "
         "layers' statistics, so a summed term may exceed l2_norm_clip); Gaussian noise of standard deviation "
-        "l2_norm_clip * noise_multiplier added, divided by the microbatch count. The noise is pseudo-random "
-        "from the run's seed and the step: anyone who knows the seed can regenerate it, so keep the seed "
-        "secret where that matters."
+        "l2_norm_clip * noise_multiplier added, divided by the microbatch count."
     ),
     "fast-lite": (
         "Engine 'fast-lite': per-example gradients from batch passes (omniglot_inversion.fast_dp), each "
@@ -82,10 +78,14 @@ _GUARANTEES = {
         "per-example gradients treat the batch statistics as constants except for the path through each "
         f"batch norm's own statistics to the layer feeding it, estimated from {STATISTICS_SAMPLE} examples "
         "of the batch (the optimizer path's also follow later "
-        "layers' statistics). The noise is pseudo-random from the run's seed and the step: anyone who "
-        "knows the seed can regenerate it, so keep the seed secret where that matters."
+        "layers' statistics)."
     ),
 }
+# the fast engines' noise (`fast_dp.add_noise`); the optimizer's is TensorFlow's global generator
+_SEEDED_NOISE = (
+    " The noise is pseudo-random from the run's seed and the step: anyone who knows the seed can regenerate "
+    "it, so keep the seed secret where that matters."
+)
 _STRICT = (
     " Strict variant (group normalisation): no layer mixes examples and no statistics are kept, so each "
     "example's gradient depends on that example alone, the clip bounds its influence, and the epsilon "
@@ -97,7 +97,8 @@ def guarantee(engine: str, normalization: str) -> str:
     """What a DP run of ``engine`` on a model with ``normalization`` guarantees, in words."""
     if engine not in _GUARANTEES:
         raise UsageError(f"Unknown DP engine {engine!r}; choose one of {', '.join(ENGINES)}.")
-    return _GUARANTEES[engine] + (_BATCH_NORM_CAVEAT if normalization == "batch" else _STRICT)
+    return (_GUARANTEES[engine] + (_SEEDED_NOISE if engine in _FAST_ENGINES else "")
+            + (_BATCH_NORM_CAVEAT if normalization == "batch" else _STRICT))
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from omniglot_inversion.attacks import METHODS, SURROGATES  # noqa: E402
 from omniglot_inversion.errors import UsageError  # noqa: E402
+from omniglot_inversion.leakage import DEFAULT_ATTACKS  # noqa: E402
 
 
 def _positive_int(text: str) -> int:
@@ -54,6 +55,20 @@ def _run_part1_step(args: argparse.Namespace) -> None:
         return
     step = {"train-attacker": runs.train_attacker_step, "reconstruct": runs.reconstruct_step}[args.command]
     step(config, args.out)
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -139,17 +154,42 @@ def _run_epsilon(args: argparse.Namespace) -> None:
         print(f"written: {args.out / 'epsilon.json'}, {args.out / 'epsilon.csv'}")
 
 
+def _attack_spec(args: argparse.Namespace, method: str, surrogate: str):
+    from omniglot_inversion.attack_run import AttackSpec
+
+    return AttackSpec(method=method, surrogate=surrogate, epochs=args.attacker_epochs,
+                      iterations=args.iterations, tv_weight=args.tv_weight, learning_rate=args.learning_rate,
+                      start=args.start, seed=args.seed, surrogate_limit=256 if args.quick else None)
+
+
 def _run_attack(args: argparse.Namespace) -> None:
-    from omniglot_inversion import runs
-    from omniglot_inversion.files import write_json
+    from omniglot_inversion import attack_run, data
     from omniglot_inversion.interception import load_intercepted
 
+    spec = _attack_spec(args, args.method, args.surrogate)
     target = load_intercepted(args.intercepted)
-    config = _part1_config(args)
-    out = runs.prepare_run_folder(args.out, config, overwrite=args.overwrite)
-    result = runs.attack(target, config, out, f"Attack on {args.intercepted.name}: small2 and reconstructions")
-    write_json(out / runs.METRICS, {"config": dataclasses.asdict(config), "intercepted": str(args.intercepted),
-                                    "versions": runs.versions(), **result})
+    data.check_data_source(args.data_dir)
+    attack_run.prepare_folder(args.out, overwrite=args.overwrite)
+    test = attack_run.load_test_set(args.data_dir, limit=args.limit or (64 if args.quick else None))
+    result = attack_run.run_attack(target, spec, test, args.out, data_dir=args.data_dir,
+                                   title=f"{spec.label} attack on {args.intercepted.name}")
+    print(attack_run.summary_line(result))
+    print(f"written: {args.out / attack_run.RESULT}, {args.out / attack_run.RECONSTRUCTIONS}, "
+          f"{args.out / attack_run.FIGURE}")
+
+
+def _add_attack_options(parser: argparse.ArgumentParser) -> None:
+    from omniglot_inversion.attacks import whitebox
+
+    parser.add_argument("--iterations", type=_non_negative_int, default=whitebox.ITERATIONS,
+                        help=f"white-box / hybrid: Adam steps of the image search (default {whitebox.ITERATIONS})")
+    parser.add_argument("--tv-weight", type=_non_negative_float, default=whitebox.TV_WEIGHT,
+                        help=f"white-box / hybrid: weight of the total-variation prior (default {whitebox.TV_WEIGHT})")
+    parser.add_argument("--learning-rate", type=_positive_float, default=whitebox.LEARNING_RATE,
+                        help=f"white-box / hybrid: Adam learning rate on the image logits "
+                        f"(default {whitebox.LEARNING_RATE})")
+    parser.add_argument("--start", choices=whitebox.STARTS, default="mean",
+                        help="white-box: start image, the mean surrogate image (default) or blank paper")
 
 
 def _run_saved_models(args: argparse.Namespace) -> None:
@@ -164,10 +204,19 @@ def _run_saved_models(args: argparse.Namespace) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
+    from omniglot_inversion import attack_run, data
     from omniglot_inversion.leakage import EVALUATION, REPORT, evaluate_runs
 
+    for label in args.attacks:
+        attack_run.parse_label(label)  # refuse an unknown attack before anything runs
+    data.check_data_source(args.data_dir)
     out = args.out or args.runs[0]
-    evaluate_runs(args.runs, out, data_dir=args.data_dir, disjoint=args.disjoint, limit=args.limit, seed=args.seed)
+    settings = dict(iterations=args.iterations, tv_weight=args.tv_weight, learning_rate=args.learning_rate,
+                    start=args.start, seed=args.seed, surrogate_limit=256 if args.quick else None)
+    if args.attacker_epochs is not None:
+        settings["epochs"] = args.attacker_epochs
+    evaluate_runs(args.runs, out, data_dir=args.data_dir, attacks=tuple(args.attacks), settings=settings,
+                  disjoint=args.disjoint, limit=args.limit or (64 if args.quick else None))
     print(f"written: {Path(out) / EVALUATION}, {Path(out) / REPORT} and figures")
 
 
@@ -210,12 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also print TensorFlow Privacy's full privacy statement per noise level")
     sub.set_defaults(handler=_run_epsilon)
 
-    text = "train a new attacker against an intercepted on-device stage (Keras HDF5) and test it"
+    text = ("invert small2's codes through an intercepted on-device stage (Keras HDF5): the post's decoder, "
+            "He et al.'s white-box search, or both")
     sub = commands.add_parser("attack", help=text, description=text)
     sub.add_argument("--intercepted", required=True, type=Path, help="HDF5 file of the on-device stage")
-    sub.add_argument("--out", required=True, type=Path, help="run folder (created if missing)")
-    _add_common_options(sub)
-    _add_run_folder_options(sub, resume=False)
+    sub.add_argument("--out", required=True, type=Path, help="folder for attack.json, reconstructions.npz, attack.png")
+    sub.add_argument("--method", choices=METHODS, default="decoder",
+                     help="decoder (the post's inverse network), whitebox (search for the image with the "
+                     "intercepted code) or hybrid (the search started from the decoder's guess)")
+    sub.add_argument("--surrogate", choices=SURROGATES, default="small1",
+                     help="the attacker's own images: small1 (the post) or background (the 30 background "
+                     "alphabets without small2's, so every test alphabet is unseen)")
+    sub.add_argument("--limit", type=_positive_int, help="invert the first N images of small2 (default: all 3,120)")
+    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR, "
+                     "else download through tfds)")
+    sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sub.add_argument("--quick", action="store_true", help="small sizes: 256 surrogate images, 64 test images")
+    sub.add_argument("--attacker-epochs", type=_positive_int,
+                     help="decoder epochs (default: 100 on small1 as the post, 20 on background)")
+    _add_attack_options(sub)
+    sub.add_argument("--overwrite", action="store_true", help="replace a finished attack in --out")
     sub.set_defaults(handler=_run_attack)
 
     text = ("make the shipped weights: Part 1 and Part 2 at the post's sizes into RUNS/part1 and RUNS/part2 "
@@ -227,15 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0, help="random seed of both runs (default 0)")
     sub.set_defaults(handler=_run_saved_models)
 
-    text = "measure the attacks in Part 1 / Part 2 run folders: metrics, baselines, breakdowns, report"
+    text = ("every attack against every target in Part 1 / Part 2 run folders or saved_models/: metrics, "
+            "baselines, seen and unseen alphabets, verdicts, report")
     sub = commands.add_parser("evaluate", help=text, description=text)
-    sub.add_argument("runs", nargs="+", type=Path, help="run folders (Part 1 and/or Part 2)")
+    sub.add_argument("runs", nargs="+", type=Path, help="run folders (Part 1, Part 2) or a shipped-models folder")
     sub.add_argument("--out", type=Path, help="folder for evaluation.json, figures, report.md (default: first run)")
+    sub.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS), metavar="METHOD[:SURROGATE]",
+                     help=f"attacks to run, a method of {', '.join(METHODS)} with an optional surrogate set "
+                     f"({', '.join(SURROGATES)}; default small1) (default: {' '.join(DEFAULT_ATTACKS)})")
     sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
     sub.add_argument("--disjoint", action="store_true",
                      help="test only on small2's alphabets that small1 lacks (no image the attacker trained on)")
     sub.add_argument("--limit", type=_positive_int, help="first N small2 images only (smoke runs)")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the shuffled baseline")
+    sub.add_argument("--quick", action="store_true", help="small sizes: 256 surrogate images, 64 test images")
+    sub.add_argument("--attacker-epochs", type=_positive_int,
+                     help="epochs of decoders trained here (default: 100 on small1, 20 on background)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the attacks, the bootstrap and the shuffled baseline")
+    _add_attack_options(sub)
     sub.set_defaults(handler=_run_evaluate)
     return parser
 

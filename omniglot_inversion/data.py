@@ -182,6 +182,14 @@ def omniglot_builder(data_dir: str | os.PathLike | None = None) -> tfds.core.Dat
     return builder
 
 
+def check_data_source(data_dir: str | os.PathLike | None = None) -> None:
+    """Check an offline archive folder (argument or ``OMNIGLOT_DIR``) before anything is written;
+    online (no folder) there is nothing to check until tfds downloads."""
+    archive_dir = resolve_archive_dir(data_dir)
+    if archive_dir is not None:
+        check_archive_dir(archive_dir)
+
+
 def preprocess_image(image: tf.Tensor) -> tf.Tensor:
     """uint8 RGB (105, 105, 3) -> float32 grayscale in [0, 1], (105, 105, 1), as in the post."""
     return tf.image.rgb_to_grayscale(tf.cast(image, tf.float32) / 255.0)

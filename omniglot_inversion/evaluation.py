@@ -15,6 +15,8 @@ import tensorflow as tf
 
 CONFIDENCE = 0.95
 BOOTSTRAP_SAMPLES = 1000
+# He, Zhang and Lee (ACSAC 2019) call a reconstruction recognisable above this SSIM.
+RECOGNISABLE_SSIM = 0.3
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,16 @@ def bootstrap(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 
 
 
 def per_image_scores(originals: np.ndarray, reconstructions: np.ndarray, characters: np.ndarray) -> dict:
-    """Every metric per image: mse, psnr (capped at 100 dB for a perfect copy), ssim, and the
-    re-identification hits top1, top5, same_character (0 or 1), ranked among all ``originals``."""
+    """Every metric per image: mse, psnr (capped at 100 dB for a perfect copy), ssim,
+    ``ssim_above_0.3`` (1 where SSIM > `RECOGNISABLE_SSIM`), and the re-identification hits top1,
+    top5, same_character (0 or 1), ranked among all ``originals``."""
     hits = reidentification(originals, reconstructions, characters)
+    ssim = per_image_ssim(originals, reconstructions)
     return {
         "mse": per_image_mse(originals, reconstructions),
         "psnr": np.minimum(per_image_psnr(originals, reconstructions), 100.0),
-        "ssim": per_image_ssim(originals, reconstructions),
+        "ssim": ssim,
+        "ssim_above_0.3": (ssim > RECOGNISABLE_SSIM).astype(np.float64),
         **{name: values.astype(np.float64) for name, values in hits.items()},
     }
 
@@ -116,7 +121,8 @@ def score(originals: np.ndarray, reconstructions: np.ndarray, characters: np.nda
 
 
 # Which direction is better for each metric.
-HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "top1": True, "top5": True, "same_character": True}
+HIGHER_IS_BETTER = {"mse": False, "psnr": True, "ssim": True, "ssim_above_0.3": True, "top1": True, "top5": True,
+                    "same_character": True}
 
 
 def baselines(originals: np.ndarray, attacker_images: np.ndarray, shuffled_reconstructions: np.ndarray) -> dict:

@@ -1,22 +1,29 @@
-"""``omniglot-inversion evaluate``: measure what the attacks in run folders learn.
+"""``omniglot-inversion evaluate``: every attack against every target found, scored against baselines.
 
-For each attack found (Part 1: the run's target and attacker; Part 2: each noise level's
-intercepted stage and attacker) it reconstructs the test set, scores the reconstructions and three
-baselines that query nothing useful (`evaluation.baselines`), and breaks the scores down by
-alphabet and into alphabets the attacker trained on ("seen": small1 and small2 share Greek and
-Latin, byte for byte) and alphabets it never saw. Writes ``evaluation.json``, figures and
-``report.md`` into the output folder.
+Targets are found in run folders (Part 1: the run's target; Part 2: each noise level's intercepted
+stage) and in a shipped-models folder (``saved_models/``: each on-device stage its manifest lists).
+Each target is attacked by each attack asked for (`attack_run.AttackSpec` labels such as
+``decoder``, ``decoder:background``, ``whitebox``, ``hybrid``), each pair in its own subfolder
+``attacks/<target>/<attack>/`` of the output folder, so an interrupted evaluation resumes and a
+finished pair is reused. The post's decoder on small1 reuses the attacker a run or the manifest
+holds instead of training one.
+
+Writes ``evaluation.json`` (a row per target x attack: metrics with intervals on all, seen and
+unseen alphabets, every baseline, the verdict on unseen alphabets), ``report.md``, one figure of
+reconstructions per target (originals, then each attack) and the per-alphabet figures.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from omniglot_inversion import data, evaluation, plots, runs, training
+from omniglot_inversion import attack_run, evaluation, plots, runs
+from omniglot_inversion.assessment import VERDICT_METRICS
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
 from omniglot_inversion.interception import load_intercepted
@@ -24,150 +31,186 @@ from omniglot_inversion.models import AttackModel
 
 EVALUATION = "evaluation.json"
 REPORT = "report.md"
+MANIFEST = "manifest.json"
+DEFAULT_ATTACKS = ("decoder", "decoder:background", "whitebox", "hybrid")
+load_test_set = attack_run.load_test_set
 
 
 @dataclass(frozen=True)
-class TestSet:
-    """The attacker's test images with their labels; ``seen`` marks alphabets of its training set."""
-
-    images: np.ndarray
-    alphabets: np.ndarray
-    characters: np.ndarray
-    seen: np.ndarray
-    names: list[str]
-
-
-def load_test_set(data_dir=None, *, disjoint: bool = False, limit: int | None = None) -> tuple[TestSet, np.ndarray]:
-    """``small2`` (or, with ``disjoint``, small2 without the alphabets of small1) and the attacker's
-    training images (``small1``)."""
-    images, alphabets = data.as_arrays(data.load_split("small2", data_dir, limit=limit))
-    characters = data.record_labels("small2", data_dir, limit=limit)["character"]
-    training_images, training_alphabets = data.as_arrays(data.load_split("small1", data_dir))
-    seen = np.isin(alphabets, training_alphabets)
-    keep = ~seen if disjoint else np.ones(len(images), bool)
-    return TestSet(images[keep], alphabets[keep], characters[keep], seen[keep], data.alphabet_names(data_dir)), \
-        training_images
-
-
-@dataclass(frozen=True)
-class Attack:
-    """One attack to evaluate: its label, the intercepted target, the attacker, and context."""
+class Target:
+    """One intercepted on-device stage to attack, with its trained decoder (if any) and context."""
 
     label: str
-    target: object
-    attacker: AttackModel
+    stage: object
+    attacker_path: Path | None
     epsilon: float | None
-    target_accuracy: float | None
+    val_accuracy: float | None
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9.]+", "_", self.label).strip("_")
+
+    def attacker(self) -> AttackModel | None:
+        if self.attacker_path is None or not self.attacker_path.exists():
+            return None
+        model = AttackModel()
+        model.load_weights(self.attacker_path)
+        return model
 
 
-def find_attacks(run: Path) -> list[Attack]:
-    """The attacks a Part 1 or Part 2 run folder holds."""
-    metrics = read_json(run / runs.METRICS, default={})
-    if (run / runs.TARGET_WEIGHTS).exists():
-        accuracy = metrics.get("target", {}).get("val_accuracy")
-        return [Attack("non-private", runs.load_target(run), runs.load_attacker(run), None, accuracy)]
-    levels = metrics.get("noise_levels", {})
-    attacks = []
-    for noise, level in levels.items():
-        folder = run / f"noise_{noise}"
-        attacks.append(Attack(f"noise {noise}", load_intercepted(folder / runs.MOBILE_STAGE),
-                              runs.load_attacker(folder), level["epsilon"], level["target"]["val_accuracy"]))
-    if not attacks:
-        raise UsageError(f"{run} holds no finished Part 1 or Part 2 run (no {runs.TARGET_WEIGHTS} and no noise "
-                         f"level in {runs.METRICS}); run `omniglot-inversion part1` or `part2` into it first.")
-    return attacks
+def _shipped_targets(folder: Path) -> list[Target]:
+    files = read_json(folder / MANIFEST)["files"]
+    attackers = {entry["run"]: folder / name for name, entry in files.items() if entry["kind"] == "attacker"}
+    targets = []
+    for name, entry in files.items():
+        if entry["kind"] != "mobile_stage":
+            continue
+        metrics = entry.get("metrics", {})
+        label = "non-private" if entry["run"] == "part1" else entry["run"].replace("dp_noise_", "noise ")
+        targets.append(Target(label, load_intercepted(folder / name), attackers.get(entry["run"]),
+                              metrics.get("epsilon"), metrics.get("val_accuracy")))
+    return targets
 
 
-def evaluate_attack(attack: Attack, test: TestSet, training_images: np.ndarray, seed: int = 0) -> tuple[dict, dict]:
-    """Scores of one attack, its baselines, the gain, and the breakdowns; plus per-image attack scores."""
-    guesses = training.reconstruct(attack.attacker, attack.target.mobile_step, test.images)
-    shuffled = training.reconstruct(attack.attacker, attack.target.mobile_step,
-                                    test.images[np.random.default_rng(seed).permutation(len(test.images))])
-    per_image = evaluation.per_image_scores(test.images, guesses, test.characters)
-    overall = evaluation.summarize(per_image, seed=seed)
-    baseline_scores = {name: evaluation.score(test.images, image, test.characters, seed)
-                       for name, image in evaluation.baselines(test.images, training_images, shuffled).items()}
-    seen = {"seen" if key else "unseen": value
-            for key, value in evaluation.by_group(per_image, test.seen, seed).items()}
-    alphabets = {test.names[key]: value for key, value in evaluation.by_group(per_image, test.alphabets, seed).items()}
-    result = {
-        "label": attack.label, "epsilon": attack.epsilon, "target_val_accuracy": attack.target_accuracy,
-        "attack": overall, "baselines": baseline_scores,
-        "gain_over_best_baseline": evaluation.gain_over_best_baseline(overall, baseline_scores),
-        "seen_unseen": seen, "per_alphabet": alphabets,
-    }
-    return result, {"reconstructions": guesses[:runs.NUM_SHOWN], **per_image}
+def find_targets(folder: str | os.PathLike) -> list[Target]:
+    """The targets a Part 1 run, a Part 2 run or a shipped-models folder holds."""
+    folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        return _shipped_targets(folder)
+    metrics = read_json(folder / runs.METRICS, default={})
+    if (folder / runs.TARGET_WEIGHTS).exists():
+        return [Target("non-private", runs.load_target(folder), folder / runs.ATTACKER_WEIGHTS, None,
+                       metrics.get("target", {}).get("val_accuracy"))]
+    targets = [Target(f"noise {noise}", load_intercepted(folder / f"noise_{noise}" / runs.MOBILE_STAGE),
+                      folder / f"noise_{noise}" / runs.ATTACKER_WEIGHTS, level["epsilon"],
+                      level["target"]["val_accuracy"])
+               for noise, level in metrics.get("noise_levels", {}).items()]
+    if not targets:
+        raise UsageError(f"{folder} holds no finished Part 1 or Part 2 run (no {runs.TARGET_WEIGHTS} and no noise "
+                         f"level in {runs.METRICS}) and no {MANIFEST}; run `omniglot-inversion part1` or `part2` "
+                         "into it first.")
+    return targets
 
 
-def evaluate_runs(run_folders: list[str | os.PathLike], out: str | os.PathLike, *, data_dir=None,
-                  disjoint: bool = False, limit: int | None = None, seed: int = 0, log=print) -> dict:
-    """Evaluate every attack in ``run_folders``; write evaluation.json, figures and report.md to ``out``."""
-    out = Path(out)
-    attacks = [attack for run in run_folders for attack in find_attacks(Path(run))]
-    test, training_images = load_test_set(data_dir, disjoint=disjoint, limit=limit)
+def shown_indices(count: int, shown: int = runs.NUM_SHOWN) -> np.ndarray:
+    """Evenly spaced test images for the figures, so that every alphabet of small2 appears."""
+    return np.unique(np.linspace(0, count - 1, min(shown, count)).round().astype(int))
+
+
+def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, data_dir=None,
+                  attacks: tuple[str, ...] = DEFAULT_ATTACKS, settings: dict | None = None,
+                  disjoint: bool = False, limit: int | None = None, log=print) -> dict:
+    """Run every attack in ``attacks`` against every target in ``folders``; write the results to
+    ``out``. ``settings`` are `AttackSpec` fields shared by all attacks (iterations, seed ...);
+    ``disjoint`` keeps only the test images of alphabets absent from small1."""
+    specs = [attack_run.parse_label(label, **(settings or {})) for label in attacks]
+    targets = [target for folder in folders for target in find_targets(folder)]
+    test = load_test_set(data_dir, limit=limit)
+    if disjoint:
+        small1 = attack_run.attacks.load_surrogate("small1", data_dir)
+        test = test.subset(~np.isin(test.alphabets, small1.alphabets))
     if len(test.images) < 2:
         raise UsageError("The test set holds fewer than 2 images; raise --limit.")
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for index, attack in enumerate(attacks):
-        result, per_image = evaluate_attack(attack, test, training_images, seed)
-        slug = f"attack_{index}"
-        shown = min(runs.NUM_SHOWN, len(test.images))
-        captions = [f"{m:.3f}\n{s:.2f}" for m, s in zip(per_image["mse"][:shown], per_image["ssim"][:shown],
-                                                         strict=True)]
-        plots.save_reconstruction_grid(test.images[:shown], per_image["reconstructions"][:shown],
-                                       out / f"{slug}_grid.png", f"{attack.label}: MSE / SSIM per image",
-                                       captions=captions)
-        plots.save_alphabet_bars(result["per_alphabet"], {test.names[a] for a in np.unique(test.alphabets[test.seen])},
-                                 out / f"{slug}_alphabets.png", attack.label)
-        result["figures"] = {"grid": f"{slug}_grid.png", "alphabets": f"{slug}_alphabets.png"}
-        results.append(result)
-        attack_scores = result["attack"]
-        log(f"{attack.label}: MSE {attack_scores['mse']['mean']:.4f}, SSIM {attack_scores['ssim']['mean']:.3f}, "
-            f"top-1 {attack_scores['top1']['mean']:.3f}")
+    out = Path(out)
+    rows, shown = [], shown_indices(len(test.images))
+    for target in targets:
+        pretrained = target.attacker()
+        reconstructions = []
+        for spec in specs:
+            folder = out / "attacks" / target.slug / spec.label.replace(":", "_")
+            log(f"{target.label} / {spec.label}")
+            result = attack_run.run_attack(
+                target.stage, spec, test, folder, data_dir=data_dir, pretrained=pretrained,
+                pretrained_name=str(target.attacker_path) if pretrained is not None else None,
+                title=f"{target.label}, {spec.label}", log=log)
+            log("  " + attack_run.summary_line(result))
+            rows.append({"target": target.label, "epsilon": target.epsilon,
+                         "target_val_accuracy": target.val_accuracy, **result,
+                         "folder": str(folder.relative_to(out))})
+            reconstructions.append(attack_run.load_reconstructions(folder)[shown])
+        figure = f"reconstructions_{target.slug}.png"
+        plots.save_attack_rows(test.images[shown], reconstructions, [spec.label for spec in specs], out / figure,
+                               f"{target.label}: originals, then each attack")
+        for row in rows[-len(specs):]:
+            row["figures"] = {"reconstructions": figure}
     evaluation_data = {
-        "runs": [str(run) for run in run_folders], "test_set": "small2 without small1's alphabets" if disjoint
-        else "small2", "num_images": len(test.images), "chance": evaluation.chance_levels(test.characters),
-        "confidence": evaluation.CONFIDENCE, "attacks": results,
+        "folders": [str(folder) for folder in folders], "attacks": list(attacks), "settings": settings or {},
+        "test_set": "small2 without small1's alphabets" if disjoint else "small2", "num_images": len(test.images),
+        "shown_images": shown.tolist(), "chance": evaluation.chance_levels(test.characters),
+        "confidence": evaluation.CONFIDENCE, "rows": rows,
     }
-    if any(result["epsilon"] is not None for result in results):
-        plots.save_privacy_utility(results, out / "privacy_utility.png")
-        evaluation_data["privacy_utility_figure"] = "privacy_utility.png"
+    if any(row["epsilon"] is not None for row in rows):
+        for spec in specs:
+            selected = [row for row in rows if row["label"] == spec.label]
+            name = f"privacy_utility_{spec.label.replace(':', '_')}.png"
+            plots.save_privacy_utility([{**row, "attack": row["metrics"]["attack"]} for row in selected], out / name)
+            evaluation_data.setdefault("privacy_utility_figures", {})[spec.label] = name
     write_json(out / EVALUATION, evaluation_data)
     with atomic_path(out / REPORT) as tmp:
         tmp.write_text(report_markdown(evaluation_data))
     return evaluation_data
 
 
-def _cell(interval: dict) -> str:
-    return f"{interval['mean']:.4f} [{interval['low']:.4f}, {interval['high']:.4f}]"
+def _cell(interval: dict | None, digits: int = 3) -> str:
+    if interval is None:
+        return "-"
+    return f"{interval['mean']:.{digits}f} [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
+
+
+TABLE_METRICS = ("mse", "ssim", "ssim_above_0.3", "top1", "top5")
+
+
+def _best_baselines(row: dict, group: str) -> dict:
+    """Per metric, the best baseline's interval on ``group`` (all, seen or unseen images)."""
+    metrics = row["metrics"]
+    scores = metrics["baselines"] if group == "all" else {
+        name: groups[group] for name, groups in metrics["baselines_seen_unseen"].items() if group in groups}
+    best = {}
+    for metric in TABLE_METRICS:
+        pick = max if evaluation.HIGHER_IS_BETTER[metric] else min
+        name = pick(scores, key=lambda n: scores[n][metric]["mean"]) if scores else None
+        best[metric] = (name, scores[name][metric]) if name else (None, None)
+    return best
 
 
 def report_markdown(evaluation_data: dict) -> str:
     """A self-contained Markdown report of an evaluation (figures linked beside it)."""
-    metrics = list(evaluation.HIGHER_IS_BETTER)
     chance = evaluation_data["chance"]
     lines = [
-        "# Model inversion: how much the attacker learns", "",
+        "# Model inversion: what each attack recovers from the code", "",
         f"Test set: {evaluation_data['test_set']}, {evaluation_data['num_images']} images. Means with "
         f"{evaluation_data['confidence']:.0%} bootstrap intervals. Re-identification ranks all test originals by "
-        f"distance to each reconstruction; chance: top-1 {chance['top1']:.4f}, top-5 {chance['top5']:.4f}, "
-        f"same character {chance['same_character']:.4f}.", "",
+        f"distance to each reconstruction; chance: top-1 {chance['top1']:.4f}, top-5 {chance['top5']:.4f}. "
+        "Seen alphabets: those the attacker's own images contain; unseen: the rest. The verdict is read on unseen "
+        "alphabets: a metric counts when the attack's interval clears every baseline's "
+        f"({', '.join(VERDICT_METRICS)}).",
+        "", "## Verdicts (unseen alphabets)", "",
+        "| target | epsilon | val accuracy | attack | verdict | code error |", "| --- | --- | --- | --- | --- | --- |",
     ]
-    if "privacy_utility_figure" in evaluation_data:
-        lines += [f"![privacy-utility]({evaluation_data['privacy_utility_figure']})", ""]
-    header = "| guess | " + " | ".join(metrics) + " |"
-    rule = "|" + " --- |" * (len(metrics) + 1)
-    for result in evaluation_data["attacks"]:
-        title = result["label"] + (f" (epsilon {result['epsilon']:.2f})" if result["epsilon"] is not None else "")
-        lines += [f"## {title}", "", header, rule,
-                  "| attacker | " + " | ".join(_cell(result["attack"][m]) for m in metrics) + " |"]
-        lines += [f"| baseline: {name} | " + " | ".join(_cell(scores[m]) for m in metrics) + " |"
-                  for name, scores in result["baselines"].items()]
-        lines += [f"| attacker, {group} alphabets | " + " | ".join(_cell(scores[m]) for m in metrics) + " |"
-                  for group, scores in result["seen_unseen"].items()]
-        gains = result["gain_over_best_baseline"]
-        lines += ["", "Gain over the best baseline (positive: the attacker does better): " + ", ".join(
-            f"{m} {gains[m]['gain']:+.4f} (vs {gains[m]['best_baseline']})" for m in metrics) + ".", "",
-            f"![grid]({result['figures']['grid']})", "", f"![alphabets]({result['figures']['alphabets']})", ""]
+    for row in evaluation_data["rows"]:
+        verdict = row["metrics"]["verdict_unseen"]
+        epsilon = "-" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
+        accuracy = "-" if row["target_val_accuracy"] is None else f"{row['target_val_accuracy']:.3f}"
+        text = verdict["text"] if verdict else "no unseen alphabet"
+        lines.append(f"| {row['target']} | {epsilon} | {accuracy} | {row['label']} | {text} | "
+                     f"{_cell(row['metrics']['code_error'])} |")
+    for group in ("unseen", "seen", "all"):
+        lines += ["", f"## {group.capitalize()} alphabets", "",
+                  "| target | attack | " + " | ".join(TABLE_METRICS) + " |", "|" + " --- |" * (len(TABLE_METRICS) + 2)]
+        for row in evaluation_data["rows"]:
+            metrics = row["metrics"]
+            scores = metrics["attack"] if group == "all" else metrics["seen_unseen"].get(group)
+            if scores is None:
+                continue
+            best = _best_baselines(row, group)
+            lines.append(f"| {row['target']} | {row['label']} | " +
+                         " | ".join(_cell(scores[m], 4 if m == "mse" else 3) for m in TABLE_METRICS) + " |")
+            lines.append(f"| {row['target']} | best baseline | " +
+                         " | ".join(f"{_cell(best[m][1], 4 if m == 'mse' else 3)} ({best[m][0]})"
+                                    for m in TABLE_METRICS) + " |")
+    lines += ["", "## Reconstructions", ""]
+    for figure in dict.fromkeys(row["figures"]["reconstructions"] for row in evaluation_data["rows"]):
+        lines += [f"![reconstructions]({figure})", ""]
+    for label, figure in evaluation_data.get("privacy_utility_figures", {}).items():
+        lines += [f"Privacy and utility, {label}:", "", f"![privacy-utility]({figure})", ""]
     return "\n".join(lines) + "\n"

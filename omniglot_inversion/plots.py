@@ -34,6 +34,24 @@ def save_reconstruction_grid(
     _save(figure, path)
 
 
+def save_attack_rows(originals: np.ndarray, reconstructions: list[np.ndarray], labels: list[str],
+                     path: str | os.PathLike, title: str) -> None:
+    """Originals in the top row, then one row of reconstructions per attack (clipped to [0, 1])."""
+    rows = [originals, *(np.clip(images, 0.0, 1.0) for images in reconstructions)]
+    count = len(originals)
+    figure = Figure(figsize=(0.9 * count + 0.6, 0.95 * len(rows) + 0.4))
+    axes = figure.subplots(len(rows), count, squeeze=False)
+    for row, images in enumerate(rows):
+        for column in range(count):
+            axis = axes[row, column]
+            axis.imshow(images[column, ..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes[row, 0].set_ylabel(["original", *labels][row], fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    _save(figure, path)
+
+
 def _save(figure, path: str | os.PathLike) -> None:
     figure.tight_layout()
     with atomic_path(path) as tmp:

@@ -1,10 +1,14 @@
 import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 
-from omniglot_inversion import cli, runs
-from omniglot_inversion.leakage import EVALUATION, REPORT, load_test_set
+from omniglot_inversion import attacks, cli, runs
+from omniglot_inversion.leakage import EVALUATION, REPORT, find_targets, load_test_set
+
+SAVED = Path(__file__).resolve().parents[1] / "saved_models"
 
 
 def _hashes(images: np.ndarray) -> set[str]:
@@ -12,38 +16,65 @@ def _hashes(images: np.ndarray) -> set[str]:
 
 
 def test_small2_shares_images_with_small1_and_the_disjoint_option_removes_them(data_dir):
-    full, training_images = load_test_set(data_dir)
+    full = load_test_set(data_dir)
+    small1 = attacks.load_surrogate("small1", data_dir)
     assert len(full.images) == 3_120
-    seen_names = {full.names[a] for a in np.unique(full.alphabets[full.seen])}
-    assert seen_names == {"Greek", "Latin"}
-    assert len(_hashes(full.images) & _hashes(training_images)) > 0
-    disjoint, _ = load_test_set(data_dir, disjoint=True)
-    assert not disjoint.seen.any() and len(disjoint.images) == 3_120 - int(full.seen.sum())
-    assert not _hashes(disjoint.images) & _hashes(training_images)
+    seen = np.isin(full.alphabets, small1.alphabets)
+    assert {full.names[a] for a in np.unique(full.alphabets[seen])} == {"Greek", "Latin"}
+    assert len(_hashes(full.images) & _hashes(small1.images)) > 0
+    disjoint = full.subset(~seen)
+    assert len(disjoint.images) == 3_120 - int(seen.sum())
+    assert not _hashes(disjoint.images) & _hashes(small1.images)
 
 
-def test_evaluate_command_on_a_tiny_part1_run(tmp_path, data_dir, capsys):
+def test_shipped_models_folder_yields_its_four_targets():
+    targets = find_targets(SAVED)
+    assert [t.label for t in targets] == ["non-private", "noise 0.7", "noise 0.5", "noise 0.3"]
+    assert targets[0].epsilon is None and 3.3 < targets[1].epsilon < 3.5
+    assert all(t.attacker_path.exists() for t in targets)
+
+
+def test_evaluate_every_attack_against_a_part1_run_and_resume(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     config = runs.Part1Config(epochs=1, attacker_epochs=1, train_size=64, val_size=32, attacker_size=32,
                               test_size=16, data_dir=data_dir)
     runs.run_part1(config, run, log=lambda _: None)
     out = tmp_path / "evaluation"
-    assert cli.main(["evaluate", str(run), "--out", str(out), "--data-dir", data_dir, "--limit", "40"]) == 0
-    assert "non-private: MSE" in capsys.readouterr().out
+    argv = ["evaluate", str(run), "--out", str(out), "--data-dir", data_dir, "--limit", "40", "--quick",
+            "--attacks", "decoder", "whitebox", "hybrid:background", "--iterations", "2", "--attacker-epochs", "1"]
+    assert cli.main(argv) == 0
+    assert "non-private / hybrid:background" in capsys.readouterr().out
     result = json.loads((out / EVALUATION).read_text())
     assert result["num_images"] == 40 and result["chance"]["top1"] == 1 / 40
-    (attack,) = result["attacks"]
-    assert set(attack["baselines"]) == {"mean_training_image", "all_paper", "shuffled_codes"}
-    for scores in (attack["attack"], *attack["baselines"].values()):
-        assert scores["mse"]["low"] <= scores["mse"]["mean"] <= scores["mse"]["high"]
-    assert set(attack["seen_unseen"]) <= {"seen", "unseen"} and attack["per_alphabet"]
-    assert set(attack["gain_over_best_baseline"]) == {"mse", "psnr", "ssim", "top1", "top5", "same_character"}
+    assert [row["label"] for row in result["rows"]] == ["decoder", "whitebox", "hybrid:background"]
+    decoder, whitebox, hybrid = result["rows"]
+    # the run's own attacker is the post's decoder; the background set's decoder is trained here
+    assert decoder["pretrained_decoder"].endswith(runs.ATTACKER_WEIGHTS)
+    assert hybrid["pretrained_decoder"] is None and hybrid["options"]["decoder"]["epochs"] == 1
+    for row in result["rows"]:
+        metrics = row["metrics"]
+        assert set(metrics["baselines"]) == {"mean_training_image", "all_paper", "shuffled_codes"}
+        for scores in (metrics["attack"], *metrics["baselines"].values()):
+            assert scores["mse"]["low"] <= scores["mse"]["mean"] <= scores["mse"]["high"]
+        assert metrics["verdict_unseen"]["text"] and "unseen" in metrics["seen_unseen"]
+    # the background surrogate holds none of small2's alphabets: every test image is unseen for it
+    assert set(hybrid["metrics"]["seen_unseen"]) == {"unseen"} and "seen" in decoder["metrics"]["seen_unseen"]
     report = (out / REPORT).read_text()
-    assert "| attacker |" in report and "baseline: all_paper" in report
-    for figure in attack["figures"].values():
-        assert (out / figure).stat().st_size > 5_000
+    for heading in ("## Verdicts (unseen alphabets)", "## Unseen alphabets", "## Seen alphabets", "best baseline"):
+        assert heading in report
+    assert (out / decoder["figures"]["reconstructions"]).stat().st_size > 5_000
+    # a second evaluation reuses every finished pair: remove one to see only it redone
+    shutil.rmtree(out / whitebox["folder"])
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done before, kept") == 2 and "whitebox: 40/40 images inverted" in printed
 
 
 def test_evaluate_refuses_a_folder_without_a_run(tmp_path, data_dir, capsys):
     assert cli.main(["evaluate", str(tmp_path), "--data-dir", data_dir]) == 2
     assert "holds no finished Part 1 or Part 2 run" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_an_unknown_attack_before_running(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path), "--attacks", "decoder:small9"]) == 2
+    assert "Unknown surrogate set 'small9'" in capsys.readouterr().err

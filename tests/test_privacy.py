@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import build_complete_model, cli, part2, privacy, runs, training
+from omniglot_inversion import attack_run, build_complete_model, cli, part2, privacy, runs, training
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.fast_dp import fast_dp_gradients
 from omniglot_inversion.privacy import DPSettings, train_dp
@@ -109,10 +109,11 @@ def test_part2_quick_command_writes_every_output(tmp_path, data_dir, capsys):
     # the intercepted file of a DP run feeds the standalone attack command
     attack_out = tmp_path / "attack"
     code = cli.main(["attack", "--quick", "--intercepted", str(out / "noise_0.7" / runs.MOBILE_STAGE),
-                     "--out", str(attack_out), "--data-dir", data_dir, "--attacker-epochs", "1"])
+                     "--out", str(attack_out), "--data-dir", data_dir, "--attacker-epochs", "1", "--limit", "8"])
     assert code == 0
-    attack_metrics = json.loads((attack_out / runs.METRICS).read_text())
-    assert len(attack_metrics["attacker"]["history"]) == 1 and (attack_out / runs.FIGURE).exists()
+    record = json.loads((attack_out / attack_run.RESULT).read_text())
+    assert record["options"]["epochs"] == 1 and record["num_images"] == 8
+    assert (attack_out / attack_run.FIGURE).exists()
 
 
 def test_unknown_engine_is_refused():

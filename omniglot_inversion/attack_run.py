@@ -1,0 +1,226 @@
+"""One attack against one intercepted stage, run into a folder: ``omniglot-inversion attack``, and
+each (target, attack) pair of ``evaluate``.
+
+The folder gets ``reconstructions.npz`` (float32 ``originals`` and ``reconstructions``, both
+(n, 105, 105, 1) in [0, 1], and ``alphabets``), ``attack.json`` (method, options, seconds,
+metrics with intervals and the verdict), ``attack.png`` (the first 16 test images above their
+reconstructions) and, for a decoder the attack trained, ``attacker_weights.h5``. Training and
+search keep per-epoch / per-batch checkpoints in ``checkpoints/``, so an interrupted attack
+resumes; a finished folder whose recorded settings match is reused as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from omniglot_inversion import attacks, data, plots
+from omniglot_inversion.assessment import TestSet, assess
+from omniglot_inversion.attacks import whitebox
+from omniglot_inversion.errors import UsageError
+from omniglot_inversion.files import atomic_path, read_json, write_json
+from omniglot_inversion.models import AttackModel
+
+RESULT = "attack.json"
+RECONSTRUCTIONS = "reconstructions.npz"
+FIGURE = "attack.png"
+ATTACKER_WEIGHTS = "attacker_weights.h5"
+CHECKPOINTS = "checkpoints"
+NUM_SHOWN = 16
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """Which attack, on which surrogate images, with which settings. ``epochs`` None: the
+    surrogate set's default (`attacks.default_epochs`); ``surrogate_limit`` keeps the first
+    images of the surrogate set (small runs)."""
+
+    method: str = "decoder"
+    surrogate: str = "small1"
+    epochs: int | None = None
+    batch_size: int = 32
+    iterations: int = whitebox.ITERATIONS
+    tv_weight: float = whitebox.TV_WEIGHT
+    learning_rate: float = whitebox.LEARNING_RATE
+    start: str = "mean"
+    seed: int = 0
+    surrogate_limit: int | None = None
+
+    def __post_init__(self):
+        if self.method not in attacks.METHODS:
+            raise UsageError(f"Unknown attack method {self.method!r}; choose one of {', '.join(attacks.METHODS)}.")
+        if self.surrogate not in attacks.SURROGATES:
+            raise UsageError(f"Unknown surrogate set {self.surrogate!r}; choose one of "
+                             f"{', '.join(attacks.SURROGATES)}.")
+        if self.start not in whitebox.STARTS:
+            raise UsageError(f"Unknown start image {self.start!r}; choose one of {', '.join(whitebox.STARTS)}.")
+        if self.iterations < 0 or self.tv_weight < 0 or not self.learning_rate > 0:
+            raise UsageError("--iterations and --tv-weight must be >= 0 and --learning-rate > 0.")
+
+    @property
+    def label(self) -> str:
+        """``method`` for the post's small1, ``method:surrogate`` otherwise."""
+        return self.method if self.surrogate == "small1" else f"{self.method}:{self.surrogate}"
+
+    @property
+    def decoder_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else attacks.default_epochs(self.surrogate)
+
+    def record(self) -> dict:
+        """The settings that determine the result (as attack.json holds them)."""
+        fields = dataclasses.asdict(self)
+        if self.method == "whitebox":
+            for name in ("epochs", "batch_size"):
+                fields.pop(name)
+        else:
+            fields["epochs"] = self.decoder_epochs
+        if self.method == "decoder":
+            for name in ("iterations", "tv_weight", "learning_rate", "start"):
+                fields.pop(name)
+        return fields
+
+
+def parse_label(label: str, **settings) -> AttackSpec:
+    """The spec of ``method`` or ``method:surrogate`` with the other ``settings``."""
+    method, _, surrogate = label.partition(":")
+    return AttackSpec(method=method, surrogate=surrogate or "small1", **settings)
+
+
+def load_test_set(data_dir=None, *, limit: int | None = None) -> TestSet:
+    """``small2`` (its first ``limit`` images), the attacker's test set."""
+    images, alphabets = data.as_arrays(data.load_split("small2", data_dir, limit=limit))
+    characters = data.record_labels("small2", data_dir, limit=limit)["character"]
+    return TestSet(images, alphabets, characters, data.alphabet_names(data_dir))
+
+
+def _build(spec: AttackSpec, folder: Path, pretrained: AttackModel | None, log) -> attacks.InversionAttack:
+    def report(row: dict) -> None:
+        log(f"decoder epoch {row['epoch']}/{spec.decoder_epochs}  train_mse {row['train_mse']:.4f}  "
+            f"({row['seconds']:.1f} s)")
+    decoder = attacks.DecoderAttack(epochs=spec.decoder_epochs, batch_size=spec.batch_size, seed=spec.seed,
+                                    attacker=pretrained if spec.surrogate == "small1" else None,
+                                    checkpoint_dir=folder / CHECKPOINTS / "decoder", on_epoch=report)
+    search = dict(iterations=spec.iterations, tv_weight=spec.tv_weight, learning_rate=spec.learning_rate,
+                  start=spec.start, checkpoint_dir=folder / CHECKPOINTS / "search", log=log)
+    return attacks.build_attack(spec.method, decoder=decoder, **({} if spec.method == "decoder" else search))
+
+
+OUTPUTS = (RESULT, RECONSTRUCTIONS, FIGURE, ATTACKER_WEIGHTS)
+CHECKPOINT_SPEC = "spec.json"
+
+
+def prepare_folder(folder: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuse a folder that holds a finished attack unless ``overwrite``, which removes that
+    attack's files (and nothing else). An unfinished attack's checkpoints are kept: the next run
+    with the same settings resumes them."""
+    folder = Path(folder)
+    if (folder / RESULT).exists() and not overwrite:
+        raise UsageError(f"{folder} already holds a finished attack ({RESULT}); choose another --out or pass "
+                         f"--overwrite to replace it.")
+    if overwrite:
+        for name in OUTPUTS:
+            (folder / name).unlink(missing_ok=True)
+        shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
+
+
+def _keep_matching_checkpoints(folder: Path, spec: AttackSpec) -> None:
+    """Drop checkpoints made with other settings, then record this run's."""
+    path = folder / CHECKPOINTS / CHECKPOINT_SPEC
+    if read_json(path) not in (None, spec.record()):
+        shutil.rmtree(folder / CHECKPOINTS)
+    write_json(path, spec.record())
+
+
+def finished(folder: Path, spec: AttackSpec, num_images: int) -> dict | None:
+    """The recorded result in ``folder`` if it was made with ``spec`` on ``num_images`` images."""
+    result = read_json(folder / RESULT)
+    if result and result.get("spec") == spec.record() and result.get("num_images") == num_images \
+            and (folder / RECONSTRUCTIONS).exists():
+        return result
+    return None
+
+
+def load_reconstructions(folder: Path) -> np.ndarray:
+    with np.load(folder / RECONSTRUCTIONS) as saved:
+        return saved["reconstructions"]
+
+
+def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLike, *, data_dir=None,
+               pretrained: AttackModel | None = None, pretrained_name: str | None = None, title: str = "",
+               log=print) -> dict:
+    """Run ``spec`` against ``target`` on ``test`` into ``folder`` and return the attack.json record.
+
+    An interrupted attack resumes from its checkpoints; a finished one made with the same settings
+    on the same number of images is not run again: its reconstructions are scored anew (scoring
+    is cheap and may have gained metrics since). ``pretrained``: a decoder already trained on
+    small1 with the post's settings (a run's ``attacker_weights.h5``), used instead of training
+    one when the surrogate is small1.
+    """
+    folder = Path(folder)
+    surrogate = attacks.load_surrogate(spec.surrogate, data_dir, limit=spec.surrogate_limit)
+    done = finished(folder, spec, len(test.images))
+    if done is not None:
+        log(f"{spec.label}: done before, kept ({folder / RECONSTRUCTIONS})")
+        reconstructions = load_reconstructions(folder)
+        run = {key: done[key] for key in ("options", "pretrained_decoder", "seconds")}
+    else:
+        reconstructions, run = _invert(target, spec, test, folder, surrogate, pretrained, pretrained_name, log)
+    codes = attacks.query(attacks.stage_function(target), test.images)
+    code_errors = attacks.code_error(target, reconstructions, codes, surrogate.images.mean(axis=0))
+    seen = np.isin(test.alphabets, surrogate.alphabets)
+    shown = min(NUM_SHOWN, len(test.images))
+    plots.save_reconstruction_grid(test.images[:shown], reconstructions[:shown], folder / FIGURE,
+                                   title or f"{spec.label}: first {shown} test images and reconstructions")
+    result = {
+        "method": spec.method, "surrogate": spec.surrogate, "label": spec.label, "spec": spec.record(), **run,
+        "num_images": len(test.images), "num_surrogate_images": len(surrogate.images),
+        "metrics": assess(test, reconstructions, surrogate.images, seen, code_errors=code_errors, seed=spec.seed),
+        "figure": FIGURE,
+    }
+    write_json(folder / RESULT, result)
+    return result
+
+
+def _invert(target, spec, test, folder, surrogate, pretrained, pretrained_name, log) -> tuple[np.ndarray, dict]:
+    """The attack itself: prepare on the surrogate images, invert the test codes, save the
+    reconstructions (and a decoder trained here); checkpoints are removed once all is saved."""
+    _keep_matching_checkpoints(folder, spec)
+    attack = _build(spec, folder, pretrained, log)
+    codes = attacks.query(attacks.stage_function(target), test.images)
+    started = time.perf_counter()
+    attack.prepare(target, surrogate.images)
+    prepared = time.perf_counter()
+    reconstructions = attack.invert(codes)
+    inverted = time.perf_counter()
+    with atomic_path(folder / RECONSTRUCTIONS) as tmp:
+        np.savez_compressed(tmp, originals=test.images, reconstructions=reconstructions, alphabets=test.alphabets)
+    decoder = getattr(attack, "decoder", attack)
+    if isinstance(decoder, attacks.DecoderAttack) and decoder.history:
+        with atomic_path(folder / ATTACKER_WEIGHTS) as tmp:
+            decoder.attacker.save_weights(tmp, save_format="h5")
+    used_pretrained = pretrained is not None and spec.surrogate == "small1" and spec.method != "whitebox"
+    run = {"options": attack.options(), "pretrained_decoder": pretrained_name if used_pretrained else None,
+           "seconds": {"prepare": prepared - started, "invert": inverted - prepared,
+                       "invert_per_image": (inverted - prepared) / len(test.images)}}
+    # the record must name the settings before the checkpoints go, so a kill in between reruns nothing
+    write_json(folder / RESULT, {"spec": spec.record(), "num_images": len(test.images), **run})
+    shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
+    return reconstructions, run
+
+
+def summary_line(result: dict) -> str:
+    """One line of an attack's headline numbers."""
+    metrics = result["metrics"]
+    unseen = metrics["seen_unseen"].get("unseen")
+    scores = metrics["attack"]
+    line = (f"{result['label']}: MSE {scores['mse']['mean']:.4f}, SSIM {scores['ssim']['mean']:.3f}, "
+            f"top-1 {scores['top1']['mean']:.3f}, code error {metrics['code_error']['mean']:.3f}")
+    if unseen is not None:
+        line += f"; unseen alphabets: {metrics['verdict_unseen']['text']}"
+    return line

@@ -1,0 +1,37 @@
+"""Inversion attacks on an intercepted on-device stage, behind one interface (`InversionAttack`):
+given the stage, the attacker's own images and the codes to invert, return reconstructions of
+shape (n, 105, 105, 1) in [0, 1]. The attacker never sees a test image, only its code.
+
+- ``decoder`` (`DecoderAttack`): the post's black-box inverse network, trained on the codes of the
+  attacker's own images (``small1`` as in the post, or the ``background`` set: `surrogate`).
+- ``whitebox`` (`WhiteboxAttack`): He et al.'s regularised maximum likelihood, using the
+  intercepted weights: the image whose code matches, with a total-variation prior.
+- ``hybrid`` (`HybridAttack`): the white-box search started from the decoder's reconstruction.
+"""
+
+from __future__ import annotations
+
+from omniglot_inversion.attacks.base import InversionAttack, query, stage_function
+from omniglot_inversion.attacks.decoder import DecoderAttack
+from omniglot_inversion.attacks.hybrid import HybridAttack
+from omniglot_inversion.attacks.surrogate import SURROGATES, SurrogateSet, default_epochs, load_surrogate
+from omniglot_inversion.attacks.whitebox import WhiteboxAttack, code_error
+from omniglot_inversion.errors import UsageError
+
+METHODS = ("decoder", "whitebox", "hybrid")
+
+__all__ = ["METHODS", "SURROGATES", "DecoderAttack", "HybridAttack", "InversionAttack", "SurrogateSet",
+           "WhiteboxAttack", "build_attack", "code_error", "default_epochs", "load_surrogate", "query",
+           "stage_function"]
+
+
+def build_attack(method: str, *, decoder: DecoderAttack | None = None, **whitebox_options) -> InversionAttack:
+    """The attack ``method``; ``decoder`` is the decoder attack itself or the hybrid's start (a new
+    one with the post's settings if None); ``whitebox_options`` go to the white-box search."""
+    if method not in METHODS:
+        raise UsageError(f"Unknown attack method {method!r}; choose one of {', '.join(METHODS)}.")
+    if method == "decoder":
+        return decoder or DecoderAttack()
+    if method == "whitebox":
+        return WhiteboxAttack(**whitebox_options)
+    return HybridAttack(decoder or DecoderAttack(), **whitebox_options)

@@ -1,0 +1,62 @@
+"""The interface every inversion attack implements, and the attacker's view of the on-device stage.
+
+An attack sees three things: the intercepted on-device stage (queried in inference mode, as the
+device answers), the attacker's own images, and the codes to invert. It never sees a test image.
+`InversionAttack.prepare` does the work that needs only the first two (training a decoder, the
+mean image); `InversionAttack.invert` turns codes into images of shape (n, 105, 105, 1) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from omniglot_inversion.data import check_images
+
+Stage = Callable[[tf.Tensor], tf.Tensor]
+BATCH = 256
+
+
+def stage_function(target) -> Stage:
+    """The on-device stage of ``target`` as a function images -> codes in inference mode.
+
+    ``target`` is what `interception.load_intercepted` returns (a `TargetModel`: its
+    ``mobile_step``) or any Keras model whose output is the code.
+    """
+    if hasattr(target, "mobile_step"):
+        return lambda images: target.mobile_step(images, training=False)
+    if isinstance(target, tf.keras.Model):
+        return lambda images: target(images, training=False)
+    raise TypeError(f"expected a TargetModel or a Keras model as the on-device stage, got {type(target).__name__}")
+
+
+def query(stage: Stage, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
+    """The codes the device returns for ``images``, in batches."""
+    images = check_images(images)
+    return np.concatenate([np.asarray(stage(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+class InversionAttack(abc.ABC):
+    """An attack on intercepted codes. ``name`` and ``options()`` describe it in results."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def prepare(self, target, surrogate_images: np.ndarray) -> None:
+        """Learn what the attack needs from the stage and the attacker's own images."""
+
+    @abc.abstractmethod
+    def invert(self, codes: np.ndarray) -> np.ndarray:
+        """Reconstructions of the images behind ``codes``: (n, 105, 105, 1), float32 in [0, 1]."""
+
+    def options(self) -> dict:
+        """The settings that determine the attack's output (JSON types)."""
+        return {}
+
+    def run(self, target, surrogate_images: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """`prepare`, then `invert`: the whole attack in one call."""
+        self.prepare(target, surrogate_images)
+        return self.invert(codes)

@@ -1,0 +1,176 @@
+"""He, Zhang and Lee's white-box attack (ACSAC 2019, "regularised maximum likelihood"): with the
+intercepted weights, search for the image whose code is the intercepted one.
+
+For each code c it minimises, over images x = sigmoid(z) (so x stays in [0, 1]),
+
+    mean_j (f(x)_j - c_j)^2  +  tv_weight * TV(x) / pixels
+
+where f is the on-device stage in inference mode and TV the anisotropic total variation (sum of
+absolute differences of neighbouring pixels), by Adam on z, batched over images. Every image's
+loss depends on its own pixels only (inference mode shares nothing between examples), so a batch
+optimises its images independently and the result does not depend on how images are batched.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from omniglot_inversion.attacks.base import InversionAttack, Stage, query, stage_function
+from omniglot_inversion.data import IMAGE_SHAPE
+from omniglot_inversion.files import atomic_path
+
+ITERATIONS = 100
+TV_WEIGHT = 1.0
+LEARNING_RATE = 0.1
+BATCH_SIZE = 260
+STARTS = ("mean", "paper")
+# the start image is kept this far from 0 and 1, where the logit would be infinite
+_EDGE = 0.02
+
+
+def start_image(kind: str, surrogate_images: np.ndarray) -> np.ndarray:
+    """The search's start: the mean surrogate image ("mean") or blank paper ("paper")."""
+    if kind == "mean":
+        return surrogate_images.mean(axis=0)
+    if kind == "paper":
+        return np.ones(IMAGE_SHAPE, np.float32)
+    raise ValueError(f"start must be one of {STARTS} or an image array, not {kind!r}")
+
+
+def _logits(images: np.ndarray) -> np.ndarray:
+    clipped = np.clip(images, _EDGE, 1.0 - _EDGE)
+    return np.log(clipped / (1.0 - clipped)).astype(np.float32)
+
+
+class CodeSearch:
+    """The optimisation itself, compiled once per batch size: starts and codes in, images out."""
+
+    def __init__(self, stage: Stage, *, iterations: int, tv_weight: float, learning_rate: float):
+        self.stage, self.iterations = stage, iterations
+        self.tv_weight, self.learning_rate = tv_weight, learning_rate
+        self._compiled = {}
+
+    def _step_function(self, size: int):
+        if size in self._compiled:
+            return self._compiled[size]
+        logits = tf.Variable(tf.zeros((size, *IMAGE_SHAPE)), trainable=True)
+        optimizer = tf.keras.optimizers.Adam(self.learning_rate)
+        pixels = float(np.prod(IMAGE_SHAPE))
+
+        @tf.function
+        def step(codes):
+            with tf.GradientTape() as tape:
+                images = tf.sigmoid(logits)
+                found = tf.reshape(self.stage(images), (size, -1))
+                code_loss = tf.reduce_mean(tf.square(found - codes), axis=1)
+                smoothness = tf.image.total_variation(images) / pixels
+                loss = tf.reduce_sum(code_loss + self.tv_weight * smoothness)
+            optimizer.apply_gradients([(tape.gradient(loss, logits), logits)])
+
+        def run(starts: np.ndarray, codes: np.ndarray) -> np.ndarray:
+            logits.assign(_logits(starts))
+            for variable in optimizer.variables:  # a fresh Adam state for each batch
+                variable.assign(tf.zeros_like(variable))
+            flat_codes = tf.constant(codes.reshape(size, -1), tf.float32)
+            for _ in range(self.iterations):
+                step(flat_codes)
+            return tf.sigmoid(logits).numpy()
+
+        self._compiled[size] = run
+        return run
+
+    def __call__(self, starts: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        if self.iterations == 0:
+            return np.clip(starts, 0.0, 1.0).astype(np.float32)
+        return self._step_function(len(codes))(starts, codes)
+
+
+class WhiteboxAttack(InversionAttack):
+    """Regularised maximum likelihood from a start image (default: the mean surrogate image).
+
+    ``checkpoint_dir``: each finished batch of images is saved there, and a later call with the
+    same codes reuses the saved batches, so an interrupted inversion of many images resumes.
+    """
+
+    name = "whitebox"
+
+    def __init__(self, *, iterations: int = ITERATIONS, tv_weight: float = TV_WEIGHT,
+                 learning_rate: float = LEARNING_RATE, start: str | np.ndarray = "mean",
+                 batch_size: int = BATCH_SIZE, checkpoint_dir: str | os.PathLike | None = None, log=None):
+        if iterations < 0 or tv_weight < 0 or learning_rate <= 0 or batch_size < 1:
+            raise ValueError("iterations and tv_weight must be >= 0, learning_rate > 0, batch_size >= 1")
+        self.iterations, self.tv_weight, self.learning_rate = iterations, tv_weight, learning_rate
+        self.start, self.batch_size = start, batch_size
+        self._checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self._log = log
+        self._search: CodeSearch | None = None
+        self._start_image: np.ndarray | None = None
+        self.seconds = 0.0
+
+    def options(self) -> dict:
+        return {"iterations": self.iterations, "tv_weight": self.tv_weight, "learning_rate": self.learning_rate,
+                "start": self.start if isinstance(self.start, str) else "given image", "batch_size": self.batch_size}
+
+    def prepare(self, target, surrogate_images: np.ndarray) -> None:
+        self._search = CodeSearch(stage_function(target), iterations=self.iterations, tv_weight=self.tv_weight,
+                                  learning_rate=self.learning_rate)
+        if isinstance(self.start, str):
+            self._start_image = start_image(self.start, surrogate_images)
+
+    def starts(self, codes: np.ndarray) -> np.ndarray:
+        """The start image of each code (the same image for all, unless a subclass says otherwise)."""
+        start = self._start_image if self._start_image is not None else np.asarray(self.start, np.float32)
+        return np.broadcast_to(start.reshape(IMAGE_SHAPE), (len(codes), *IMAGE_SHAPE))
+
+    def invert(self, codes: np.ndarray) -> np.ndarray:
+        if self._search is None:
+            raise RuntimeError(f"{type(self).__name__}.invert needs prepare() first")
+        codes = np.asarray(codes, np.float32)
+        starts = self.starts(codes)
+        started = time.perf_counter()
+        results = []
+        for first in range(0, len(codes), self.batch_size):
+            batch = slice(first, first + self.batch_size)
+            saved = self._saved_batch(first, codes[batch])
+            if saved is None:
+                saved = self._search(np.asarray(starts[batch]), codes[batch])
+                self._save_batch(first, codes[batch], saved)
+            results.append(saved)
+            if self._log is not None:
+                self._log(f"{self.name}: {min(first + self.batch_size, len(codes))}/{len(codes)} images inverted "
+                          f"({time.perf_counter() - started:.0f} s)")
+        self.seconds = time.perf_counter() - started
+        return np.clip(np.concatenate(results), 0.0, 1.0).astype(np.float32)
+
+    def _batch_path(self, first: int) -> Path | None:
+        return None if self._checkpoint_dir is None else self._checkpoint_dir / f"batch-{first:06d}.npz"
+
+    def _saved_batch(self, first: int, codes: np.ndarray) -> np.ndarray | None:
+        path = self._batch_path(first)
+        if path is None or not path.exists():
+            return None
+        with np.load(path) as saved:
+            if saved["codes"].shape == codes.shape and np.array_equal(saved["codes"], codes):
+                return saved["images"]
+        return None
+
+    def _save_batch(self, first: int, codes: np.ndarray, images: np.ndarray) -> None:
+        path = self._batch_path(first)
+        if path is not None:
+            with atomic_path(path) as tmp:
+                np.savez(tmp, codes=codes, images=images)
+
+
+def code_error(target, reconstructions: np.ndarray, codes: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per image: distance of the reconstruction's code to the intercepted code, relative to the
+    distance of ``reference``'s code (the mean surrogate image): below 1 is closer than the mean."""
+    stage = stage_function(target)
+    found = query(stage, reconstructions).reshape(len(codes), -1)
+    wanted = np.asarray(codes, np.float32).reshape(len(codes), -1)
+    baseline = query(stage, reference.reshape(1, *IMAGE_SHAPE)).reshape(1, -1)
+    return np.linalg.norm(found - wanted, axis=1) / np.linalg.norm(baseline - wanted, axis=1)

@@ -1,0 +1,190 @@
+"""The attack suite on real images at small sizes: shapes and range, the white-box search's code
+error, the background surrogate set's separation from small2, resumable searches, and the
+command's refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omniglot_inversion import attack_run, attacks, cli, data
+from omniglot_inversion.assessment import TestSet, verdict
+from omniglot_inversion.interception import load_intercepted
+from omniglot_inversion.models import AttackModel
+
+SAVED = Path(__file__).resolve().parents[1] / "saved_models"
+STAGE = SAVED / "part1_mobile_stage.h5"
+
+
+@pytest.fixture(scope="module")
+def target():
+    return load_intercepted(STAGE)
+
+
+@pytest.fixture(scope="module")
+def images(data_dir):
+    """64 small1 images (the attacker's own) and 6 small2 images to invert."""
+    surrogate = data.as_arrays(data.load_split("small1", data_dir, limit=64))[0]
+    test = data.as_arrays(data.load_split("small2", data_dir, limit=6))[0]
+    return surrogate, test
+
+
+def _check_reconstructions(result: np.ndarray, count: int) -> None:
+    assert result.shape == (count, 105, 105, 1) and result.dtype == np.float32
+    assert 0.0 <= result.min() and result.max() <= 1.0
+
+
+@pytest.mark.parametrize("method", attacks.METHODS)
+def test_every_attack_returns_images_of_the_documented_shape_and_range(method, target, images):
+    surrogate, test = images
+    codes = attacks.query(attacks.stage_function(target), test)
+    attack = attacks.build_attack(method, decoder=attacks.DecoderAttack(epochs=1), iterations=3, batch_size=4)
+    result = attack.run(target, surrogate, codes)
+    _check_reconstructions(result, len(test))
+    assert not np.allclose(result, result[:1])  # each code gets its own image
+
+
+def test_whitebox_search_brings_the_code_error_below_the_mean_images(target, images):
+    surrogate, test = images
+    codes = attacks.query(attacks.stage_function(target), test)
+    search = attacks.WhiteboxAttack()  # the defaults: 100 steps
+    found = search.run(target, surrogate, codes)
+    errors = attacks.code_error(target, found, codes, surrogate.mean(axis=0))
+    # the mean image's own code error is 1 by definition; the search moves every image's code closer
+    start = attacks.code_error(target, search.starts(codes), codes, surrogate.mean(axis=0))
+    np.testing.assert_allclose(start, 1.0, rtol=1e-5)
+    assert errors.max() < 1.0 and errors.mean() < 0.75
+
+
+def test_hybrid_starts_from_the_decoders_reconstruction(target, images):
+    surrogate, test = images
+    decoder = AttackModel()
+    decoder.load_weights(SAVED / "part1_attacker.h5")
+    codes = attacks.query(attacks.stage_function(target), test)
+    hybrid = attacks.HybridAttack(attacks.DecoderAttack(attacker=decoder), iterations=0)
+    np.testing.assert_allclose(hybrid.run(target, surrogate, codes),
+                               np.clip(decoder(codes).numpy(), 0.0, 1.0), atol=1e-6)
+
+
+def test_search_batches_are_independent_and_resume_from_saved_batches(tmp_path, target, images):
+    surrogate, test = images
+    codes = attacks.query(attacks.stage_function(target), test[:4])
+    whole = attacks.WhiteboxAttack(iterations=5, batch_size=4).run(target, surrogate, codes)
+    halves = attacks.WhiteboxAttack(iterations=5, batch_size=2, checkpoint_dir=tmp_path).run(target, surrogate, codes)
+    np.testing.assert_allclose(whole, halves, atol=1e-4)
+    assert len(list(tmp_path.glob("batch-*.npz"))) == 2
+    # a rerun reads the saved batches instead of searching again: poison one to prove it
+    saved = tmp_path / "batch-000000.npz"
+    with np.load(saved) as batch:
+        np.savez(saved, codes=batch["codes"], images=np.zeros_like(batch["images"]))
+    again = attacks.WhiteboxAttack(iterations=5, batch_size=2, checkpoint_dir=tmp_path).run(target, surrogate, codes)
+    assert again[:2].max() == 0.0
+    np.testing.assert_allclose(again[2:], halves[2:], atol=1e-6)
+
+
+def _hashes(images: np.ndarray) -> set[str]:
+    return {hashlib.sha1(np.packbits(image > 0.5).tobytes()).hexdigest() for image in images}
+
+
+def test_background_surrogate_shares_no_alphabet_and_no_image_with_small2(data_dir):
+    background = attacks.load_surrogate("background", data_dir)
+    small2_images, small2_alphabets = data.as_arrays(data.load_split("small2", data_dir))
+    names = data.alphabet_names(data_dir)
+    assert {names[a] for a in np.unique(small2_alphabets)} == {
+        "Greek", "Japanese_(katakana)", "Latin", "Sanskrit", "Tagalog"}
+    assert len(np.unique(background.alphabets)) == 25
+    assert not set(np.unique(background.alphabets)) & set(np.unique(small2_alphabets))
+    assert not _hashes(background.images) & _hashes(small2_images)
+    # the filter is what separates them: the whole train split does contain small2's images
+    train_images = data.as_arrays(data.load_split("train", data_dir))[0]
+    assert len(_hashes(train_images) & _hashes(small2_images)) > 2_000
+    # small2's five alphabets hold 3,120 images in the train split: exactly those are removed
+    assert len(background.images) == len(train_images) - 3_120 == 16_160
+
+
+def test_verdict_counts_only_metrics_whose_intervals_clear_every_baseline():
+    def scores(mse, top1, ssim=(0.5, 0.4, 0.6)):
+        return {"mse": dict(zip(("mean", "low", "high"), mse, strict=True)),
+                "top1": dict(zip(("mean", "low", "high"), top1, strict=True)),
+                "ssim": dict(zip(("mean", "low", "high"), ssim, strict=True))}
+    attack = scores(mse=(0.05, 0.04, 0.06), top1=(0.30, 0.25, 0.35))
+    baselines = {"mean": scores(mse=(0.065, 0.061, 0.07), top1=(0.0, 0.0, 0.0)),
+                 "shuffled": scores(mse=(0.09, 0.08, 0.10), top1=(0.01, 0.0, 0.26))}
+    result = verdict(attack, baselines, metrics=("mse", "ssim", "top1"))
+    assert result["leaks"] and [m for m, row in result["metrics"].items() if row["beats_every_baseline"]] == ["mse"]
+    assert result["metrics"]["mse"]["best_baseline"] == "mean"
+    assert result["metrics"]["mse"]["margin"] == pytest.approx(0.015)
+    assert result["metrics"]["top1"]["margin"] == pytest.approx(0.29)  # better on the mean, intervals overlap
+    assert not verdict(scores((0.07, 0.06, 0.08), (0.0, 0.0, 0.0)), baselines, metrics=("mse", "top1"))["leaks"]
+
+
+def test_attack_command_writes_reconstructions_record_and_figure(tmp_path, data_dir, capsys):
+    out = tmp_path / "attack"
+    argv = ["attack", "--intercepted", str(STAGE), "--method", "hybrid", "--quick", "--limit", "12",
+            "--iterations", "2", "--attacker-epochs", "1", "--out", str(out), "--data-dir", data_dir]
+    assert cli.main(argv) == 0
+    assert "hybrid: MSE" in capsys.readouterr().out
+    with np.load(out / attack_run.RECONSTRUCTIONS) as saved:
+        assert saved["originals"].shape == saved["reconstructions"].shape == (12, 105, 105, 1)
+        assert saved["originals"].dtype == saved["reconstructions"].dtype == np.float32
+        assert saved["alphabets"].shape == (12,)
+        test = data.as_arrays(data.load_split("small2", data_dir, limit=12))[0]
+        np.testing.assert_array_equal(saved["originals"], test)
+    record = json.loads((out / attack_run.RESULT).read_text())
+    assert record["method"] == "hybrid" and record["options"]["iterations"] == 2
+    assert record["options"]["decoder"]["epochs"] == 1 and record["num_surrogate_images"] == 256
+    assert record["seconds"]["invert"] > 0
+    metrics = record["metrics"]
+    assert {"ssim_above_0.3", "top1", "top5", "same_character"} <= set(metrics["attack"])
+    assert set(metrics["seen_unseen"]) == {"seen", "unseen"}  # small2 opens with Greek, a small1 alphabet
+    assert metrics["code_error"]["low"] <= metrics["code_error"]["mean"] <= metrics["code_error"]["high"]
+    assert (out / attack_run.FIGURE).stat().st_size > 5_000 and (out / attack_run.ATTACKER_WEIGHTS).exists()
+    assert not (out / attack_run.CHECKPOINTS).exists() and not list(out.glob(".*partial*"))
+    # a finished folder is refused without --overwrite, and nothing in it changes
+    before = (out / attack_run.RESULT).read_bytes()
+    assert cli.main(argv) == 2
+    assert "already holds a finished attack" in capsys.readouterr().err
+    assert (out / attack_run.RESULT).read_bytes() == before
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--method", "telepathy"], "invalid choice: 'telepathy'"),
+    (["--limit", "0"], "must be at least 1"),
+    (["--surrogate", "everything"], "invalid choice: 'everything'"),
+])
+def test_attack_command_refuses_bad_options_with_exit_2(bad, message, tmp_path, capsys):
+    out = tmp_path / "attack"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["attack", "--intercepted", str(STAGE), "--out", str(out), *bad])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_attack_command_refuses_a_file_that_is_not_an_on_device_stage(tmp_path, capsys):
+    (tmp_path / "notes.h5").write_text("not a model")
+    out = tmp_path / "attack"
+    assert cli.main(["attack", "--intercepted", str(tmp_path / "notes.h5"), "--out", str(out)]) == 2
+    assert "not a readable HDF5 file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_attack_labels_parse_into_specs():
+    spec = attack_run.parse_label("hybrid:background", iterations=7)
+    assert (spec.method, spec.surrogate, spec.iterations) == ("hybrid", "background", 7)
+    assert spec.label == "hybrid:background"
+    assert attack_run.parse_label("decoder").decoder_epochs == 100
+    assert attack_run.parse_label("decoder:background").decoder_epochs == 20
+    with pytest.raises(attack_run.UsageError, match="Unknown attack method 'decoders'"):
+        attack_run.parse_label("decoders")
+    with pytest.raises(attack_run.UsageError, match="Unknown surrogate set 'small3'"):
+        attack_run.parse_label("decoder:small3")
+
+
+def test_test_set_subset_keeps_labels_aligned():
+    test = TestSet(np.zeros((3, 105, 105, 1), np.float32), np.array([1, 2, 3]), np.array([4, 5, 6]), ["x"])
+    kept = test.subset(np.array([True, False, True]))
+    assert kept.alphabets.tolist() == [1, 3] and kept.characters.tolist() == [4, 6]

@@ -4,9 +4,9 @@ each (target, attack) pair of ``evaluate``.
 The folder gets ``reconstructions.npz`` (float32 ``originals`` and ``reconstructions``, both
 (n, 105, 105, 1) in [0, 1], and ``alphabets``), ``attack.json`` (method, options, seconds,
 metrics with intervals and the verdict), ``attack.png`` (the first 16 test images above their
-reconstructions) and, for a decoder the attack trained, ``attacker_weights.h5``. Training and
-search keep per-epoch / per-batch checkpoints in ``checkpoints/``, so an interrupted attack
-resumes; a finished folder whose recorded settings match is reused as it is.
+reconstructions), ``alphabets.png`` (MSE and top-1 per alphabet) and, for a decoder the attack
+trained, ``attacker_weights.h5``. Training and search keep per-epoch / per-batch checkpoints in
+``checkpoints/``, so an interrupted attack resumes; a finished one is not run again.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from omniglot_inversion.models import AttackModel
 RESULT = "attack.json"
 RECONSTRUCTIONS = "reconstructions.npz"
 FIGURE = "attack.png"
+ALPHABET_FIGURE = "alphabets.png"
 ATTACKER_WEIGHTS = "attacker_weights.h5"
 CHECKPOINTS = "checkpoints"
 NUM_SHOWN = 16
@@ -111,7 +112,7 @@ def _build(spec: AttackSpec, folder: Path, pretrained: AttackModel | None, log) 
     return attacks.build_attack(spec.method, decoder=decoder, **({} if spec.method == "decoder" else search))
 
 
-OUTPUTS = (RESULT, RECONSTRUCTIONS, FIGURE, ATTACKER_WEIGHTS)
+OUTPUTS = (RESULT, RECONSTRUCTIONS, FIGURE, ALPHABET_FIGURE, ATTACKER_WEIGHTS)
 CHECKPOINT_SPEC = "spec.json"
 
 
@@ -177,11 +178,13 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
     shown = min(NUM_SHOWN, len(test.images))
     plots.save_reconstruction_grid(test.images[:shown], reconstructions[:shown], folder / FIGURE,
                                    title or f"{spec.label}: first {shown} test images and reconstructions")
+    metrics = assess(test, reconstructions, surrogate.images, seen, code_errors=code_errors, seed=spec.seed)
+    plots.save_alphabet_bars(metrics["per_alphabet"], {test.names[a] for a in np.unique(test.alphabets[seen])},
+                             folder / ALPHABET_FIGURE, spec.label)
     result = {
         "method": spec.method, "surrogate": spec.surrogate, "label": spec.label, "spec": spec.record(), **run,
-        "num_images": len(test.images), "num_surrogate_images": len(surrogate.images),
-        "metrics": assess(test, reconstructions, surrogate.images, seen, code_errors=code_errors, seed=spec.seed),
-        "figure": FIGURE,
+        "num_images": len(test.images), "num_surrogate_images": len(surrogate.images), "metrics": metrics,
+        "figures": {"reconstructions": FIGURE, "alphabets": ALPHABET_FIGURE},
     }
     write_json(folder / RESULT, result)
     return result

@@ -314,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and return exit status 2, Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a log file sees each line when it is printed, not in blocks
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         args.handler(args)
     except UsageError as err:

@@ -132,7 +132,8 @@ def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, d
         plots.save_attack_rows(test.images[shown], reconstructions, [spec.label for spec in specs], out / figure,
                                f"{target.label}: originals, then each attack")
         for row in rows[-len(specs):]:
-            row["figures"] = {"reconstructions": figure}
+            row["figures"] = {"all_attacks": figure, **{name: f"{row['folder']}/{path}"
+                                                       for name, path in row["figures"].items()}}
     evaluation_data = {
         "folders": [str(folder) for folder in folders], "attacks": list(attacks), "settings": settings or {},
         "test_set": "small2 without small1's alphabets" if disjoint else "small2", "num_images": len(test.images),
@@ -209,7 +210,7 @@ def report_markdown(evaluation_data: dict) -> str:
                          " | ".join(f"{_cell(best[m][1], 4 if m == 'mse' else 3)} ({best[m][0]})"
                                     for m in TABLE_METRICS) + " |")
     lines += ["", "## Reconstructions", ""]
-    for figure in dict.fromkeys(row["figures"]["reconstructions"] for row in evaluation_data["rows"]):
+    for figure in dict.fromkeys(row["figures"]["all_attacks"] for row in evaluation_data["rows"]):
         lines += [f"![reconstructions]({figure})", ""]
     for label, figure in evaluation_data.get("privacy_utility_figures", {}).items():
         lines += [f"Privacy and utility, {label}:", "", f"![privacy-utility]({figure})", ""]

@@ -142,7 +142,9 @@ def test_attack_command_writes_reconstructions_record_and_figure(tmp_path, data_
     assert {"ssim_above_0.3", "top1", "top5", "same_character"} <= set(metrics["attack"])
     assert set(metrics["seen_unseen"]) == {"seen", "unseen"}  # small2 opens with Greek, a small1 alphabet
     assert metrics["code_error"]["low"] <= metrics["code_error"]["mean"] <= metrics["code_error"]["high"]
-    assert (out / attack_run.FIGURE).stat().st_size > 5_000 and (out / attack_run.ATTACKER_WEIGHTS).exists()
+    for figure in (attack_run.FIGURE, attack_run.ALPHABET_FIGURE):
+        assert (out / figure).stat().st_size > 5_000
+    assert (out / attack_run.ATTACKER_WEIGHTS).exists()
     assert not (out / attack_run.CHECKPOINTS).exists() and not list(out.glob(".*partial*"))
     # a finished folder is refused without --overwrite, and nothing in it changes
     before = (out / attack_run.RESULT).read_bytes()

@@ -204,12 +204,11 @@ def _run_saved_models(args: argparse.Namespace) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from omniglot_inversion import attack_run, data
+    from omniglot_inversion import attack_run
     from omniglot_inversion.leakage import EVALUATION, REPORT, evaluate_runs
 
     for label in args.attacks:
         attack_run.parse_label(label)  # refuse an unknown attack before anything runs
-    data.check_data_source(args.data_dir)
     out = args.out or args.runs[0]
     settings = dict(iterations=args.iterations, tv_weight=args.tv_weight, learning_rate=args.learning_rate,
                     start=args.start, seed=args.seed, surrogate_limit=256 if args.quick else None)

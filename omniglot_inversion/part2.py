@@ -37,6 +37,7 @@ from omniglot_inversion.runs import (
     Log,
     RunConfig,
     attacker_checkpoint,
+    discard_replaced,
     prepare_run_folder,
     test_attacker,
     train_attacker,
@@ -195,9 +196,9 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"jobs must be a whole number of at least 1, got {jobs!r}.")
-    out = prepare_run_folder(out, config, overwrite=overwrite, resume=resume)
     table = accounting.epsilon_table(config.noise_multipliers, n=config.accounting_n,
                                      batch_size=config.batch_size, epochs=config.epochs, delta=config.delta)
+    out = prepare_run_folder(out, config, overwrite=overwrite, resume=resume)
     write_epsilon_table(table, out)
     log(accounting.format_table(table))
     log(accounting.POISSON_CAVEAT)
@@ -219,6 +220,7 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
         for noise, key in pending:
             levels[key] = run_level(config, out, noise, levels[key], log)
             write_json(out / METRICS, metrics)
+            discard_replaced(out)
         return read_json(out / METRICS)
     threads = max(1, (os.cpu_count() or 1) // workers)
     log(f"{len(pending)} noise levels, {workers} at a time, {threads} thread(s) each")
@@ -229,4 +231,5 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
         for future in as_completed(futures):
             levels[futures[future]] = future.result()
             write_json(out / METRICS, metrics)
+            discard_replaced(out)
     return read_json(out / METRICS)

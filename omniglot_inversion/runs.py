@@ -34,6 +34,7 @@ MOBILE_STAGE = "mobile_stage.h5"
 ATTACKER_WEIGHTS = "attacker_weights.h5"
 FIGURE = "reconstruction.png"
 CHECKPOINTS = "checkpoints"
+REPLACED = ".replaced"
 NUM_SHOWN = 16
 
 Log = Callable[[str], None]
@@ -93,6 +94,7 @@ def _update_metrics(out: Path, section: str, values, config) -> dict:
     metrics["versions"] = versions()
     metrics[section] = values
     write_json(out / METRICS, metrics)
+    discard_replaced(out)
     return metrics
 
 
@@ -127,8 +129,9 @@ def _check_same_config(out: Path, stored: dict, config) -> None:
 def prepare_run_folder(out: str | os.PathLike, config, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Create or reopen the run folder and record ``config`` and the versions in ``metrics.json``.
 
-    A folder that already holds a run is refused unless ``overwrite`` (the old run's metrics.json
-    and checkpoints are dropped, so nothing of it outlives the new run) or ``resume`` (the run must
+    Nothing is written before the settings and the data folder are checked. A folder that already
+    holds a run is refused unless ``overwrite`` (every file of the old run is set aside and deleted
+    once the new run records its first step, so nothing of it is reused) or ``resume`` (the run must
     have been started with the same configuration; its completed steps and checkpoints are kept,
     and partial files left by an interrupted write are removed).
     """
@@ -139,16 +142,35 @@ def prepare_run_folder(out: str | os.PathLike, config, *, overwrite: bool = Fals
     if stored is not None and not (overwrite or resume):
         raise UsageError(f"{out} already holds a run ({METRICS} exists); choose another --out, pass --resume to "
                          f"continue it, or --overwrite to replace it.")
-    out.mkdir(parents=True, exist_ok=True)
     if resume and stored is not None:
         _check_same_config(out, stored.get("config", {}), config)
+    data.check_data_source(config.data_dir)  # a run that cannot start writes nothing
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and stored is not None:
         for partial in out.rglob(".*.partial*"):
             partial.unlink()
         return out
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    (out / METRICS).unlink(missing_ok=True)
+    if overwrite:
+        _set_aside(out)
     write_json(out / METRICS, {"config": _config_record(config), "versions": versions()})
     return out
+
+
+def _set_aside(out: Path) -> None:
+    """Move every file of the run in ``out`` into ``out/.replaced``, where it stays until the new
+    run records its first step (`discard_replaced`): no step of the old run is reused, and a new
+    run that fails at once loses nothing."""
+    shutil.rmtree(out / REPLACED, ignore_errors=True)
+    entries = [entry for entry in out.iterdir() if entry.name != REPLACED]
+    if entries:
+        (out / REPLACED).mkdir()
+        for entry in entries:
+            entry.rename(out / REPLACED / entry.name)
+
+
+def discard_replaced(out: Path) -> None:
+    """Delete the files of the run that ``--overwrite`` replaced, once the new run has a step."""
+    shutil.rmtree(out / REPLACED, ignore_errors=True)
 
 
 def done_steps(out: Path) -> dict:

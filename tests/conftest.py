@@ -1,5 +1,6 @@
-"""Shared fixtures: the offline Omniglot folder (skip with the reason when it is unusable) and a
-per-session tfds cache, so every test run builds the records from the archives itself."""
+"""Shared fixtures: the offline Omniglot folder (a failure in CI or when $OMNIGLOT_DIR names it, a
+skip with the reason elsewhere, when it is unusable) and a per-session tfds cache, so every test
+run builds the records from the archives itself."""
 
 from __future__ import annotations
 
@@ -27,9 +28,17 @@ def _session_cache(tmp_path_factory):
         os.environ[CACHE_DIR_ENV] = previous
 
 
+def data_must_be_present() -> bool:
+    """In CI, or when the archive folder is named explicitly, missing data is a failure, not a skip."""
+    from omniglot_inversion.data import DATA_DIR_ENV
+
+    return bool(os.environ.get("CI")) or bool(os.environ.get(DATA_DIR_ENV))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> str:
-    """The archive folder ($OMNIGLOT_DIR, else ../shared/data/omniglot); skips if unusable."""
+    """The archive folder ($OMNIGLOT_DIR, else ../shared/data/omniglot). Unusable: the tests that
+    need it fail with the data error in CI or when $OMNIGLOT_DIR is set, else skip with it."""
     from omniglot_inversion.data import DATA_DIR_ENV, check_archive_dir
     from omniglot_inversion.errors import UsageError
 
@@ -37,5 +46,7 @@ def data_dir() -> str:
     try:
         check_archive_dir(folder)
     except UsageError as err:
+        if data_must_be_present():
+            pytest.fail(f"the Omniglot archives are required here (CI or {DATA_DIR_ENV} set): {err}", pytrace=False)
         pytest.skip(f"needs the Omniglot archives: {err}")
     return folder

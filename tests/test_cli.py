@@ -36,15 +36,16 @@ def test_part1_quick_writes_weights_metrics_and_figure(tmp_path, data_dir, capsy
     assert abs(float(np.mean((guesses - images) ** 2)) - metrics["test"]["test_mse"]) < 1e-6
 
 
-def test_existing_run_is_refused_without_overwrite(tmp_path, data_dir, capsys):
+def test_existing_run_is_refused_without_overwrite(tmp_path, capsys):
+    # refused before the data are looked at: no archives needed
     (tmp_path / runs.METRICS).write_text("{}")
-    assert cli.main(["part1", "--quick", "--out", str(tmp_path), "--data-dir", data_dir]) == 2
+    assert cli.main(["part1", "--quick", "--out", str(tmp_path), "--data-dir", str(tmp_path / "no-data")]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / runs.METRICS).read_text() == "{}"
 
 
-def test_step_without_its_input_names_the_missing_step(tmp_path, data_dir, capsys):
-    assert cli.main(["train-attacker", "--quick", "--out", str(tmp_path), "--data-dir", data_dir]) == 2
+def test_step_without_its_input_names_the_missing_step(tmp_path, capsys):
+    assert cli.main(["train-attacker", "--quick", "--out", str(tmp_path), "--data-dir", str(tmp_path / "no-data")]) == 2
     assert "run `omniglot-inversion train-target`" in capsys.readouterr().err
 
 
@@ -57,6 +58,8 @@ def test_missing_data_folder_exits_2_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "no-such-folder' does not exist" in result.stderr and "OMNIGLOT_DIR" in result.stderr
+    # a run that cannot start leaves no trace, so the corrected command is not refused
+    assert not (tmp_path / "run").exists()
 
 
 def test_epochs_below_one_are_refused_by_the_command_and_the_api(tmp_path, capsys):

@@ -71,8 +71,8 @@ def test_evaluate_every_attack_against_a_part1_run_and_resume(tmp_path, data_dir
     assert printed.count("done before, kept") == 2 and "whitebox: 40/40 images inverted" in printed
 
 
-def test_evaluate_refuses_a_folder_without_a_run(tmp_path, data_dir, capsys):
-    assert cli.main(["evaluate", str(tmp_path), "--data-dir", data_dir]) == 2
+def test_evaluate_refuses_a_folder_without_a_run(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path), "--data-dir", str(tmp_path / "no-data")]) == 2
     assert "holds no finished Part 1 or Part 2 run" in capsys.readouterr().err
 
 

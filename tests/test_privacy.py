@@ -126,6 +126,10 @@ def test_part2_refuses_negative_noise_before_writing(tmp_path, capsys):
     assert cli.main(["part2", "--quick", "--out", str(tmp_path / "run"), "--noise", "-1"]) == 2
     assert "noise multiplier must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    # noise 0 passes the settings check but has no finite epsilon: refused before writing too
+    assert cli.main(["part2", "--quick", "--out", str(tmp_path / "run"), "--noise", "0"]) == 2
+    assert "must be positive for a finite epsilon" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_optimizer_engine_resumes_from_its_last_epoch(tmp_path, monkeypatch):

@@ -133,13 +133,12 @@ def test_one_seed_gives_the_same_metrics_twice(tmp_path, data_dir):
     assert first["config"]["seed"] == 9 and first["versions"]["tensorflow"] == "2.15.1"
 
 
-def test_resume_with_other_settings_is_refused(tmp_path, data_dir, capsys):
+def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    config = runs.Part1Config(seed=1, epochs=2)
-    runs.prepare_run_folder(out, config)
-    assert cli.main(["part1", "--quick", "--epochs", "3", "--seed", "1", "--out", str(out), "--data-dir", data_dir,
-                     "--resume"]) == 2
+    (out / runs.METRICS).write_text(json.dumps({"config": {"seed": 1, "epochs": 2}}))
+    assert cli.main(["part1", "--quick", "--epochs", "3", "--seed", "1", "--out", str(out), "--data-dir",
+                     str(tmp_path / "no-data"), "--resume"]) == 2
     error = capsys.readouterr().err
     assert "holds a run started with other settings" in error and "epochs=2 there, 3 here" in error
 
@@ -162,3 +161,29 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, data_dir):
     assert process.returncode == 130, stderr[-2000:]
     assert "interrupted; continue it with --resume" in stderr and "Traceback" not in stderr
     _assert_no_partial_files(out)
+
+
+def test_overwrite_replaces_every_file_of_a_finished_part2_run(tmp_path, data_dir):
+    out = tmp_path / "run"
+    quick = ["part2", "--quick", "--noise", "0.7", "--epochs", "1", "--steps-per-epoch", "2", "--attacker-epochs", "1"]
+    _run([*quick, "--seed", "3"], out, data_dir)
+    level = out / "noise_0.7"
+    old_weights = (level / "dp_model_weights.h5").read_bytes()
+    (out / "notes-of-the-old-run.txt").write_text("old")
+    _run([*quick, "--seed", "4", "--overwrite"], out, data_dir)
+    metrics = json.loads((out / runs.METRICS).read_text())
+    assert metrics["config"]["seed"] == 4
+    # the level was trained again: other weights, and its record is the new run's
+    assert (level / "dp_model_weights.h5").read_bytes() != old_weights
+    assert metrics["noise_levels"]["0.7"] == json.loads((level / "level.json").read_text())
+    assert not (out / "notes-of-the-old-run.txt").exists() and not (out / runs.REPLACED).exists()
+    _assert_no_partial_files(out)
+
+
+def test_overwrite_that_fails_to_start_loses_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / runs.METRICS).write_text('{"config": {}}')
+    assert cli.main(["part1", "--quick", "--overwrite", "--out", str(out), "--data-dir", str(tmp_path / "no")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert (out / runs.METRICS).read_text() == '{"config": {}}' and not (out / runs.REPLACED).exists()

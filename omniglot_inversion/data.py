@@ -10,16 +10,19 @@ Offline, the four archives tfds would download are read from a folder (``data_di
 and their order are exactly those of ``tfds.load``; only the download is replaced, and archives are
 checked by content (file names, sizes and CRC-32 of every PNG, read from the zip directory) rather
 than by the archive checksums tfds registers, because re-zipped archives with identical images have
-other checksums. Nothing inside the installed tfds package is modified.
+other checksums; then every member's bytes are checked against its CRC-32 once per archive file
+(`first_damaged_member`). Nothing inside the installed tfds package is modified.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -30,6 +33,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import omniglot as tfds_omniglot
 
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.files import write_json
 
 IMAGE_SHAPE = (105, 105, 1)
 NUM_ALPHABETS = 50
@@ -76,6 +80,41 @@ def fingerprint(zip_path: str | os.PathLike) -> tuple[str, int]:
             if info.filename.endswith(".png")
         )
     return hashlib.sha256("\n".join(rows).encode()).hexdigest(), len(rows)
+VERIFIED = "verified_archives.json"
+
+
+def _read_members(path: Path) -> str | None:
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            try:
+                with archive.open(info) as member:
+                    while member.read(1 << 20):  # reading to the end checks the CRC-32
+                        pass
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
+                return info.filename
+    return None
+
+
+def first_damaged_member(path: str | os.PathLike) -> str | None:
+    """The first member of a zip archive whose data do not decompress to its recorded CRC-32, or
+    None. Each archive file is read once: its verdict is remembered in the cache folder, keyed by
+    its path, size and modification time, so later runs pay nothing."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    record_path = default_cache_dir() / VERIFIED
+    try:
+        verified = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        verified = {}
+    if key in verified:
+        return None
+    damaged = _read_members(path)
+    if damaged is None:
+        write_json(record_path, {**verified, key: True})
+    return damaged
+
+
 def default_cache_dir() -> Path:
     """Where the offline builder writes its prepared tfds records (``OMNIGLOT_INVERSION_CACHE``)."""
     env = os.environ.get(CACHE_DIR_ENV)
@@ -114,6 +153,11 @@ def check_archive_dir(archive_dir: str | os.PathLike) -> dict[str, Path]:
                 f"{archive.filename} holds {count} PNG images (expected {archive.num_images}) "
                 "whose names or contents differ from the published archive"
             )
+            continue
+        damaged = first_damaged_member(path)
+        if damaged is not None:
+            problems.append(f"{archive.filename} is damaged: the bytes of {damaged!r} do not match the CRC-32 its "
+                            "zip directory records (a bad copy or a broken download); copy the archive again")
     if problems:
         raise UsageError(
             f"Omniglot data folder {str(folder)!r} is incomplete: " + "; ".join(problems) + ". " + how_to_fix

@@ -1,5 +1,8 @@
 import hashlib
 import io
+import json
+import os
+import struct
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -8,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omniglot_inversion import data
+from omniglot_inversion import cli, data
+from omniglot_inversion.data import ARCHIVES, CACHE_DIR_ENV, VERIFIED, as_arrays, fingerprint, load_split
 from omniglot_inversion.errors import UsageError
 
 
@@ -137,3 +141,43 @@ def test_environment_variable_selects_the_folder(monkeypatch, tmp_path):
     assert data.resolve_archive_dir("explicit") == Path("explicit")
     monkeypatch.delenv(data.DATA_DIR_ENV)
     assert data.resolve_archive_dir(None) is None
+
+
+def _damage_one_member(source: Path, target: Path) -> str:
+    """Copy ``source`` to ``target`` with bytes inside one member's compressed data flipped; the
+    zip directory (names, sizes, CRC-32) stays as it was."""
+    with zipfile.ZipFile(source) as archive:
+        info = [i for i in archive.infolist() if i.filename.endswith(".png")][10]
+    raw = bytearray(source.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length
+    for offset in range(start + 20, start + 60):
+        raw[offset] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    return info.filename
+
+
+def test_damaged_archive_bytes_are_named_before_preparation_and_a_good_copy_then_works(tmp_path, data_dir,
+                                                                                       monkeypatch, capsys):
+    session_cache = os.environ[CACHE_DIR_ENV]
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    folder = tmp_path / "archives"
+    folder.mkdir()
+    for archive in ARCHIVES.values():
+        (folder / archive.filename).symlink_to(Path(data_dir, archive.filename).resolve())
+    small1 = folder / ARCHIVES["small1"].filename
+    small1.unlink()
+    member = _damage_one_member(Path(data_dir, ARCHIVES["small1"].filename), small1)
+    assert fingerprint(small1)[0] == ARCHIVES["small1"].fingerprint  # the directory check alone passes it
+    out = tmp_path / "run"
+    assert cli.main(["part1", "--quick", "--out", str(out), "--data-dir", str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert "images_background_small1.zip is damaged" in error and member in error and "Traceback" not in error
+    assert not out.exists() and not (tmp_path / "cache" / "omniglot").exists()
+    # the good copy then works without any cleaning (in the session's cache, prepared once for all
+    # tests), and its verification is remembered there
+    monkeypatch.setenv(CACHE_DIR_ENV, session_cache)
+    small1.unlink()
+    small1.symlink_to(Path(data_dir, ARCHIVES["small1"].filename).resolve())
+    assert len(as_arrays(load_split("small1", folder, limit=4))[0]) == 4
+    assert str(small1.resolve()) in " ".join(json.loads((Path(session_cache) / VERIFIED).read_text()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from omniglot_inversion.attacks import METHODS, SURROGATES  # noqa: E402
 from omniglot_inversion.errors import UsageError  # noqa: E402
+from omniglot_inversion.files import folder_lock  # noqa: E402
 from omniglot_inversion.leakage import DEFAULT_ATTACKS  # noqa: E402
 
 
@@ -315,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):  # a log file sees each line when it is printed, not in blocks
         sys.stdout.reconfigure(line_buffering=True)
+    out = getattr(args, "out", None) or (args.runs[0] if args.command == "evaluate" else None)
     try:
-        args.handler(args)
+        with folder_lock(out) if out is not None else contextlib.nullcontext():
+            args.handler(args)
     except UsageError as err:
         print(f"omniglot-inversion: error: {err}", file=sys.stderr)
         return 2

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from omniglot_inversion.errors import UsageError
+
+_LOCKED: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -39,3 +44,38 @@ def read_json(path: str | os.PathLike, default=None):
     if not path.exists():
         return default
     return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold the run folder ``folder`` for this process: a second process that asks for it while
+    this one holds it gets a `UsageError`. The lock is an ``flock`` on ``.<name>.lock`` beside the
+    folder (not in it, so a run refused before it starts leaves its folder as it was); the kernel
+    releases it when the holder ends, so a killed run leaves no stuck lock. Re-entrant in a process.
+    """
+    folder = Path(folder).resolve()
+    if str(folder) in _LOCKED:
+        yield
+        return
+    lock = folder.parent / f".{folder.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock, "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise UsageError(f"Another run (process {owner}) is writing into {folder}; wait for it to end or choose "
+                         f"another --out.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _LOCKED.add(str(folder))
+    try:
+        yield
+    finally:
+        _LOCKED.discard(str(folder))
+        lock.unlink(missing_ok=True)
+        handle.close()

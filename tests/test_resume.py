@@ -32,8 +32,10 @@ def _run(args: list[str], out: Path, data_dir: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def _kill_after_epoch(args: list[str], out: Path, data_dir: str, state: Path, epoch: int) -> None:
-    """Start the run, SIGKILL it once ``state`` records ``epoch`` epochs (mid-training)."""
+def _kill_after_epoch(args: list[str], out: Path, data_dir: str, state: Path, epoch: int,
+                      while_running=None) -> None:
+    """Start the run, SIGKILL it once ``state`` records ``epoch`` epochs (mid-training); call
+    ``while_running()`` just before the kill."""
     process = subprocess.Popen(_command(args, out, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.monotonic() + 500
@@ -45,6 +47,8 @@ def _kill_after_epoch(args: list[str], out: Path, data_dir: str, state: Path, ep
             time.sleep(0.05)
         else:
             pytest.fail(f"{state} never reached epoch {epoch}")
+        if while_running is not None:
+            while_running()
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -74,13 +78,19 @@ def _assert_no_partial_files(out: Path) -> None:
         json.loads(path.read_text())
 
 
-def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir):
+def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, capsys):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     _run(PART1, whole, data_dir)
-    _kill_after_epoch(PART1, resumed, data_dir, resumed / runs.CHECKPOINTS / "target" / STATE, epoch=3)
+
+    def second_run_is_refused():  # a second run into the folder while the first is training
+        assert cli.main([*PART1, "--resume", "--out", str(resumed), "--data-dir", data_dir]) == 2
+        assert "Another run (process" in capsys.readouterr().err
+
+    _kill_after_epoch(PART1, resumed, data_dir, resumed / runs.CHECKPOINTS / "target" / STATE, epoch=3,
+                      while_running=second_run_is_refused)
     _assert_no_partial_files(resumed)
     assert not (resumed / runs.TARGET_WEIGHTS).exists()  # the step was cut short: nothing under its name
-    _run([*PART1, "--resume"], resumed, data_dir)
+    _run([*PART1, "--resume"], resumed, data_dir)  # the killed run's lock is not stuck
     expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (whole, resumed))
     for section in ("target", "attacker", "test"):
         assert _numbers(got[section]) == pytest.approx(_numbers(expected[section]), rel=1e-6)

@@ -116,14 +116,17 @@ OUTPUTS = (RESULT, RECONSTRUCTIONS, FIGURE, ALPHABET_FIGURE, ATTACKER_WEIGHTS)
 CHECKPOINT_SPEC = "spec.json"
 
 
-def prepare_folder(folder: str | os.PathLike, *, overwrite: bool = False) -> None:
-    """Refuse a folder that holds a finished attack unless ``overwrite``, which removes that
-    attack's files (and nothing else). An unfinished attack's checkpoints are kept: the next run
-    with the same settings resumes them."""
+def prepare_folder(folder: str | os.PathLike, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse a folder that holds an attack, finished or interrupted, unless ``resume`` (continue
+    it from its checkpoints; a finished one is only scored again) or ``overwrite`` (its files go,
+    and nothing else in the folder)."""
+    if overwrite and resume:
+        raise UsageError("--overwrite starts an attack again and --resume continues it; pass one of them.")
     folder = Path(folder)
-    if (folder / RESULT).exists() and not overwrite:
-        raise UsageError(f"{folder} already holds a finished attack ({RESULT}); choose another --out or pass "
-                         f"--overwrite to replace it.")
+    held = [name for name in (RESULT, CHECKPOINTS) if (folder / name).exists()]
+    if held and not (overwrite or resume):
+        raise UsageError(f"{folder} already holds an attack ({', '.join(held)}); choose another --out, pass --resume "
+                         f"to continue it, or --overwrite to replace it.")
     if overwrite:
         for name in OUTPUTS:
             (folder / name).unlink(missing_ok=True)

@@ -171,7 +171,7 @@ def _run_attack(args: argparse.Namespace) -> None:
     spec = _attack_spec(args, args.method, args.surrogate)
     target = load_intercepted(args.intercepted)
     data.check_data_source(args.data_dir)
-    attack_run.prepare_folder(args.out, overwrite=args.overwrite)
+    attack_run.prepare_folder(args.out, overwrite=args.overwrite, resume=args.resume)
     test = attack_run.load_test_set(args.data_dir, limit=args.limit or (64 if args.quick else None))
     result = attack_run.run_attack(target, spec, test, args.out, data_dir=args.data_dir,
                                    title=f"{spec.label} attack on {args.intercepted.name}")
@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--attacker-epochs", type=_positive_int,
                      help="decoder epochs (default: 100 on small1 as the post, 20 on background)")
     _add_attack_options(sub)
-    sub.add_argument("--overwrite", action="store_true", help="replace a finished attack in --out")
+    _add_run_folder_options(sub)
     sub.set_defaults(handler=_run_attack)
 
     text = ("make the shipped weights: Part 1 and Part 2 at the post's sizes into RUNS/part1 and RUNS/part2 "

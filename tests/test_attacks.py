@@ -149,7 +149,7 @@ def test_attack_command_writes_reconstructions_record_and_figure(tmp_path, data_
     # a finished folder is refused without --overwrite, and nothing in it changes
     before = (out / attack_run.RESULT).read_bytes()
     assert cli.main(argv) == 2
-    assert "already holds a finished attack" in capsys.readouterr().err
+    assert "already holds an attack (attack.json)" in capsys.readouterr().err
     assert (out / attack_run.RESULT).read_bytes() == before
 
 

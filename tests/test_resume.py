@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from omniglot_inversion import cli, runs
+from omniglot_inversion import attack_run, cli, runs
 from omniglot_inversion.checkpoints import STATE
 
 PART1 = ["part1", "--quick", "--epochs", "10", "--attacker-epochs", "3", "--seed", "4"]
@@ -197,3 +197,21 @@ def test_overwrite_that_fails_to_start_loses_nothing(tmp_path, capsys):
     assert cli.main(["part1", "--quick", "--overwrite", "--out", str(out), "--data-dir", str(tmp_path / "no")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert (out / runs.METRICS).read_text() == '{"config": {}}' and not (out / runs.REPLACED).exists()
+
+
+def test_killed_attack_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir):
+    attack = ["attack", "--intercepted", str(Path(__file__).resolve().parents[1] / "saved_models" /
+                                             "part1_mobile_stage.h5"), "--quick", "--limit", "16",
+              "--attacker-epochs", "6"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _run(attack, whole, data_dir)
+    _kill_after_epoch(attack, resumed, data_dir, resumed / attack_run.CHECKPOINTS / "decoder" / STATE, epoch=2)
+    assert not (resumed / attack_run.RESULT).exists()
+    _assert_no_partial_files(resumed)
+    result = subprocess.run(_command(attack, resumed, data_dir), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "pass --resume to continue it" in result.stderr
+    _run([*attack, "--resume"], resumed, data_dir)
+    expected, got = (json.loads((folder / attack_run.RESULT).read_text()) for folder in (whole, resumed))
+    assert _numbers(got["metrics"]) == pytest.approx(_numbers(expected["metrics"]), rel=1e-6)
+    assert not (resumed / attack_run.CHECKPOINTS).exists()
+    _assert_no_partial_files(resumed)

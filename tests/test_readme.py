@@ -24,11 +24,18 @@ def test_setup_cfg_declares_the_console_script():
     assert "omniglot-inversion = omniglot_inversion.cli:main" in (REPO / "setup.cfg").read_text()
 
 
-def test_every_test_named_in_the_bad_input_table_exists():
+def _table(readme: str, title: str, header: str) -> str:
+    table = readme[readme.index(title):]
+    return table[:table.index("\n\n", table.index(header))]
+
+
+def test_every_test_named_in_the_bad_input_and_fault_tables_exists():
     readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("What a user sees for each bad input"):]
-    table = table[:table.index("\n\n", table.index("| bad input"))]
-    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", table)
-    assert len(named) >= 14
-    for path, name in named:
-        assert f"def {name}(" in (REPO / path).read_text(), f"{path}::{name} is named in README but missing"
+    for title, header, rows in (("What a user sees for each bad input", "| bad input", 14),
+                                ("What a user sees after each fault", "| fault", 9)):
+        table = _table(readme, title, header)
+        assert table.count("\n| ") - 1 >= rows
+        named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", table)
+        assert len(named) >= rows
+        for path, name in named:
+            assert f"def {name}(" in (REPO / path).read_text(), f"{path}::{name} is named in README but missing"

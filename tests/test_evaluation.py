@@ -51,6 +51,18 @@ def test_top5_counts_near_misses_and_ties_count_against_the_attacker():
     assert hits["top1"].sum() <= 1 and hits["top5"].sum() <= 5
 
 
+def test_a_tie_with_the_own_original_counts_against_the_attacker():
+    originals = np.ones((4, 105, 105, 1), np.float32)
+    originals[0, :10] = 0.0
+    originals[1, :10] = 0.0  # images 0 and 1 are the same drawing
+    originals[2, 50:60] = 0.0
+    originals[3, 90:] = 0.0
+    hits = evaluation.reidentification(originals, originals.copy(), np.arange(4))
+    # exact copies: 2 and 3 are first; 0 and 1 tie with each other, so neither is counted first
+    assert hits["top1"].tolist() == [False, False, True, True]
+    assert hits["top5"].all()
+
+
 def test_chance_levels():
     chance = evaluation.chance_levels(np.array([0, 0, 1, 1, 1, 2, 3, 4, 5, 6]))
     assert chance["top1"] == 0.1 and chance["top5"] == 0.5

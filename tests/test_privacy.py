@@ -106,6 +106,22 @@ def test_part2_quick_command_writes_every_output(tmp_path, data_dir, capsys):
         for name in (part2.DP_WEIGHTS, runs.MOBILE_STAGE, runs.ATTACKER_WEIGHTS, runs.FIGURE):
             assert (folder / name).stat().st_size > 1000
     assert (out / "epsilon.csv").exists() and (out / "epsilon.json").exists()
+    # evaluate finds each noise level's target, titles it with its epsilon, and draws the
+    # privacy-utility figure; --disjoint keeps only alphabets small1 lacks
+    evaluation_out = tmp_path / "evaluation"
+    assert cli.main(["evaluate", str(out), "--out", str(evaluation_out), "--data-dir", data_dir, "--limit", "60",
+                     "--attacks", "decoder", "--disjoint"]) == 0
+    evaluated = json.loads((evaluation_out / "evaluation.json").read_text())
+    assert [row["target"] for row in evaluated["rows"]] == ["noise 0.7", "noise 0.3"]
+    for row in evaluated["rows"]:
+        level = metrics["noise_levels"][row["target"].removeprefix("noise ")]
+        assert row["epsilon"] == level["epsilon"] and row["target_val_accuracy"] == level["target"]["val_accuracy"]
+        assert set(row["metrics"]["seen_unseen"]) == {"unseen"}
+        assert row["pretrained_decoder"].endswith(runs.ATTACKER_WEIGHTS)
+    assert evaluated["test_set"] == "small2 without small1's alphabets" and evaluated["num_images"] < 60
+    assert (evaluation_out / evaluated["privacy_utility_figures"]["decoder"]).stat().st_size > 5_000
+    report = (evaluation_out / "report.md").read_text()
+    assert f"| noise 0.7 | {metrics['noise_levels']['0.7']['epsilon']:.2f} |" in report
     # the intercepted file of a DP run feeds the standalone attack command
     attack_out = tmp_path / "attack"
     code = cli.main(["attack", "--quick", "--intercepted", str(out / "noise_0.7" / runs.MOBILE_STAGE),

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 
@@ -47,3 +48,10 @@ def test_epsilon_command_prints_and_writes_json_and_csv(tmp_path, capsys):
     lines = (tmp_path / "epsilon.csv").read_text().splitlines()
     assert lines[0].startswith("noise_multiplier,epsilon,epsilon_2020,delta,steps")
     assert len(lines) == 3 and lines[1].startswith("0.7,3.39")
+
+
+def test_statement_gives_the_numbers_readme_quotes():
+    text = accounting.statement(13_180, 32, 20, 0.7, 1e-5)
+    once_per_epoch = float(re.search(r"once per epoch:\s+([\d.]+)", text).group(1))
+    poisson = float(re.search(r"Poisson sampling \(\*\):\s+([\d.]+)", text).group(1))
+    assert (round(once_per_epoch, 1), round(poisson, 1)) == (141.0, 45.6)

@@ -82,3 +82,16 @@ def test_engine_choices_are_the_privacy_modules_engines(capsys):
         parser.parse_args(["part2", "--out", "run", "--engine", "no-such-engine"])
     listed = capsys.readouterr().err.split("choose from ")[1].split(")")[0]
     assert tuple(name.strip(" '") for name in listed.split(",")) == privacy.ENGINES
+
+
+def test_train_target_refuses_its_folder_then_resume_keeps_the_trained_target(tmp_path, data_dir, capsys):
+    argv = ["train-target", "--quick", "--epochs", "1", "--out", str(tmp_path), "--data-dir", data_dir]
+    assert cli.main(argv) == 0
+    weights = (tmp_path / runs.TARGET_WEIGHTS).read_bytes()
+    assert cli.main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli.main([*argv, "--resume"]) == 0
+    assert "target: done before, kept" in capsys.readouterr().out
+    assert (tmp_path / runs.TARGET_WEIGHTS).read_bytes() == weights
+    assert cli.main([*argv[:-4], "--epochs", "2", "--out", str(tmp_path), "--data-dir", data_dir, "--resume"]) == 2
+    assert "epochs=1 there, 2 here" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def test_loads_weights_only_hdf5(tmp_path):
 
 def test_refuses_a_stage_with_other_shapes(tmp_path):
     _post_style_stage(filters=16).save_weights(tmp_path / "narrow.h5", save_format="h5")
-    with pytest.raises(UsageError, match=r"weight shapes \[\(7, 7, 1, 16\), \(16,\)\]"):
+    with pytest.raises(UsageError, match=r"layer 'my_conv_0' has weight shapes \[\(7, 7, 1, 16\), \(16,\)\]"):
         load_intercepted(tmp_path / "narrow.h5")
 
 

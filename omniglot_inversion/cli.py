@@ -53,10 +53,11 @@ def _run_part1_step(args: argparse.Namespace) -> None:
         return
     if args.command == "train-target":
         out = runs.prepare_run_folder(args.out, config, overwrite=args.overwrite, resume=args.resume)
-        if "target" in runs.done_steps(out):
-            print("target: done before, kept")
-            return
-        runs.train_target_step(config, out)
+        with runs.recorded_state(out):
+            if "target" in runs.done_steps(out):
+                print("target: done before, kept")
+            else:
+                runs.train_target_step(config, out)
         return
     step = {"train-attacker": runs.train_attacker_step, "reconstruct": runs.reconstruct_step}[args.command]
     step(config, args.out)

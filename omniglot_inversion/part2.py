@@ -39,6 +39,7 @@ from omniglot_inversion.runs import (
     attacker_checkpoint,
     discard_replaced,
     prepare_run_folder,
+    recorded_state,
     test_attacker,
     train_attacker,
 )
@@ -199,6 +200,13 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
     table = accounting.epsilon_table(config.noise_multipliers, n=config.accounting_n,
                                      batch_size=config.batch_size, epochs=config.epochs, delta=config.delta)
     out = prepare_run_folder(out, config, overwrite=overwrite, resume=resume)
+    with recorded_state(out):
+        _run_levels(config, out, table, jobs, log)
+    return read_json(out / METRICS)
+
+
+def _run_levels(config: Part2Config, out: Path, table: list[dict], jobs: int, log: Log) -> None:
+    """The epsilon table's files, then every noise level not complete yet (``jobs`` at once)."""
     write_epsilon_table(table, out)
     log(accounting.format_table(table))
     log(accounting.POISSON_CAVEAT)
@@ -221,7 +229,7 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
             levels[key] = run_level(config, out, noise, levels[key], log)
             write_json(out / METRICS, metrics)
             discard_replaced(out)
-        return read_json(out / METRICS)
+        return
     threads = max(1, (os.cpu_count() or 1) // workers)
     log(f"{len(pending)} noise levels, {workers} at a time, {threads} thread(s) each")
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
@@ -232,4 +240,3 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
             levels[futures[future]] = future.result()
             write_json(out / METRICS, metrics)
             discard_replaced(out)
-    return read_json(out / METRICS)

@@ -8,6 +8,7 @@ time of each step). Every file is written under a temporary name and renamed whe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -15,7 +16,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +174,34 @@ def discard_replaced(out: Path) -> None:
     shutil.rmtree(out / REPLACED, ignore_errors=True)
 
 
+STATES = ("running", "finished", "failed", "interrupted")
+
+
+@contextlib.contextmanager
+def recorded_state(out: Path) -> Iterator[None]:
+    """Record in ``metrics.json`` (``state``, and ``error`` if it failed) what became of the command
+    working on ``out``: ``running`` while it works (and after a kill, which leaves no chance to
+    write), then ``finished``, ``failed`` or ``interrupted`` (Ctrl-C). ``--resume`` continues any."""
+    def record(state: str, error: str | None = None) -> None:
+        metrics = read_json(out / METRICS, default={})
+        metrics["state"] = state
+        metrics.pop("error", None)
+        if error is not None:
+            metrics["error"] = error
+        write_json(out / METRICS, metrics)
+
+    record("running")
+    try:
+        yield
+    except KeyboardInterrupt:
+        record("interrupted")
+        raise
+    except Exception as err:
+        record("failed", f"{type(err).__name__}: {err}")
+        raise
+    record("finished")
+
+
 def done_steps(out: Path) -> dict:
     """The sections of ``out``'s metrics.json (the steps completed so far)."""
     return read_json(out / METRICS, default={})
@@ -301,9 +330,10 @@ def run_part1(config: Part1Config, out: str | os.PathLike, *, overwrite: bool = 
     training continues from its last epoch (`prepare_run_folder`).
     """
     out = prepare_run_folder(out, config, overwrite=overwrite, resume=resume)
-    for section, step in PART1_STEPS:
-        if section in done_steps(out):
-            log(f"{section}: done before, kept")
-            continue
-        step(config, out, log)
+    with recorded_state(out):
+        for section, step in PART1_STEPS:
+            if section in done_steps(out):
+                log(f"{section}: done before, kept")
+                continue
+            step(config, out, log)
     return read_json(out / METRICS)

@@ -16,7 +16,7 @@ def test_part1_quick_writes_weights_metrics_and_figure(tmp_path, data_dir, capsy
     printed = capsys.readouterr().out
     assert "target epoch 2/2" in printed and "attacker epoch 5/5" in printed
     metrics = json.loads((out / runs.METRICS).read_text())
-    assert metrics["config"]["seed"] == 3 and metrics["config"]["epochs"] == 2
+    assert metrics["config"]["seed"] == 3 and metrics["config"]["epochs"] == 2 and metrics["state"] == "finished"
     assert len(metrics["target"]["history"]) == 2 and len(metrics["attacker"]["history"]) == 5
     assert 0.0 <= metrics["target"]["val_accuracy"] <= 1.0
     assert metrics["attacker"]["train_mse"] == metrics["attacker"]["history"][-1]["train_mse"]
@@ -95,3 +95,25 @@ def test_train_target_refuses_its_folder_then_resume_keeps_the_trained_target(tm
     assert (tmp_path / runs.TARGET_WEIGHTS).read_bytes() == weights
     assert cli.main([*argv[:-4], "--epochs", "2", "--out", str(tmp_path), "--data-dir", data_dir, "--resume"]) == 2
     assert "epochs=1 there, 2 here" in capsys.readouterr().err
+
+
+def test_a_failed_step_is_recorded_and_resume_continues_after_the_last_finished_step(tmp_path, data_dir,
+                                                                                    monkeypatch, capsys):
+    def broken(config, out, log):
+        raise RuntimeError("disk full")
+
+    steps = dict(runs.PART1_STEPS)
+    monkeypatch.setattr(runs, "PART1_STEPS", (("target", steps["target"]), ("attacker", broken),
+                                              ("test", steps["test"])))
+    argv = ["part1", "--quick", "--epochs", "1", "--attacker-epochs", "1", "--out", str(tmp_path),
+            "--data-dir", data_dir]
+    with pytest.raises(RuntimeError, match="disk full"):
+        cli.main(argv)
+    metrics = json.loads((tmp_path / runs.METRICS).read_text())
+    assert metrics["state"] == "failed" and metrics["error"] == "RuntimeError: disk full"
+    assert "target" in metrics and "attacker" not in metrics
+    monkeypatch.setattr(runs, "PART1_STEPS", tuple(steps.items()))
+    assert cli.main([*argv, "--resume"]) == 0
+    assert "target: done before, kept" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / runs.METRICS).read_text())
+    assert metrics["state"] == "finished" and "error" not in metrics and "test" in metrics

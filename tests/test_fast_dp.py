@@ -75,7 +75,9 @@ def test_same_gradient_as_the_optimizer_without_cross_example_layers(microbatche
     got = _fast_gradients(model, settings, images, labels)
     for mine, theirs in zip(got, expected, strict=True):
         np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-7)
-    assert np.linalg.norm(_flat(got)) <= 0.05 + 1e-6
+    # the premise: every microbatch's gradient is longer than the clip, so clipping is what is compared
+    batch = per_example_gradients(model, training.CLASSIFY, images, labels)
+    assert np.all(clip_factors(microbatch_gradients(batch.gradients, microbatches), 0.05).numpy() < 1)
 
 
 def test_seeded_optimizer_adds_the_fast_engines_noise():
@@ -101,13 +103,14 @@ def _real_batch(data_dir, size=32):
 
 
 @pytest.mark.parametrize(("through_statistics", "min_cosine", "ratio"),
-                         [(False, 0.8, (0.9, 1.1)), (True, 0.995, (0.85, 1.05))])
+                         [(False, 0.84, (0.96, 1.05)), (True, 0.998, (0.93, 0.95))])
 def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir, through_statistics, min_cosine, ratio):
     """With four batch norms the engines differ by design (module docstring of fast_dp). Measured on
     real batches of 32 at initialisation (seeds 0-2), cosine similarity of the noise-free DP update
-    with the optimizer's and norm ratio fast / optimizer: engine 'fast-lite' 0.85-0.93 and
+    with the optimizer's and norm ratio fast / optimizer: engine 'fast-lite' 0.845-0.93 and
     0.96-1.05 (it leaves out the paths through later layers' batch statistics); 'fast' with exact
-    statistics sums (clipped sum through the batch statistics) 0.998-0.999 and 0.93-0.95. With
+    statistics sums (clipped sum through the batch statistics) 0.998-0.999 and 0.93-0.95. The test
+    holds each engine to those ranges on seed 0 (0.845 / 1.047 and 0.9981 / 0.936 there). With
     every statistics path left out (no own-statistics correction) the cosine was 0.50-0.75 and the
     model did not learn."""
     tf.keras.utils.set_random_seed(0)
@@ -124,8 +127,9 @@ def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir, th
 
 
 def test_sum_through_the_statistics_is_kerass_gradient_of_the_clip_weighted_loss(data_dir):
-    """With the whole batch behind the statistics paths, the engine's clipped sum is exactly the
-    gradient Keras's training step takes of the clip-weighted loss (batch norm on batch statistics)."""
+    """With the whole batch behind the statistics paths, the engine's clipped sum is the gradient
+    Keras's training step takes of the clip-weighted loss (batch norm on batch statistics): per
+    variable within 0.4% of its largest entry (measured on seed 0: 0.32%)."""
     tf.keras.utils.set_random_seed(0)
     model = build_complete_model()
     images, labels = _real_batch(data_dir)
@@ -138,7 +142,7 @@ def test_sum_through_the_statistics_is_kerass_gradient_of_the_clip_weighted_loss
     got = _fast_gradients(model, settings, images, labels, statistics_sample=None, paths_sample=None)
     assert np.all(factors.numpy() < 1)  # every example clipped: the weights matter
     for mine, keras_own in zip(got, expected, strict=True):
-        np.testing.assert_allclose(mine * 32, keras_own.numpy(), rtol=1e-3, atol=5e-3 * np.abs(keras_own).max())
+        np.testing.assert_allclose(mine * 32, keras_own.numpy(), rtol=0, atol=4e-3 * np.abs(keras_own).max())
 
 
 def test_sampled_statistics_paths_add_little_next_to_the_noise(data_dir):
@@ -146,19 +150,19 @@ def test_sampled_statistics_paths_add_little_next_to_the_noise(data_dir):
     by a small fraction of the DP noise added to that variable at the post's lowest noise (0.7).
     Measured at initialisation on real batches, largest over the variables (the first convolution's
     kernel or bias): 7.5-17% of the noise's norm (8 examples: 7.1-8.6%), under 3% of its variance;
-    over all variables together 2.7% of the noise's norm."""
+    over all variables together 2.7% of the noise's norm. Held to those figures on seed 0 (16.8% and
+    2.67% there)."""
     tf.keras.utils.set_random_seed(0)
     model = build_complete_model()
     images, labels = _real_batch(data_dir)
     settings = DPSettings(noise_multiplier=0.0, l2_norm_clip=1.0, batch_size=32)
     exact = _fast_gradients(model, settings, images, labels, paths_sample=None)
     sampled = _fast_gradients(model, settings, images, labels)
-    assert PATHS_SAMPLE == 4
     ratios = [np.linalg.norm((mine - full) * 32) / (0.7 * np.sqrt(full.size))
               for mine, full in zip(sampled, exact, strict=True)]
     overall = np.linalg.norm(_flat(sampled) - _flat(exact)) * 32 / (0.7 * np.sqrt(_flat(exact).size))
-    assert max(ratios) < 0.2
-    assert overall < 0.05
+    assert max(ratios) < 0.175
+    assert overall < 0.0275
     assert overall > 0  # a real estimate, not the whole batch
 
 
@@ -242,7 +246,8 @@ def test_per_example_gradients_are_exact_with_a_single_batch_norm():
 def test_sampled_own_statistics_move_the_clip_factors_by_a_few_percent(data_dir):
     """The engine estimates each batch norm's own-statistics sums from 8 of 32 examples
     (STATISTICS_SAMPLE). Measured on real batches at initialisation (seeds 0-2): median change of
-    the clip factors 0.3-0.9%, largest 1.5-3.7%; with 4 examples up to 11%."""
+    the clip factors 0.3-0.9%, largest 1.5-3.7%; with 4 examples up to 11%. Held to those figures
+    on seed 0 (0.30% and 3.7% there)."""
     images, labels = _real_batch(data_dir)
     tf.keras.utils.set_random_seed(0)
     model = build_complete_model()
@@ -252,9 +257,8 @@ def test_sampled_own_statistics_move_the_clip_factors_by_a_few_percent(data_dir)
         return clip_factors(microbatch_gradients(batch.gradients, 32), 1.0).numpy()
 
     exact, sampled = factors(None), factors(STATISTICS_SAMPLE)
-    assert STATISTICS_SAMPLE == 8
     change = np.abs(sampled / exact - 1)
-    assert np.median(change) < 0.015 and change.max() < 0.06
+    assert np.median(change) < 0.0095 and change.max() < 0.0375
     assert change.max() > 0  # the sample is a real estimate, not the whole batch
 
 

@@ -90,6 +90,7 @@ def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, c
                       while_running=second_run_is_refused)
     _assert_no_partial_files(resumed)
     assert not (resumed / runs.TARGET_WEIGHTS).exists()  # the step was cut short: nothing under its name
+    assert json.loads((resumed / runs.METRICS).read_text())["state"] == "running"  # a kill cannot say more
     _run([*PART1, "--resume"], resumed, data_dir)  # the killed run's lock is not stuck
     expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (whole, resumed))
     for section in ("target", "attacker", "test"):

@@ -66,8 +66,9 @@ _GUARANTEES = {
     "fast-exact": (
         "Engine 'fast-exact': as engine 'fast', with every batch-statistics derivative taken over the whole "
         "batch (no sampling), so the clipped sum is the gradient of the clip-weighted loss through the batch "
-        "statistics to within 0.4% of each variable's largest entry (the clip factors, as in 'fast', leave out the paths through later "
-        "layers' statistics, so a summed term may exceed l2_norm_clip); Gaussian noise of standard deviation "
+        "statistics to within 0.4% of each variable's largest entry (the clip factors, as in 'fast', leave out "
+        "the paths through later layers' statistics, so a summed term may exceed l2_norm_clip); Gaussian noise "
+        "of standard deviation "
         "l2_norm_clip * noise_multiplier added, divided by the microbatch count."
     ),
     "fast-lite": (

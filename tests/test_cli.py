@@ -19,7 +19,6 @@ def test_part1_quick_writes_weights_metrics_and_figure(tmp_path, data_dir, capsy
     assert metrics["config"]["seed"] == 3 and metrics["config"]["epochs"] == 2 and metrics["state"] == "finished"
     assert len(metrics["target"]["history"]) == 2 and len(metrics["attacker"]["history"]) == 5
     assert 0.0 <= metrics["target"]["val_accuracy"] <= 1.0
-    assert metrics["attacker"]["train_mse"] == metrics["attacker"]["history"][-1]["train_mse"]
     assert 0.0 < metrics["test"]["test_mse"] < 1.0
     assert metrics["versions"]["tensorflow"] == "2.15.1"
     for name in (runs.TARGET_WEIGHTS, runs.MOBILE_STAGE, runs.ATTACKER_WEIGHTS):

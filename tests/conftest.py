@@ -4,8 +4,11 @@ run builds the records from the archives itself."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -50,3 +53,16 @@ def data_dir() -> str:
             pytest.fail(f"the Omniglot archives are required here (CI or {DATA_DIR_ENV} set): {err}", pytrace=False)
         pytest.skip(f"needs the Omniglot archives: {err}")
     return folder
+
+
+@pytest.fixture(scope="session")
+def part1_quick_run(tmp_path_factory, data_dir) -> SimpleNamespace:
+    """One ``part1 --quick --seed 3`` run, made once for every test that reads a finished Part 1
+    run: ``out`` (its folder), ``code`` (exit status) and ``printed`` (what it printed)."""
+    from omniglot_inversion import cli
+
+    out = tmp_path_factory.mktemp("part1-quick") / "run"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["part1", "--quick", "--out", str(out), "--data-dir", data_dir, "--seed", "3"])
+    return SimpleNamespace(out=out, code=code, printed=printed.getvalue())

@@ -10,10 +10,10 @@ from omniglot_inversion import cli, privacy, runs
 from omniglot_inversion.errors import UsageError
 
 
-def test_part1_quick_writes_weights_metrics_and_figure(tmp_path, data_dir, capsys):
-    out = tmp_path / "run"
-    assert cli.main(["part1", "--quick", "--out", str(out), "--data-dir", data_dir, "--seed", "3"]) == 0
-    printed = capsys.readouterr().out
+def test_part1_quick_writes_weights_metrics_and_figure(part1_quick_run, data_dir):
+    out = part1_quick_run.out
+    assert part1_quick_run.code == 0
+    printed = part1_quick_run.printed
     assert "target epoch 2/2" in printed and "attacker epoch 5/5" in printed
     metrics = json.loads((out / runs.METRICS).read_text())
     assert metrics["config"]["seed"] == 3 and metrics["config"]["epochs"] == 2 and metrics["state"] == "finished"

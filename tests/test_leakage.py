@@ -34,11 +34,8 @@ def test_shipped_models_folder_yields_its_four_targets():
     assert all(t.attacker_path.exists() for t in targets)
 
 
-def test_evaluate_every_attack_against_a_part1_run_and_resume(tmp_path, data_dir, capsys):
-    run = tmp_path / "run"
-    config = runs.Part1Config(epochs=1, attacker_epochs=1, train_size=64, val_size=32, attacker_size=32,
-                              test_size=16, data_dir=data_dir)
-    runs.run_part1(config, run, log=lambda _: None)
+def test_evaluate_every_attack_against_a_part1_run_and_resume(tmp_path, part1_quick_run, data_dir, capsys):
+    run = part1_quick_run.out
     out = tmp_path / "evaluation"
     argv = ["evaluate", str(run), "--out", str(out), "--data-dir", data_dir, "--limit", "40", "--quick",
             "--attacks", "decoder", "whitebox", "hybrid:background", "--iterations", "2", "--attacker-epochs", "1"]

@@ -303,10 +303,11 @@ def test_a_batch_of_unknown_size_is_refused_and_the_training_step_pins_it():
         untyped(images, labels)
     assert "UsageError" in str(refused.value) or isinstance(refused.value, UsageError)  # autograph wraps it
     # fast_dp_gradients knows the batch size from its settings, so a dataset of unknown batch size works
-    step = fast_dp_gradients(model, training.CLASSIFY, DPSettings(noise_multiplier=0.0, batch_size=4), tf.Variable(0))
+    settings = DPSettings(noise_multiplier=0.0, batch_size=4)
+    step = fast_dp_gradients(model, training.CLASSIFY, settings, tf.Variable(0))
     traced = tf.function(step, input_signature=[tf.TensorSpec([None, 105, 105, 1]), tf.TensorSpec([None], tf.int64)])
     gradients, _, _ = traced(images, labels)
-    expected = privatize(per_example_gradients(model, training.CLASSIFY, images, labels).gradients, 1.0, 0.0, 4,
-                         tf.constant([0, 0]))
+    # the reference is TensorFlow Privacy's optimizer (no batch norm here, so the two agree)
+    expected = _optimizer_gradients(model, settings, images, labels)
     for ours, theirs in zip(gradients, expected, strict=True):
-        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-4, atol=1e-7)

@@ -102,3 +102,12 @@ def test_groups_are_summarised_separately():
     groups = evaluation.by_group(per_image, np.array(["seen"] * 4 + ["unseen"] * 4))
     assert groups["seen"]["mse"]["mean"] == 0.0 and groups["unseen"]["mse"]["mean"] > 0.05
     assert groups["seen"]["top1"]["mean"] == 1.0
+
+
+def test_distances_of_one_guess_for_all_equal_the_full_computation():
+    originals = _images(6, seed=7)
+    guess = np.broadcast_to(originals.mean(axis=0), originals.shape)
+    table = evaluation.distances(originals, guess)
+    by_hand = np.array([[np.sum((guess[i].astype(np.float64) - originals[j]) ** 2) for j in range(6)]
+                        for i in range(6)])
+    np.testing.assert_allclose(table, by_hand, rtol=1e-9)

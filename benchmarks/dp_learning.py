@@ -2,8 +2,8 @@
 model at the post's DP settings (noise 0.7, clip 1.0, lr 0.005, batch 32, 412 steps an epoch) with
 each engine from the same seed on the same data order, and reports validation accuracy (inference
 mode, the 2,180 validation images) per epoch; the strict group-norm variant with the fast engine too.
-``--seeded-noise`` gives the optimizer the fast engines' noise for the seed (a paired comparison:
-same data, initial weights and noise); without it the optimizer draws TF Privacy's own noise.
+``--reproducible-noise`` draws every engine's noise from the seed (a paired comparison: same data,
+initial weights and noise); without it each run draws a secret key, as the package does by default.
 
 Several ``--seed`` values run one after the other; the summary gives each engine's mean and standard
 deviation over them. One epoch of DP training is chaotic: ``--noise 0.7000007`` (the noise scaled by
@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.7)
     parser.add_argument("--seed", type=int, nargs="+", default=[0])
     parser.add_argument("--only", choices=[name for name, _ in RUNS], nargs="+")
-    parser.add_argument("--seeded-noise", action="store_true",
-                        help="the optimizer draws the fast engines' noise stream for --seed")
+    parser.add_argument("--reproducible-noise", action="store_true",
+                        help="every engine draws the noise stream of --seed (paired comparisons)")
     args = parser.parse_args()
 
     results = {"config": vars(args), "runs": {}}  # runs: seed -> engine -> per-epoch rows
@@ -51,7 +51,7 @@ def main() -> None:
             history = train_dp(model, DPSettings(noise_multiplier=args.noise), target_data.train,
                                val_ds=target_data.val, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                                engine="fast" if name == "strict" else name, seed=seed,
-                               seeded_noise=args.seeded_noise,
+                               reproducible_noise=args.reproducible_noise,
                                on_epoch=lambda row, name=name, seed=seed: print(name, "seed", seed, row, flush=True))
             results["runs"].setdefault(str(seed), {})[name] = history
             write_json(args.json, results)

@@ -104,6 +104,9 @@ def _add_part2_options(parser: argparse.ArgumentParser) -> None:
                         "'fast-lite' (sum of the clipped per-example gradients; unstable late in the "
                         "post's 20 epochs) or 'optimizer' (TensorFlow Privacy's DPKerasAdamOptimizer with "
                         "model.fit, as the post; ~40x a plain step)")
+    parser.add_argument("--reproducible-noise", action="store_true",
+                        help="draw the DP noise from the seed instead of a secret key (anyone who knows the seed "
+                        "can then remove it: for engine comparisons and tests only)")
     parser.add_argument("--strict", action="store_true",
                         help="strict variant: group instead of batch normalisation (no statistics shared "
                         "between examples)")
@@ -139,7 +142,8 @@ def _run_part2(args: argparse.Namespace) -> None:
         if value is not None:
             values[field] = tuple(value) if option == "noise" else value
     config = part2.Part2Config(seed=args.seed, data_dir=args.data_dir, engine=args.engine,
-                               normalization="group" if args.strict else "batch", **values)
+                               normalization="group" if args.strict else "batch",
+                               reproducible_noise=args.reproducible_noise, **values)
     part2.run_part2(config, args.out, overwrite=args.overwrite, resume=args.resume, jobs=args.jobs)
     print(f"Part 2 done: {args.out / 'metrics.json'}")
 

@@ -54,6 +54,8 @@ def part2_command(config: dict, out: str) -> str:
         command += f" --steps-per-epoch {config['steps_per_epoch']}"
     if config.get("num_microbatches") is not None:
         command += f" --microbatches {config['num_microbatches']}"
+    if config.get("reproducible_noise"):
+        command += " --reproducible-noise"
     return command + (" --strict" if config["normalization"] == "group" else "")
 
 

@@ -64,6 +64,7 @@ class Part2Config(RunConfig):
     steps_per_epoch: int | None = None  # None: ceil(accounting_n / batch_size), as the post
     accounting_n: int = 13_180
     delta: float = 1e-5
+    reproducible_noise: bool = False  # True: the DP noise is a function of the seed (privacy.noise_key)
 
     def __post_init__(self):
         super().__post_init__()
@@ -133,7 +134,8 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
 
     history = privacy.train_dp(model, config.settings(noise_multiplier), target_data.train, val_ds=target_data.val,
                                epochs=config.epochs, steps_per_epoch=config.steps, engine=config.engine,
-                               on_epoch=report, seed=config.seed, checkpoint_dir=dp_checkpoint(folder))
+                               on_epoch=report, seed=config.seed, checkpoint_dir=dp_checkpoint(folder),
+                               reproducible_noise=config.reproducible_noise)
     seconds = time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / DP_WEIGHTS) as tmp:
@@ -212,7 +214,9 @@ def _run_levels(config: Part2Config, out: Path, table: list[dict], jobs: int, lo
     log(accounting.POISSON_CAVEAT)
     metrics = read_json(out / METRICS)
     metrics.update({"epsilon": table, "epsilon_caveat": accounting.POISSON_CAVEAT,
-                    "guarantees": privacy.guarantee(config.engine, config.normalization)})
+                    "noise_source": "the seed (reproducible)" if config.reproducible_noise else
+                    "a secret key from the operating system's entropy, never written",
+                    "guarantees": privacy.guarantee(config.engine, config.normalization, config.reproducible_noise)})
     levels = metrics.setdefault("noise_levels", {})
     pending = []  # (noise multiplier, its key in levels) of the levels not complete
     for row in table:

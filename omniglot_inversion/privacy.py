@@ -18,6 +18,7 @@ averages (used at inference, and by the attacker) are computed from private data
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,11 +83,15 @@ _GUARANTEES = {
         "layers' statistics)."
     ),
 }
-# the fast engines' noise (`fast_dp.add_noise`); the optimizer's is TensorFlow's global generator
-_SEEDED_NOISE = (
-    " The noise is pseudo-random from the run's seed and the step: anyone who knows the seed can regenerate "
-    "it, so keep the seed secret where that matters."
-)
+# where every engine's noise comes from (`noise_key`; `fast_dp.add_noise` draws it from the key and the step)
+_NOISE_SOURCE = {
+    False: (" The noise is drawn from a key taken from the operating system's entropy for this process, kept "
+            "in memory and never written (a resumed run draws a fresh key): what the run writes does not let "
+            "anyone regenerate it."),
+    True: (" Reproducible noise: the noise is a function of the run's seed and the step, so anyone who knows "
+           "the seed (metrics.json records it) can regenerate every draw and remove it; against that person "
+           "the run carries no differential privacy. For engine comparisons and tests only."),
+}
 _STRICT = (
     " Strict variant (group normalisation): no layer mixes examples and no statistics are kept, so each "
     "example's gradient depends on that example alone, the clip bounds its influence, and the epsilon "
@@ -94,12 +99,20 @@ _STRICT = (
 )
 
 
-def guarantee(engine: str, normalization: str) -> str:
-    """What a DP run of ``engine`` on a model with ``normalization`` guarantees, in words."""
+def guarantee(engine: str, normalization: str, reproducible_noise: bool = False) -> str:
+    """What a DP run of ``engine`` on a model with ``normalization`` guarantees, in words, with the
+    source of its noise."""
     if engine not in _GUARANTEES:
         raise UsageError(f"Unknown DP engine {engine!r}; choose one of {', '.join(ENGINES)}.")
-    return (_GUARANTEES[engine] + (_SEEDED_NOISE if engine in _FAST_ENGINES else "")
+    return (_GUARANTEES[engine] + _NOISE_SOURCE[bool(reproducible_noise)]
             + (_BATCH_NORM_CAVEAT if normalization == "batch" else _STRICT))
+
+
+def noise_key(seed: int, reproducible_noise: bool = False) -> int:
+    """The key every noise draw of a DP run derives from (with the step): by default 63 bits from
+    the operating system's entropy (`secrets`), which the caller keeps in memory only; with
+    ``reproducible_noise``, the seed itself."""
+    return seed if reproducible_noise else secrets.randbits(63)
 
 
 @dataclass(frozen=True)
@@ -133,8 +146,9 @@ class DPSettings:
 def dp_optimizer(settings: DPSettings, noise_seed: int | None = None):
     """TensorFlow Privacy's DP Adam with the given settings.
 
-    ``noise_seed``: None (default) keeps TF Privacy's noise (TensorFlow's global generator);
-    an integer draws each step's noise as the fast engines seeded with it do
+    ``noise_seed``: None keeps TF Privacy's own noise (TensorFlow's global generator, which
+    `training.set_seed` seeds, so it follows the run's seed); an integer (what `train_dp` passes:
+    `noise_key`) draws each step's noise as the fast engines with that key do
     (`seeded_noise.SeededGaussianSumQuery`), the same noise at the same step.
     """
     from tensorflow_privacy import DPKerasAdamOptimizer
@@ -207,38 +221,39 @@ def train_dp(
     on_epoch: Callable[[dict], None] | None = None,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
-    seeded_noise: bool = False,
+    reproducible_noise: bool = False,
 ) -> list[dict]:
     """Train ``model`` with DP-SGD (Adam) on an endlessly repeating dataset of full batches; return
     one row per epoch (train/val loss and accuracy, seconds).
 
     ``engine="optimizer"`` compiles the model with TensorFlow Privacy's DPKerasAdamOptimizer and runs
     ``model.fit``, as the post does; ``engine="fast"``, ``"fast-exact"`` and ``"fast-lite"`` run the
-    package's loop with the engine of `fast_dp` (same aggregation, same Adam; noise seeded by
-    ``seed`` and the step; ``fast`` and ``fast-exact`` sum the clipped gradients through the batch
-    statistics, ``fast-exact`` without sampling). All
-    draw ``steps_per_epoch`` batches per epoch from one iterator.
+    package's loop with the engine of `fast_dp` (same aggregation, same Adam; ``fast`` and
+    ``fast-exact`` sum the clipped gradients through the batch statistics, ``fast-exact`` without
+    sampling). All draw ``steps_per_epoch`` batches per epoch from one iterator, and every engine
+    draws its noise from `noise_key` and the step (the optimizer through
+    `seeded_noise.SeededGaussianSumQuery`): a secret key by default, so two runs of one seed add
+    different noise; ``reproducible_noise`` makes the key the seed, so that runs repeat exactly and
+    engines can be compared on the same noise.
 
-    ``checkpoint_dir``: per-epoch checkpoints there, and resume from the last one. The fast engines
-    then repeat an uninterrupted run exactly; the optimizer engine (Keras ``BackupAndRestore``)
-    resumes at the epoch but restarts its data iterator (and its noise stream, unless seeded).
-
-    ``seeded_noise`` (engine ``optimizer``; the fast engines always are): draw the noise from
-    ``seed`` and the step as the fast engines do (`dp_optimizer`'s ``noise_seed``), so that runs of
-    different engines from the same seed add the same noise at every step.
+    ``checkpoint_dir``: per-epoch checkpoints there, and resume from the last one. With reproducible
+    noise the fast engines then repeat an uninterrupted run exactly; the optimizer engine (Keras
+    ``BackupAndRestore``) resumes at the epoch but restarts its data iterator. A resumed run with
+    secret noise draws a fresh key.
     """
     if epochs < 1 or steps_per_epoch < 1:
         raise UsageError(f"epochs and steps per epoch must be at least 1, got {epochs} and {steps_per_epoch}.")
+    key = noise_key(seed, reproducible_noise)  # never stored: not in the model, the optimizer or a file
     if engine in _FAST_ENGINES:
         optimizer = keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate)
         return training.fit(
             model, training.CLASSIFY, train_ds, epochs=epochs, val_ds=val_ds, steps_per_epoch=steps_per_epoch,
             optimizer=optimizer, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,
-            gradients=fast_engine_gradients(engine, model, settings, optimizer.iterations, seed),
+            gradients=fast_engine_gradients(engine, model, settings, optimizer.iterations, key),
         )
     guarantee(engine, "batch")  # refuses an unknown engine
     model.compile(
-        optimizer=dp_optimizer(settings, noise_seed=seed if seeded_noise else None),
+        optimizer=dp_optimizer(settings, noise_seed=key),
         loss=keras.losses.SparseCategoricalCrossentropy(reduction=keras.losses.Reduction.NONE),
         metrics=["sparse_categorical_accuracy"],
     )

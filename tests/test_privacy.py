@@ -43,7 +43,7 @@ def test_seeded_optimizer_engine_follows_the_fast_engine_where_no_layer_mixes_ex
         ])
         start = np.concatenate([w.numpy().ravel() for w in model.trainable_weights])
         train_dp(model, DPSettings(noise_multiplier=0.7, batch_size=8), _random_batches(3, 8), epochs=1,
-                 steps_per_epoch=3, engine=engine, seed=4, seeded_noise=True)
+                 steps_per_epoch=3, engine=engine, seed=4, reproducible_noise=True)
         return start, np.concatenate([w.numpy().ravel() for w in model.trainable_weights])
 
     start, fast = trained("fast")
@@ -61,7 +61,8 @@ def test_fast_exact_engine_is_the_fast_engine_without_sampling():
         tf.keras.utils.set_random_seed(0)
         model = build_complete_model()
         if engine:
-            train_dp(model, settings, _random_batches(1, 8), epochs=1, steps_per_epoch=1, engine=engine)
+            train_dp(model, settings, _random_batches(1, 8), epochs=1, steps_per_epoch=1, engine=engine,
+                     reproducible_noise=True)  # noise from seed 0, as the reference below
         else:
             optimizer = tf.keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate)
             training.fit(model, training.CLASSIFY, _random_batches(1, 8), epochs=1, steps_per_epoch=1,
@@ -168,7 +169,7 @@ def test_optimizer_engine_resumes_from_its_last_epoch(tmp_path, monkeypatch):
         tf.keras.utils.set_random_seed(0)
         model = build_complete_model()
         rows = train_dp(model, settings, batches, epochs=3, steps_per_epoch=1, engine="optimizer",
-                        checkpoint_dir=checkpoint_dir, seed=3, seeded_noise=True)
+                        checkpoint_dir=checkpoint_dir, seed=3, reproducible_noise=True)
         return rows, np.concatenate([w.numpy().ravel() for w in model.weights])
 
     uninterrupted_rows, uninterrupted = run(None)
@@ -182,3 +183,28 @@ def test_optimizer_engine_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     assert rows[0] == first_rows[0]  # epoch 1 was not trained again
     assert np.linalg.norm(resumed - uninterrupted) < 1e-3 * np.linalg.norm(uninterrupted)
     assert rows[-1]["train_loss"] == pytest.approx(uninterrupted_rows[-1]["train_loss"], rel=1e-4)
+
+
+def _dp_weights(seed: int, reproducible: bool, checkpoint_dir=None) -> np.ndarray:
+    training.set_seed(seed, deterministic=True)
+    model = build_complete_model()
+    settings = DPSettings(noise_multiplier=1.0, batch_size=8)
+    train_dp(model, settings, _random_batches(2, batch_size=8), epochs=1, steps_per_epoch=2, seed=seed,
+             reproducible_noise=reproducible, checkpoint_dir=checkpoint_dir)
+    return np.concatenate([w.numpy().ravel() for w in model.trainable_weights])
+
+
+def test_default_noise_is_secret_and_reproducible_noise_repeats(tmp_path, monkeypatch):
+    # two runs of one seed: secret keys differ, so do the weights; reproducible noise repeats exactly
+    assert not np.array_equal(_dp_weights(2, reproducible=False), _dp_weights(2, reproducible=False))
+    np.testing.assert_array_equal(_dp_weights(2, reproducible=True), _dp_weights(2, reproducible=True))
+    # the key is in no file the training writes (here its checkpoints); a known key is planted to look for it
+    key = 0x5EC2E7_0DD_BA11
+    monkeypatch.setattr(privacy.secrets, "randbits", lambda bits: key)
+    folder = tmp_path / "checkpoints"
+    _dp_weights(2, reproducible=False, checkpoint_dir=folder)
+    patterns = [str(key).encode(), key.to_bytes(8, "little"), key.to_bytes(8, "big"), hex(key).encode()]
+    written = [path for path in folder.rglob("*") if path.is_file()]
+    assert written and not [p for p in written if any(pattern in p.read_bytes() for pattern in patterns)]
+    assert "never written" in privacy.guarantee("fast", "batch") and "optimizer" in privacy.ENGINES
+    assert "no differential privacy" in privacy.guarantee("optimizer", "batch", reproducible_noise=True)

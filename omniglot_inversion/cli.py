@@ -229,6 +229,13 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     print(f"written: {Path(out) / EVALUATION}, {Path(out) / REPORT} and figures")
 
 
+def _run_membership(args: argparse.Namespace) -> None:
+    from omniglot_inversion.membership_run import FIGURE, RESULT, run_membership
+
+    run_membership(args.runs, args.out, data_dir=args.data_dir, seed=args.seed, limit=args.limit)
+    print(f"written: {args.out / RESULT}, {args.out / FIGURE}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``omniglot-inversion`` command."""
     parser = argparse.ArgumentParser(
@@ -317,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=0, help="seed of the attacks, the bootstrap and the shuffled baseline")
     _add_attack_options(sub)
     sub.set_defaults(handler=_run_evaluate)
+
+    text = ("membership inference on the complete targets of Part 1 / Part 2 run folders: loss-threshold attack, "
+            "AUC, advantage, TPR at low FPR, empirical epsilon lower bound next to the accountant's")
+    sub = commands.add_parser("membership", help=text, description=text)
+    sub.add_argument("runs", nargs="+", type=Path, help="run folders (Part 1 and/or Part 2)")
+    sub.add_argument("--out", required=True, type=Path, help="folder for membership.json and membership_roc.png")
+    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
+    sub.add_argument("--limit", type=_positive_int, help="at most N members and N non-members (smoke runs)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the member sample and the bootstrap")
+    sub.set_defaults(handler=_run_membership)
     return parser
 
 

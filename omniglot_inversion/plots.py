@@ -102,3 +102,23 @@ def save_privacy_utility(results: list[dict], path: str | os.PathLike) -> None:
         axis.set_xticks(xs)
         axis.set_xticklabels(["no DP" if r["epsilon"] is None else f"{r['epsilon']:.3g}" for r in ordered], fontsize=7)
     _save(figure, path)
+
+
+def save_roc_curves(curves: dict[str, dict], path: str | os.PathLike) -> None:
+    """Membership-inference ROC curves (``{"fpr": [...], "tpr": [...]}`` per target) on log-log
+    axes, where the low false-positive rates that matter are visible; chance is the diagonal."""
+    figure = Figure(figsize=(5, 4.5))
+    axis = figure.subplots()
+    floor = 1e-4
+    for label, curve in curves.items():
+        axis.plot(np.maximum(curve["fpr"], floor), np.maximum(curve["tpr"], floor), label=label)
+    axis.plot([floor, 1.0], [floor, 1.0], "k:", label="chance")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlim(floor, 1.0)
+    axis.set_ylim(floor, 1.0)
+    axis.set_xlabel("false positive rate (non-members called members)")
+    axis.set_ylabel("true positive rate")
+    axis.set_title("Membership inference, loss threshold", fontsize=10)
+    axis.legend(fontsize=7)
+    _save(figure, path)

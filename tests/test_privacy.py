@@ -123,6 +123,14 @@ def test_part2_quick_command_writes_every_output(tmp_path, data_dir, capsys):
     assert (evaluation_out / evaluated["privacy_utility_figures"]["decoder"]).stat().st_size > 5_000
     report = (evaluation_out / "report.md").read_text()
     assert f"| noise 0.7 | {metrics['noise_levels']['0.7']['epsilon']:.2f} |" in report
+    # the membership audit finds each level's complete DP model and sets it next to its epsilon
+    audit_out = tmp_path / "audit"
+    assert cli.main(["membership", str(out), "--out", str(audit_out), "--data-dir", data_dir, "--limit", "40"]) == 0
+    audited = json.loads((audit_out / "membership.json").read_text())
+    assert [row["target"] for row in audited["rows"]] == ["noise 0.7", "noise 0.3"]
+    for row in audited["rows"]:
+        assert row["accountant_epsilon"] == metrics["noise_levels"][row["target"].removeprefix("noise ")]["epsilon"]
+        assert row["members"] == row["non_members"] == 40 and row["empirical_epsilon"]["delta"] == 1e-5
     # the intercepted file of a DP run feeds the standalone attack command
     attack_out = tmp_path / "attack"
     code = cli.main(["attack", "--quick", "--intercepted", str(out / "noise_0.7" / runs.MOBILE_STAGE),

@@ -1,10 +1,30 @@
-"""omniglot-inversion: a model inversion attack on a split network, and DP-SGD as a defence.
+"""omniglot-inversion: model inversion attacks on a split network's code, and what protects it.
 
 A TensorFlow 2 port of "Hacking deep learning: model inversion attack by example" (RStudio AI
-Blog, 2020). Public API: the models, the data splits, the training loops and the run pipelines.
+Blog, 2020), grown into a suite: the post's decoder and He et al.'s white-box and hybrid attacks,
+measured against baselines; DP-SGD with its epsilon and a membership-inference audit.
+
+Public API: the models, interception, the attacks, the scores, the privacy accounting and audit.
 """
 
+from omniglot_inversion.accounting import compute_dp_sgd_privacy, epsilon_table
+from omniglot_inversion.assessment import assess
+from omniglot_inversion.attacks import (
+    DecoderAttack,
+    HybridAttack,
+    InversionAttack,
+    WhiteboxAttack,
+    code_error,
+    load_surrogate,
+)
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.evaluation import per_image_scores, reidentification, score
+from omniglot_inversion.interception import load_intercepted
+from omniglot_inversion.membership import audit as membership_audit
 from omniglot_inversion.models import AttackModel, TargetModel, build_complete_model
 
-__all__ = ["AttackModel", "TargetModel", "UsageError", "build_complete_model"]
+__all__ = [
+    "AttackModel", "DecoderAttack", "HybridAttack", "InversionAttack", "TargetModel", "UsageError", "WhiteboxAttack",
+    "assess", "build_complete_model", "code_error", "compute_dp_sgd_privacy", "epsilon_table", "load_intercepted",
+    "load_surrogate", "membership_audit", "per_image_scores", "reidentification", "score",
+]

@@ -132,3 +132,12 @@ def format_table(rows: list[dict]) -> str:
              for line in (header, *body)]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def compute_dp_sgd_privacy(n: int, batch_size: int, noise_multiplier: float, epochs: float, delta: float) -> dict:
+    """The post's call, ``compute_dp_sgd_privacy(n, batch_size, noise_multiplier, epochs, delta)``,
+    answered with both accountings: one row of `epsilon_table` (``epsilon`` as TensorFlow Privacy
+    0.9.0 computes it, ``epsilon_2020`` as the post's TensorFlow Privacy did, their RDP orders,
+    ``steps``). Both assume Poisson sampling (`POISSON_CAVEAT`)."""
+    (row,) = epsilon_table([noise_multiplier], n=n, batch_size=batch_size, epochs=epochs, delta=delta)
+    return row

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -218,6 +219,8 @@ def omniglot_builder(data_dir: str | os.PathLike | None = None) -> tfds.core.Dat
     archives = check_archive_dir(archive_dir)
     builder = OfflineOmniglot(archives=archives, data_dir=os.fspath(default_cache_dir()))
     if not builder.is_prepared():
+        if not sys.stderr.isatty():  # tfds's bars redraw per file: tens of thousands of lines in a log
+            tfds.disable_progress_bar()
         with tempfile.TemporaryDirectory(prefix="omniglot-extract-") as scratch:
             builder.download_and_prepare(
                 download_dir=scratch,

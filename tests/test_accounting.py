@@ -55,3 +55,11 @@ def test_statement_gives_the_numbers_readme_quotes():
     once_per_epoch = float(re.search(r"once per epoch:\s+([\d.]+)", text).group(1))
     poisson = float(re.search(r"Poisson sampling \(\*\):\s+([\d.]+)", text).group(1))
     assert (round(once_per_epoch, 1), round(poisson, 1)) == (141.0, 45.6)
+
+
+def test_the_posts_call_answers_with_both_accountings():
+    import omniglot_inversion
+
+    row = omniglot_inversion.compute_dp_sgd_privacy(13_180, 32, 0.7, 20, 1e-5)
+    assert (round(row["epsilon"], 2), round(row["epsilon_2020"], 2), row["steps"]) == (3.39, 4.02, 8238)
+    assert omniglot_inversion.epsilon_table([0.7])[0] == row

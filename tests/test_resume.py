@@ -18,8 +18,8 @@ import pytest
 from omniglot_inversion import attack_run, cli, runs
 from omniglot_inversion.checkpoints import STATE
 
-PART1 = ["part1", "--quick", "--epochs", "10", "--attacker-epochs", "3", "--seed", "4"]
-PART2 = ["part2", "--quick", "--noise", "0.7", "0.5", "--epochs", "4", "--steps-per-epoch", "6",
+PART1 = ["part1", "--quick", "--epochs", "6", "--attacker-epochs", "3", "--seed", "4"]
+PART2 = ["part2", "--quick", "--noise", "0.7", "0.5", "--epochs", "3", "--steps-per-epoch", "6",
          "--attacker-epochs", "2", "--seed", "4", "--reproducible-noise"]  # a secret key differs per process
 
 

@@ -34,6 +34,9 @@ ALPHABET_FIGURE = "alphabets.png"
 ATTACKER_WEIGHTS = "attacker_weights.h5"
 CHECKPOINTS = "checkpoints"
 NUM_SHOWN = 16
+# --quick: the first images of the surrogate set and of small2
+QUICK_SURROGATE_IMAGES = 256
+QUICK_TEST_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -173,9 +176,9 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
         log(f"{spec.label}: done before, kept ({folder / RECONSTRUCTIONS})")
         reconstructions = load_reconstructions(folder)
         run = {key: done[key] for key in ("options", "pretrained_decoder", "seconds")}
-    else:
-        reconstructions, run = _invert(target, spec, test, folder, surrogate, pretrained, pretrained_name, log)
     codes = attacks.query(attacks.stage_function(target), test.images)
+    if done is None:
+        reconstructions, run = _invert(target, spec, codes, test, folder, surrogate, pretrained, pretrained_name, log)
     code_errors = attacks.code_error(target, reconstructions, codes, surrogate.images.mean(axis=0))
     seen = np.isin(test.alphabets, surrogate.alphabets)
     shown = min(NUM_SHOWN, len(test.images))
@@ -193,12 +196,11 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
     return result
 
 
-def _invert(target, spec, test, folder, surrogate, pretrained, pretrained_name, log) -> tuple[np.ndarray, dict]:
-    """The attack itself: prepare on the surrogate images, invert the test codes, save the
-    reconstructions (and a decoder trained here); checkpoints are removed once all is saved."""
+def _invert(target, spec, codes, test, folder, surrogate, pretrained, pretrained_name, log) -> tuple[np.ndarray, dict]:
+    """The attack itself: prepare on the surrogate images, invert the test images' ``codes``, save
+    the reconstructions (and a decoder trained here); checkpoints are removed once all is saved."""
     _keep_matching_checkpoints(folder, spec)
     attack = _build(spec, folder, pretrained, log)
-    codes = attacks.query(attacks.stage_function(target), test.images)
     started = time.perf_counter()
     attack.prepare(target, surrogate.images)
     prepared = time.perf_counter()

@@ -164,23 +164,30 @@ def _run_epsilon(args: argparse.Namespace) -> None:
         print(f"written: {args.out / 'epsilon.json'}, {args.out / 'epsilon.csv'}")
 
 
-def _attack_spec(args: argparse.Namespace, method: str, surrogate: str):
-    from omniglot_inversion.attack_run import AttackSpec
+def _attack_settings(args: argparse.Namespace) -> dict:
+    """The `attack_run.AttackSpec` fields that `attack` and `evaluate` take from their options."""
+    from omniglot_inversion.attack_run import QUICK_SURROGATE_IMAGES
 
-    return AttackSpec(method=method, surrogate=surrogate, epochs=args.attacker_epochs,
-                      iterations=args.iterations, tv_weight=args.tv_weight, learning_rate=args.learning_rate,
-                      start=args.start, seed=args.seed, surrogate_limit=256 if args.quick else None)
+    return dict(epochs=args.attacker_epochs, iterations=args.iterations, tv_weight=args.tv_weight,
+                learning_rate=args.learning_rate, start=args.start, seed=args.seed,
+                surrogate_limit=QUICK_SURROGATE_IMAGES if args.quick else None)
+
+
+def _test_limit(args: argparse.Namespace) -> int | None:
+    from omniglot_inversion.attack_run import QUICK_TEST_IMAGES
+
+    return args.limit or (QUICK_TEST_IMAGES if args.quick else None)
 
 
 def _run_attack(args: argparse.Namespace) -> None:
     from omniglot_inversion import attack_run, data
     from omniglot_inversion.interception import load_intercepted
 
-    spec = _attack_spec(args, args.method, args.surrogate)
+    spec = attack_run.AttackSpec(method=args.method, surrogate=args.surrogate, **_attack_settings(args))
     target = load_intercepted(args.intercepted)
     data.check_data_source(args.data_dir)
     attack_run.prepare_folder(args.out, overwrite=args.overwrite, resume=args.resume)
-    test = attack_run.load_test_set(args.data_dir, limit=args.limit or (64 if args.quick else None))
+    test = attack_run.load_test_set(args.data_dir, limit=_test_limit(args))
     result = attack_run.run_attack(target, spec, test, args.out, data_dir=args.data_dir,
                                    title=f"{spec.label} attack on {args.intercepted.name}")
     print(attack_run.summary_line(result))
@@ -220,12 +227,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     for label in args.attacks:
         attack_run.parse_label(label)  # refuse an unknown attack before anything runs
     out = args.out or args.runs[0]
-    settings = dict(iterations=args.iterations, tv_weight=args.tv_weight, learning_rate=args.learning_rate,
-                    start=args.start, seed=args.seed, surrogate_limit=256 if args.quick else None)
-    if args.attacker_epochs is not None:
-        settings["epochs"] = args.attacker_epochs
-    evaluate_runs(args.runs, out, data_dir=args.data_dir, attacks=tuple(args.attacks), settings=settings,
-                  disjoint=args.disjoint, limit=args.limit or (64 if args.quick else None))
+    evaluate_runs(args.runs, out, data_dir=args.data_dir, attacks=tuple(args.attacks), settings=_attack_settings(args),
+                  disjoint=args.disjoint, limit=_test_limit(args))
     print(f"written: {Path(out) / EVALUATION}, {Path(out) / REPORT} and figures")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from omniglot_inversion import attack_run, evaluation, plots, runs
 from omniglot_inversion.assessment import VERDICT_METRICS
+from omniglot_inversion.attacks import load_surrogate
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
 from omniglot_inversion.interception import load_intercepted
@@ -107,7 +108,7 @@ def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, d
     targets = [target for folder in folders for target in find_targets(folder)]
     test = load_test_set(data_dir, limit=limit)
     if disjoint:
-        small1 = attack_run.attacks.load_surrogate("small1", data_dir)
+        small1 = load_surrogate("small1", data_dir)
         test = test.subset(~np.isin(test.alphabets, small1.alphabets))
     if len(test.images) < 2:
         raise UsageError("The test set holds fewer than 2 images; raise --limit.")

@@ -18,11 +18,11 @@ import tensorflow as tf
 from omniglot_inversion import data, membership, plots, runs
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import read_json, write_json
-from omniglot_inversion.models import TargetModel, build_complete_model
+from omniglot_inversion.models import build_complete_model
+from omniglot_inversion.part2 import DP_WEIGHTS
 
 RESULT = "membership.json"
 FIGURE = "membership_roc.png"
-DP_WEIGHTS = "dp_model_weights.h5"
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,9 @@ def find_audit_targets(folder: str | os.PathLike) -> list[AuditTarget]:
 
 def losses(model: tf.keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Per-record cross-entropy of ``model`` in inference mode."""
-    call = model.call if isinstance(model, TargetModel) else model
     return np.concatenate([
         tf.keras.losses.sparse_categorical_crossentropy(labels[i:i + batch_size],
-                                                        call(images[i:i + batch_size], training=False)).numpy()
+                                                        model(images[i:i + batch_size], training=False)).numpy()
         for i in range(0, len(images), batch_size)])
 
 

@@ -37,9 +37,9 @@ from omniglot_inversion.runs import (
     Log,
     RunConfig,
     attacker_checkpoint,
-    discard_replaced,
     prepare_run_folder,
     recorded_state,
+    save_step_metrics,
     test_attacker,
     train_attacker,
 )
@@ -231,8 +231,7 @@ def _run_levels(config: Part2Config, out: Path, table: list[dict], jobs: int, lo
     if workers < 2:
         for noise, key in pending:
             levels[key] = run_level(config, out, noise, levels[key], log)
-            write_json(out / METRICS, metrics)
-            discard_replaced(out)
+            save_step_metrics(out, metrics)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     log(f"{len(pending)} noise levels, {workers} at a time, {threads} thread(s) each")
@@ -242,5 +241,4 @@ def _run_levels(config: Part2Config, out: Path, table: list[dict], jobs: int, lo
                                functools.partial(_prefixed_print, f"[noise {key}] ")): key for noise, key in pending}
         for future in as_completed(futures):
             levels[futures[future]] = future.result()
-            write_json(out / METRICS, metrics)
-            discard_replaced(out)
+            save_step_metrics(out, metrics)

@@ -19,14 +19,9 @@ def save_reconstruction_grid(
     with an optional caption under each reconstruction (per-image scores)."""
     count = len(originals)
     figure = Figure(figsize=(0.9 * count, 2.3))
-    axes = figure.subplots(2, count, squeeze=False)
-    for column in range(count):
-        for row, images in enumerate((originals, np.clip(reconstructions, 0.0, 1.0))):
-            axis = axes[row, column]
-            axis.imshow(images[column, ..., 0], cmap="gray", vmin=0.0, vmax=1.0)
-            axis.set_xticks([])
-            axis.set_yticks([])
-        if captions is not None:
+    axes = _image_rows(figure, [originals, reconstructions])
+    if captions is not None:
+        for column in range(count):
             axes[1, column].set_xlabel(captions[column], fontsize=6)
     axes[0, 0].set_ylabel("original", fontsize=8)
     axes[1, 0].set_ylabel("attack", fontsize=8)
@@ -37,19 +32,25 @@ def save_reconstruction_grid(
 def save_attack_rows(originals: np.ndarray, reconstructions: list[np.ndarray], labels: list[str],
                      path: str | os.PathLike, title: str) -> None:
     """Originals in the top row, then one row of reconstructions per attack (clipped to [0, 1])."""
-    rows = [originals, *(np.clip(images, 0.0, 1.0) for images in reconstructions)]
-    count = len(originals)
-    figure = Figure(figsize=(0.9 * count + 0.6, 0.95 * len(rows) + 0.4))
-    axes = figure.subplots(len(rows), count, squeeze=False)
-    for row, images in enumerate(rows):
-        for column in range(count):
-            axis = axes[row, column]
-            axis.imshow(images[column, ..., 0], cmap="gray", vmin=0.0, vmax=1.0)
-            axis.set_xticks([])
-            axis.set_yticks([])
-        axes[row, 0].set_ylabel(["original", *labels][row], fontsize=7)
+    rows = [originals, *reconstructions]
+    figure = Figure(figsize=(0.9 * len(originals) + 0.6, 0.95 * len(rows) + 0.4))
+    axes = _image_rows(figure, rows)
+    for row, label in enumerate(["original", *labels]):
+        axes[row, 0].set_ylabel(label, fontsize=7)
     figure.suptitle(title, fontsize=10)
     _save(figure, path)
+
+
+def _image_rows(figure, rows: list[np.ndarray]) -> np.ndarray:
+    """A grid of axes, one row per image set (n, 105, 105, 1), drawn in gray on [0, 1] (clipped),
+    without ticks; returns the axes."""
+    axes = figure.subplots(len(rows), len(rows[0]), squeeze=False)
+    for row, images in enumerate(rows):
+        for column, axis in enumerate(axes[row]):
+            axis.imshow(np.clip(images[column, ..., 0], 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0)
+            axis.set_xticks([])
+            axis.set_yticks([])
+    return axes
 
 
 def _save(figure, path: str | os.PathLike) -> None:

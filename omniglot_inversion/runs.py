@@ -94,8 +94,7 @@ def _update_metrics(out: Path, section: str, values, config) -> dict:
     metrics["config"] = dataclasses.asdict(config)
     metrics["versions"] = versions()
     metrics[section] = values
-    write_json(out / METRICS, metrics)
-    discard_replaced(out)
+    save_step_metrics(out, metrics)
     return metrics
 
 
@@ -159,7 +158,7 @@ def prepare_run_folder(out: str | os.PathLike, config, *, overwrite: bool = Fals
 
 def _set_aside(out: Path) -> None:
     """Move every file of the run in ``out`` into ``out/.replaced``, where it stays until the new
-    run records its first step (`discard_replaced`): no step of the old run is reused, and a new
+    run records its first step (`save_step_metrics`): no step of the old run is reused, and a new
     run that fails at once loses nothing."""
     shutil.rmtree(out / REPLACED, ignore_errors=True)
     entries = [entry for entry in out.iterdir() if entry.name != REPLACED]
@@ -169,12 +168,11 @@ def _set_aside(out: Path) -> None:
             entry.rename(out / REPLACED / entry.name)
 
 
-def discard_replaced(out: Path) -> None:
-    """Delete the files of the run that ``--overwrite`` replaced, once the new run has a step."""
+def save_step_metrics(out: Path, metrics: dict) -> None:
+    """Write ``metrics.json`` holding a newly finished step; the files of the run ``--overwrite``
+    set aside then go (`_set_aside`), since the new run has a step of its own."""
+    write_json(out / METRICS, metrics)
     shutil.rmtree(out / REPLACED, ignore_errors=True)
-
-
-STATES = ("running", "finished", "failed", "interrupted")
 
 
 @contextlib.contextmanager

@@ -169,8 +169,12 @@ def train_attacker(
     return fit(attacker, RECONSTRUCT, pairs, epochs=epochs, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir)
 
 
+def decode(attacker: keras.Model, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The attacker's images for ``codes``, in batches, clipped to [0, 1] (float32)."""
+    guesses = np.concatenate([attacker(codes[i:i + batch_size]).numpy() for i in range(0, len(codes), batch_size)])
+    return np.clip(guesses, 0.0, 1.0).astype(np.float32)
+
+
 def reconstruct(attacker: keras.Model, mobile_step: Callable, images: np.ndarray) -> np.ndarray:
     """The attacker's guesses of ``images`` from their intercepted codes, clipped to [0, 1]."""
-    codes = query_codes(mobile_step, images)
-    guesses = np.concatenate([attacker(codes[i:i + 256]).numpy() for i in range(0, len(codes), 256)])
-    return np.clip(guesses, 0.0, 1.0)
+    return decode(attacker, query_codes(mobile_step, images))

@@ -14,29 +14,30 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from omniglot_inversion.data import check_images
+from omniglot_inversion import training
 
-Stage = Callable[[tf.Tensor], tf.Tensor]
+# images -> codes; accepts and ignores ``training``, so it can stand where a ``mobile_step`` does
+Stage = Callable[..., tf.Tensor]
 BATCH = 256
 
 
 def stage_function(target) -> Stage:
-    """The on-device stage of ``target`` as a function images -> codes in inference mode.
+    """The on-device stage of ``target`` as a function images -> codes, always in inference mode
+    (as the device answers; a ``training`` argument is accepted and ignored).
 
     ``target`` is what `interception.load_intercepted` returns (a `TargetModel`: its
     ``mobile_step``) or any Keras model whose output is the code.
     """
     if hasattr(target, "mobile_step"):
-        return lambda images: target.mobile_step(images, training=False)
+        return lambda images, training=None: target.mobile_step(images, training=False)
     if isinstance(target, tf.keras.Model):
-        return lambda images: target(images, training=False)
+        return lambda images, training=None: target(images, training=False)
     raise TypeError(f"expected a TargetModel or a Keras model as the on-device stage, got {type(target).__name__}")
 
 
 def query(stage: Stage, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
-    """The codes the device returns for ``images``, in batches."""
-    images = check_images(images)
-    return np.concatenate([np.asarray(stage(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+    """The codes the device returns for ``images``, in batches (`training.query_codes`)."""
+    return training.query_codes(stage, images, batch_size)
 
 
 class InversionAttack(abc.ABC):

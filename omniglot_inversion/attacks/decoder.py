@@ -37,13 +37,11 @@ class DecoderAttack(InversionAttack):
             return
         training.set_seed(self.seed, deterministic=True)
         self.attacker = AttackModel()
-        stage = stage_function(target)
         self.history = training.train_attacker(
-            self.attacker, lambda images, training=None: stage(images), surrogate_images, epochs=self.epochs,
+            self.attacker, stage_function(target), surrogate_images, epochs=self.epochs,
             batch_size=self.batch_size, on_epoch=self._on_epoch, checkpoint_dir=self._checkpoint_dir)
 
     def invert(self, codes: np.ndarray) -> np.ndarray:
         if self.attacker is None:
             raise RuntimeError("DecoderAttack.invert needs prepare() first (or an attacker)")
-        guesses = np.concatenate([self.attacker(codes[i:i + BATCH]).numpy() for i in range(0, len(codes), BATCH)])
-        return np.clip(guesses, 0.0, 1.0).astype(np.float32)
+        return training.decode(self.attacker, codes, BATCH)

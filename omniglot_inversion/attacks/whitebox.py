@@ -110,7 +110,6 @@ class WhiteboxAttack(InversionAttack):
         self._log = log
         self._search: CodeSearch | None = None
         self._start_image: np.ndarray | None = None
-        self.seconds = 0.0
 
     def options(self) -> dict:
         return {"iterations": self.iterations, "tv_weight": self.tv_weight, "learning_rate": self.learning_rate,
@@ -144,7 +143,6 @@ class WhiteboxAttack(InversionAttack):
             if self._log is not None:
                 self._log(f"{self.name}: {min(first + self.batch_size, len(codes))}/{len(codes)} images inverted "
                           f"({time.perf_counter() - started:.0f} s)")
-        self.seconds = time.perf_counter() - started
         return np.clip(np.concatenate(results), 0.0, 1.0).astype(np.float32)
 
     def _batch_path(self, first: int) -> Path | None:

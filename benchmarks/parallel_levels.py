@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def _worker(threads: int, steps: int, start, results) -> None:
     """Build the model and a fast DP step with ``threads`` threads (as a `part2 --jobs` worker),
     warm up, wait for ``start``, then time ``steps`` steps; put the seconds on ``results``."""
-    from omniglot_inversion.part2 import limit_threads
+    from omniglot_inversion.jobs import limit_threads
 
     limit_threads(threads)
     import tensorflow as tf

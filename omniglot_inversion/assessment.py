@@ -32,6 +32,18 @@ class TestSet:
     def subset(self, keep: np.ndarray) -> TestSet:
         return TestSet(self.images[keep], self.alphabets[keep], self.characters[keep], self.names)
 
+    def balanced(self, count: int) -> TestSet:
+        """A fixed subset of about ``count`` images, the same number from each alphabet (evenly
+        spaced within it), in the set's order."""
+        names = np.unique(self.alphabets)
+        each = max(1, count // len(names))
+        keep = []
+        for alphabet in names:
+            members = np.flatnonzero(self.alphabets == alphabet)
+            spaced = np.linspace(0, len(members) - 1, min(each, len(members))).round().astype(int)
+            keep.append(members[np.unique(spaced)])
+        return self.subset(np.sort(np.concatenate(keep)))
+
 
 def _groups(per_image: dict, seen: np.ndarray, seed: int) -> dict:
     return {"seen" if key else "unseen": value for key, value in evaluation.by_group(per_image, seen, seed).items()}

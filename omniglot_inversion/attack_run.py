@@ -33,6 +33,7 @@ FIGURE = "attack.png"
 ALPHABET_FIGURE = "alphabets.png"
 ATTACKER_WEIGHTS = "attacker_weights.h5"
 CHECKPOINTS = "checkpoints"
+CODES = "codes.npy"
 NUM_SHOWN = 16
 # --quick: the first images of the surrogate set and of small2
 QUICK_SURROGATE_IMAGES = 256
@@ -176,7 +177,9 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
         log(f"{spec.label}: done before, kept ({folder / RECONSTRUCTIONS})")
         reconstructions = load_reconstructions(folder)
         run = {key: done[key] for key in ("options", "pretrained_decoder", "seconds")}
-    codes = attacks.query(attacks.stage_function(target), test.images)
+    else:
+        _keep_matching_checkpoints(folder, spec)
+    codes = _intercepted_codes(target, test, folder, done is not None)
     if done is None:
         reconstructions, run = _invert(target, spec, codes, test, folder, surrogate, pretrained, pretrained_name, log)
     code_errors = attacks.code_error(target, reconstructions, codes, surrogate.images.mean(axis=0))
@@ -188,7 +191,8 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
     plots.save_alphabet_bars(metrics["per_alphabet"], {test.names[a] for a in np.unique(test.alphabets[seen])},
                              folder / ALPHABET_FIGURE, spec.label)
     result = {
-        "method": spec.method, "surrogate": spec.surrogate, "label": spec.label, "spec": spec.record(), **run,
+        "method": spec.method, "surrogate": spec.surrogate, "label": spec.label, "spec": spec.record(),
+        "defence": attacks.defence_of(target).config(), **run,
         "num_images": len(test.images), "num_surrogate_images": len(surrogate.images), "metrics": metrics,
         "figures": {"reconstructions": FIGURE, "alphabets": ALPHABET_FIGURE},
     }
@@ -196,10 +200,29 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
     return result
 
 
+def _intercepted_codes(target, test: TestSet, folder: Path, finished_before: bool) -> np.ndarray:
+    """The codes the device sent for the test images, queried once per attack and kept with it: a
+    defended device answers at random, and a resumed or rescored attack must see the same codes."""
+    if finished_before:
+        with np.load(folder / RECONSTRUCTIONS) as saved:
+            if "codes" in saved.files:
+                return saved["codes"]
+    path = folder / CHECKPOINTS / CODES
+    if not finished_before and path.exists():
+        codes = np.load(path)
+        if len(codes) == len(test.images):
+            return codes
+    codes = attacks.query(attacks.stage_function(target), test.images)
+    if not finished_before:
+        with atomic_path(path) as tmp:
+            np.save(tmp, codes)
+    return codes
+
+
 def _invert(target, spec, codes, test, folder, surrogate, pretrained, pretrained_name, log) -> tuple[np.ndarray, dict]:
     """The attack itself: prepare on the surrogate images, invert the test images' ``codes``, save
-    the reconstructions (and a decoder trained here); checkpoints are removed once all is saved."""
-    _keep_matching_checkpoints(folder, spec)
+    the reconstructions with the codes (and a decoder trained here); checkpoints are removed once
+    all is saved."""
     attack = _build(spec, folder, pretrained, log)
     started = time.perf_counter()
     attack.prepare(target, surrogate.images)
@@ -207,7 +230,8 @@ def _invert(target, spec, codes, test, folder, surrogate, pretrained, pretrained
     reconstructions = attack.invert(codes)
     inverted = time.perf_counter()
     with atomic_path(folder / RECONSTRUCTIONS) as tmp:
-        np.savez_compressed(tmp, originals=test.images, reconstructions=reconstructions, alphabets=test.alphabets)
+        np.savez_compressed(tmp, originals=test.images, reconstructions=reconstructions, alphabets=test.alphabets,
+                            codes=codes)
     decoder = getattr(attack, "decoder", attack)
     if isinstance(decoder, attacks.DecoderAttack) and decoder.history:
         with atomic_path(folder / ATTACKER_WEIGHTS) as tmp:

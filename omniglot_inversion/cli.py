@@ -11,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from omniglot_inversion.attacks import METHODS, SURROGATES  # noqa: E402
+from omniglot_inversion.defences import DEFENCES  # noqa: E402
 from omniglot_inversion.errors import UsageError  # noqa: E402
 from omniglot_inversion.files import folder_lock  # noqa: E402
 from omniglot_inversion.leakage import DEFAULT_ATTACKS  # noqa: E402
@@ -32,6 +33,16 @@ def _add_part1_options(parser: argparse.ArgumentParser) -> None:
                         "statistics, dropout on); the post's loop runs it in inference mode")
 
 
+def _add_defence_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--defence", choices=list(DEFENCES), default="none",
+                        help="defence at the cut while the target trains and after: gaussian or laplace noise on "
+                        "the code, dropout on the code at inference too, nopeek (distance-correlation penalty), "
+                        "nopeek+laplace (NoPeek with Laplacian noise of relative scale 0.5) (default: none)")
+    parser.add_argument("--strength", type=float,
+                        help="the defence's strength: noise standard deviation relative to the code's (0-10], "
+                        "dropout rate (0-0.95], NoPeek weight (0-100]")
+
+
 def _part1_config(args: argparse.Namespace):
     from omniglot_inversion.runs import QUICK, Part1Config
 
@@ -40,6 +51,7 @@ def _part1_config(args: argparse.Namespace):
         if getattr(args, field, None) is not None:
             values[field] = getattr(args, field)
     return Part1Config(seed=args.seed, keras_training_mode=getattr(args, "keras_training_mode", False),
+                       defence=getattr(args, "defence", "none"), strength=getattr(args, "strength", None),
                        data_dir=args.data_dir, **values)
 
 
@@ -228,8 +240,18 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         attack_run.parse_label(label)  # refuse an unknown attack before anything runs
     out = args.out or args.runs[0]
     evaluate_runs(args.runs, out, data_dir=args.data_dir, attacks=tuple(args.attacks), settings=_attack_settings(args),
-                  disjoint=args.disjoint, limit=_test_limit(args))
+                  disjoint=args.disjoint, limit=_test_limit(args), only=tuple(args.targets))
     print(f"written: {Path(out) / EVALUATION}, {Path(out) / REPORT} and figures")
+
+
+def _run_frontier(args: argparse.Namespace) -> None:
+    from omniglot_inversion import data
+    from omniglot_inversion.frontier import FIGURE, RESULT, TABLE, FrontierConfig, run_frontier
+
+    config = FrontierConfig(quick=args.quick, seed=args.seed, data_dir=args.data_dir)
+    data.check_data_source(args.data_dir)
+    run_frontier(config, args.out, jobs=args.jobs, dp_run=args.dp_run)
+    print(f"written: {args.out / RESULT}, {args.out / TABLE}, {args.out / FIGURE}")
 
 
 def _run_membership(args: argparse.Namespace) -> None:
@@ -258,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_part1_options(sub)
         if name in ("part1", "train-target"):
             _add_run_folder_options(sub)
+            _add_defence_options(sub)
         sub.set_defaults(handler=_run_part1_step)
 
     text = "Part 2 end to end: DP-trained targets per noise level, epsilon table, interception, attacks"
@@ -321,12 +344,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--disjoint", action="store_true",
                      help="test only on small2's alphabets that small1 lacks (no image the attacker trained on)")
     sub.add_argument("--limit", type=_positive_int, help="first N small2 images only (smoke runs)")
+    sub.add_argument("--targets", nargs="+", default=[], metavar="LABEL",
+                     help="attack only the targets of these labels, e.g. 'noise 0.5' (default: every target found)")
     sub.add_argument("--quick", action="store_true", help="small sizes: 256 surrogate images, 64 test images")
     sub.add_argument("--attacker-epochs", type=_positive_int,
                      help="epochs of decoders trained here (default: 100 on small1, 20 on background)")
     sub.add_argument("--seed", type=int, default=0, help="seed of the attacks, the bootstrap and the shuffled baseline")
     _add_attack_options(sub)
     sub.set_defaults(handler=_run_evaluate)
+
+    text = ("the target trained under each defence at the cut (noise, dropout, NoPeek) and strength, DP-SGD's "
+            "targets beside them, each attacked: accuracy against leakage in frontier.json, .csv and .png")
+    sub = commands.add_parser("frontier", help=text, description=text)
+    sub.add_argument("--out", required=True, type=Path, help="sweep folder (a killed sweep resumes from it)")
+    sub.add_argument("--quick", action="store_true", help="Part 1's small sizes, 64 test images, 20 for the white-box")
+    sub.add_argument("--jobs", type=_positive_int, default=1, help="grid points trained at once (default 1)")
+    sub.add_argument("--dp-run", type=Path, help="a Part 2 run folder or saved_models/: its DP targets join the table")
+    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the targets and the attacks (default 0)")
+    sub.set_defaults(handler=_run_frontier)
 
     text = ("membership inference on the complete targets of Part 1 / Part 2 run folders: loss-threshold attack, "
             "AUC, advantage, TPR at low FPR, empirical epsilon lower bound next to the accountant's")

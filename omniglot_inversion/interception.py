@@ -6,6 +6,10 @@ file's weight-carrying layers must be, in order, the post's four (conv, batch no
 post's shapes; where the file records its model configuration, the convolution and pooling
 settings and the layer types must match too, and a ``Lambda`` layer (code) is refused. Layer names
 do not matter, and dropout layers (present in TargetModel, absent in the DP model) carry no weights.
+
+A defended stage (`omniglot_inversion.defences`) carries its defence as JSON data in the file's
+``omniglot_inversion_defence`` attribute; loading rebuilds it, so the loaded stage answers like the
+device. A file without it loads undefended.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from omniglot_inversion import defences
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path
 from omniglot_inversion.models import MOBILE_OUTPUT, TargetModel
 
 keras = tf.keras
 
+DEFENCE_ATTRIBUTE = "omniglot_inversion_defence"
 _NEUTRAL_TYPES = ("InputLayer", "Dropout")
 _COMPARED_SETTINGS = ("filters", "kernel_size", "strides", "padding", "activation", "pool_size",
                       "epsilon", "center", "scale")
@@ -45,6 +51,33 @@ def export_mobile_stage(model: keras.Model, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         cut_at_mobile_output(model).save(tmp, save_format="h5")
     return path
+
+
+def save_mobile_stage(model: TargetModel, path: str | os.PathLike) -> Path:
+    """Save ``model``'s on-device stage as a Keras HDF5 model, with its defence as data, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        model.on_device_model.save(tmp, save_format="h5")
+        if model.defence is not defences.NO_DEFENCE:
+            with h5py.File(tmp, "a") as handle:
+                handle.attrs[DEFENCE_ATTRIBUTE] = json.dumps(model.defence.config())
+    return path
+
+
+def file_defence(path: str | os.PathLike) -> defences.Defence:
+    """The defence an intercepted file records (no defence when it records none)."""
+    path = Path(path)
+    with _open_hdf5(path) as handle:
+        text = handle.attrs.get(DEFENCE_ATTRIBUTE)
+    if text is None:
+        return defences.NO_DEFENCE
+    try:
+        config = json.loads(_as_text(text))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{str(path)!r}: its {DEFENCE_ATTRIBUTE} attribute is not JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise UsageError(f"{str(path)!r}: its {DEFENCE_ATTRIBUTE} attribute is not a JSON object.")
+    return defences.from_config(config)
 
 
 def _open_hdf5(path: Path) -> h5py.File:
@@ -143,7 +176,8 @@ def file_normalization(path: str | os.PathLike) -> str:
 
 def load_intercepted(path: str | os.PathLike) -> TargetModel:
     """A fresh TargetModel whose ``on_device_model`` holds the weights of an intercepted HDF5 file
-    (batch-norm stage as in the post, or the strict group-norm variant, told apart by the file)."""
-    model = TargetModel(normalization=file_normalization(path))
+    (batch-norm stage as in the post, or the strict group-norm variant, told apart by the file),
+    with the defence the file records acting on its codes."""
+    model = TargetModel(normalization=file_normalization(path), defence=file_defence(path))
     load_mobile_weights(model.on_device_model, path)
     return model

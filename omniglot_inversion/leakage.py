@@ -93,6 +93,18 @@ def find_targets(folder: str | os.PathLike) -> list[Target]:
     return targets
 
 
+def select_targets(targets: list[Target], only: tuple[str, ...]) -> list[Target]:
+    """The targets whose label is in ``only`` (all of them when ``only`` is empty)."""
+    if not only:
+        return targets
+    labels = [target.label for target in targets]
+    unknown = sorted(set(only) - set(labels))
+    if unknown:
+        raise UsageError(f"No target labelled {', '.join(map(repr, unknown))}; the folders hold "
+                         f"{', '.join(map(repr, labels))}. Pass --targets with some of these.")
+    return [target for target in targets if target.label in only]
+
+
 def shown_indices(count: int, shown: int = runs.NUM_SHOWN) -> np.ndarray:
     """Evenly spaced test images for the figures, so that every alphabet of small2 appears."""
     return np.unique(np.linspace(0, count - 1, min(shown, count)).round().astype(int))
@@ -100,12 +112,14 @@ def shown_indices(count: int, shown: int = runs.NUM_SHOWN) -> np.ndarray:
 
 def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, data_dir=None,
                   attacks: tuple[str, ...] = DEFAULT_ATTACKS, settings: dict | None = None,
-                  disjoint: bool = False, limit: int | None = None, log=print) -> dict:
+                  disjoint: bool = False, limit: int | None = None, only: tuple[str, ...] = (),
+                  log=print) -> dict:
     """Run every attack in ``attacks`` against every target in ``folders``; write the results to
     ``out``. ``settings`` are `AttackSpec` fields shared by all attacks (iterations, seed ...);
-    ``disjoint`` keeps only the test images of alphabets absent from small1."""
+    ``disjoint`` keeps only the test images of alphabets absent from small1; ``only`` keeps the
+    targets of these labels (e.g. "noise 0.5")."""
     specs = [attack_run.parse_label(label, **(settings or {})) for label in attacks]
-    targets = [target for folder in folders for target in find_targets(folder)]
+    targets = select_targets([target for folder in folders for target in find_targets(folder)], only)
     test = load_test_set(data_dir, limit=limit)
     if disjoint:
         small1 = load_surrogate("small1", data_dir)

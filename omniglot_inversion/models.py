@@ -11,6 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from omniglot_inversion.data import IMAGE_SHAPE, NUM_ALPHABETS
+from omniglot_inversion.defences import NO_DEFENCE, Defence
 
 keras = tf.keras
 layers = tf.keras.layers
@@ -72,18 +73,21 @@ class TargetModel(keras.Model):
 
     Calling the model runs both; ``mobile_step`` and ``server_step`` run one stage each, which is
     what lets an attacker query the on-device stage on its own. ``normalization="group"`` builds
-    the strict-DP variant's on-device stage (group instead of batch normalisation).
+    the strict-DP variant's on-device stage (group instead of batch normalisation). ``defence``
+    (`omniglot_inversion.defences`) acts on every code the device sends, in training and after.
     """
 
-    def __init__(self, normalization: str = "batch", name: str = "TargetModel", **kwargs):
+    def __init__(self, normalization: str = "batch", defence: Defence = NO_DEFENCE, name: str = "TargetModel",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         self.on_device_model = build_on_device_model(normalization)
         self.server_model = build_server_model()
+        self.defence = defence
         self.build((None, *IMAGE_SHAPE))
 
     def mobile_step(self, inputs, training=None):
-        """Images (batch, 105, 105, 1) -> codes (batch, 1, 1, 32)."""
-        return self.on_device_model(inputs, training=training)
+        """Images (batch, 105, 105, 1) -> the codes the device sends (batch, 1, 1, 32), defence applied."""
+        return self.defence.perturb(self.on_device_model(inputs, training=training))
 
     def server_step(self, inputs, training=None):
         """Codes (batch, 1, 1, 32) -> alphabet probabilities (batch, 50)."""

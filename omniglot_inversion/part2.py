@@ -14,13 +14,10 @@ two threads busy only part of the time (measured in README).
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import math
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from omniglot_inversion.checkpoints import EpochCheckpoint
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
 from omniglot_inversion.interception import export_mobile_stage, load_intercepted
+from omniglot_inversion.jobs import check_jobs, run_each
 from omniglot_inversion.models import build_complete_model
 from omniglot_inversion.runs import (
     CHECKPOINTS,
@@ -171,22 +169,6 @@ def run_level(config: Part2Config, out: Path, noise_multiplier: float, level: di
     return level
 
 
-def _prefixed_print(prefix: str, line: str) -> None:
-    print(prefix + line, flush=True)
-
-
-def limit_threads(threads: int) -> None:
-    """Size TensorFlow's thread pools to ``threads`` and take GPU memory as needed, so that several
-    processes can share the machine (each `run_part2` worker starts with it). Call before
-    TensorFlow runs its first operation."""
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
-    for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)
-
-
 def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
               jobs: int = 1, log: Log = print) -> dict:
     """Part 2 end to end: epsilon table; per noise level a DP target, its interception, an attack.
@@ -197,8 +179,7 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
     threads (at least one), printing its lines prefixed with its noise level instead of through
     ``log``; ``metrics.json`` gathers each level as it finishes.
     """
-    if not isinstance(jobs, int) or jobs < 1:
-        raise UsageError(f"jobs must be a whole number of at least 1, got {jobs!r}.")
+    check_jobs(jobs)
     table = accounting.epsilon_table(config.noise_multipliers, n=config.accounting_n,
                                      batch_size=config.batch_size, epochs=config.epochs, delta=config.delta)
     out = prepare_run_folder(out, config, overwrite=overwrite, resume=resume)
@@ -227,18 +208,7 @@ def _run_levels(config: Part2Config, out: Path, table: list[dict], jobs: int, lo
         if not set(SECTIONS) <= set(levels[key]):
             pending.append((noise, key))
     write_json(out / METRICS, metrics)
-    workers = min(jobs, len(pending))
-    if workers < 2:
-        for noise, key in pending:
-            levels[key] = run_level(config, out, noise, levels[key], log)
-            save_step_metrics(out, metrics)
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    log(f"{len(pending)} noise levels, {workers} at a time, {threads} thread(s) each")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=limit_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(run_level, config, out, noise, levels[key],
-                               functools.partial(_prefixed_print, f"[noise {key}] ")): key for noise, key in pending}
-        for future in as_completed(futures):
-            levels[futures[future]] = future.result()
-            save_step_metrics(out, metrics)
+    work = {f"noise {key}": (config, out, noise, levels[key]) for noise, key in pending}
+    for name, level in run_each(run_level, work, jobs, log):
+        levels[name.removeprefix("noise ")] = level
+        save_step_metrics(out, metrics)

@@ -123,3 +123,35 @@ def save_roc_curves(curves: dict[str, dict], path: str | os.PathLike) -> None:
     axis.set_title("Membership inference, loss threshold", fontsize=10)
     axis.legend(fontsize=7)
     _save(figure, path)
+
+
+_FRONTIER_MARKERS = {"none": "*", "gaussian": "o", "laplace": "s", "dropout": "^", "nopeek": "D",
+                     "nopeek+laplace": "P", "dp-sgd": "X"}
+
+
+def save_frontier(rows: list[dict], path: str | os.PathLike) -> None:
+    """Per group of test alphabets (seen, unseen): x the target's validation accuracy, y the top-1
+    re-identification of the strongest attack on it, with its interval; one marker per defence,
+    each point labelled with its strength (or epsilon)."""
+    figure = Figure(figsize=(11, 4.2))
+    for axis, group in zip(figure.subplots(1, 2), ("seen", "unseen"), strict=True):
+        for name, marker in _FRONTIER_MARKERS.items():
+            chosen = [row for row in rows if row["defence"]["name"] == name]
+            points = []
+            for row in chosen:
+                found = [attack[group]["top1"] for attack in row["attacks"].values() if group in attack]
+                if found:
+                    points.append((row, max(found, key=lambda interval: interval["mean"])))
+            if not points:
+                continue
+            means, errors = _errorbar_arrays([interval for _, interval in points])
+            xs = [row["val_accuracy"] for row, _ in points]
+            axis.errorbar(xs, means, yerr=errors, fmt=marker, capsize=3, label=name)
+            for (row, _), x, y in zip(points, xs, means, strict=True):
+                note = row["strength"] if row["strength"] is not None else row["defence"].get("epsilon")
+                if note is not None:
+                    axis.annotate(f"{note:.3g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        axis.set_xlabel("target validation accuracy")
+        axis.set_ylabel(f"top-1 re-identification, strongest attack ({group} alphabets)")
+        axis.legend(fontsize=7)
+    _save(figure, path)

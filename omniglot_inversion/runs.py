@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from omniglot_inversion import data, training
+from omniglot_inversion import data, defences, training
 from omniglot_inversion.checkpoints import EpochCheckpoint
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
+from omniglot_inversion.interception import save_mobile_stage
 from omniglot_inversion.models import AttackModel, TargetModel
 from omniglot_inversion.plots import save_reconstruction_grid
 
@@ -68,9 +69,20 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Part1Config(RunConfig):
-    """Everything a Part 1 run depends on; saved into ``metrics.json``."""
+    """Everything a Part 1 run depends on; saved into ``metrics.json``. ``defence`` and
+    ``strength`` choose a defence at the cut (`omniglot_inversion.defences`)."""
 
     keras_training_mode: bool = False
+    defence: str = "none"
+    strength: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.build_defence()  # refuse an unknown defence or a strength out of range before anything runs
+
+    def build_defence(self) -> defences.Defence:
+        """The configured defence, not yet calibrated."""
+        return defences.build(self.defence, self.strength)
 
 
 # Small sizes for smoke runs: a minute on a CPU, same code path as the full run.
@@ -119,8 +131,10 @@ def _config_record(config) -> dict:
 def _check_same_config(out: Path, stored: dict, config) -> None:
     # the archive folder may be named differently; its content is checked when the data loads
     wanted = {key: value for key, value in _config_record(config).items() if key != "data_dir"}
-    differing = [f"{key}={stored.get(key)!r} there, {value!r} here" for key, value in wanted.items()
-                 if stored.get(key) != value]
+    # a setting a run folder does not record was not an option then: it had the default value
+    defaults = _config_record(type(config)())
+    differing = [f"{key}={stored.get(key, defaults[key])!r} there, {value!r} here" for key, value in wanted.items()
+                 if stored.get(key, defaults[key]) != value]
     if differing:
         raise UsageError(f"{out} holds a run started with other settings ({'; '.join(differing)}); resume with "
                          f"the same options, or pass --overwrite to start again.")
@@ -213,21 +227,25 @@ def train_target_step(config: Part1Config, out: Path, log: Log = print) -> dict:
         config.data_dir, train_size=config.train_size, val_size=config.val_size,
         batch_size=config.batch_size, seed=config.seed,
     )
-    model = TargetModel()
+    model = TargetModel(defence=config.build_defence())
+    mode = True if config.keras_training_mode else None
     started = time.perf_counter()
     checkpoint = out / CHECKPOINTS / "target"
     history = training.fit(
         model, training.CLASSIFY, target_data.train, val_ds=target_data.val, epochs=config.epochs,
-        steps_per_epoch=target_data.steps_per_pass, training=True if config.keras_training_mode else None,
+        steps_per_epoch=target_data.steps_per_pass, training=mode,
+        gradients=None if config.defence == "none" else training.defended_gradients(model, training.CLASSIFY, mode),
         on_epoch=_epoch_printer(log, config.epochs, "target"), checkpoint_dir=checkpoint,
     )
     seconds = time.perf_counter() - started
+    if config.defence != "none":
+        train_images, _ = data.as_arrays(data.load_split("test", config.data_dir, limit=config.train_size))
+        model.defence = model.defence.calibrated(training.query_codes(model.on_device_model, train_images))
     with atomic_path(out / TARGET_WEIGHTS) as tmp:
         model.save_weights(tmp, save_format="h5")
-    with atomic_path(out / MOBILE_STAGE) as tmp:
-        model.on_device_model.save(tmp, save_format="h5")
+    save_mobile_stage(model, out / MOBILE_STAGE)
     result = {"history": history, "train_accuracy": history[-1]["train_accuracy"],
-              "val_accuracy": history[-1]["val_accuracy"], "seconds": seconds}
+              "val_accuracy": history[-1]["val_accuracy"], "defence": model.defence.config(), "seconds": seconds}
     _update_metrics(out, "target", result, config)
     EpochCheckpoint(checkpoint).remove()
     return result
@@ -241,8 +259,8 @@ def load_attacker(out: Path) -> AttackModel:
 
 
 def load_target(out: Path) -> TargetModel:
-    """The TargetModel saved in a run folder."""
-    model = TargetModel()
+    """The TargetModel saved in a run folder, with the defence its training recorded."""
+    model = TargetModel(defence=defences.from_config(done_steps(out).get("target", {}).get("defence")))
     model.load_weights(_require(out / TARGET_WEIGHTS, "train-target"))
     return model
 

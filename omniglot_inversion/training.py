@@ -63,6 +63,18 @@ def plain_gradients(model: keras.Model, task: Task, training: bool | None) -> Gr
     return gradients
 
 
+def defended_gradients(model: keras.Model, task: Task, training: bool | None) -> GradientFn:
+    """The gradient of a `TargetModel` with a defence: its loss adds the defence's penalty on the
+    images and their clean codes to each example's loss (NoPeek); the server reads defended codes."""
+    def gradients(inputs, targets):
+        with tf.GradientTape() as tape:
+            codes = model.on_device_model(inputs, training=training)
+            predictions = model.server_step(model.defence.perturb(codes), training=training)
+            losses = task.loss(targets, predictions) + model.defence.penalty(inputs, codes)
+        return tape.gradient(losses, model.trainable_variables), predictions, losses
+    return gradients
+
+
 def fit(
     model: keras.Model,
     task: Task,

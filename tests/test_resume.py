@@ -120,7 +120,7 @@ def test_levels_run_in_parallel_give_the_sequential_metrics(tmp_path, data_dir):
     summation order changes in the last bits, and Adam's first steps, close to sign(gradient),
     make that visible within an epoch.)"""
     sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
-    one_thread = ("import sys; from omniglot_inversion import cli, part2; part2.limit_threads(1); "
+    one_thread = ("import sys; from omniglot_inversion import cli, jobs; jobs.limit_threads(1); "
                   "sys.exit(cli.main(sys.argv[1:]))")
     result = subprocess.run([sys.executable, "-c", one_thread, *_command(PART2, sequential, data_dir)[3:]],
                             capture_output=True, text=True, timeout=600)

@@ -7,11 +7,14 @@ shape (n, 105, 105, 1) in [0, 1]. The attacker never sees a test image, only its
 - ``whitebox`` (`WhiteboxAttack`): He et al.'s regularised maximum likelihood, using the
   intercepted weights: the image whose code matches, with a total-variation prior.
 - ``hybrid`` (`HybridAttack`): the white-box search started from the decoder's reconstruction.
+
+Against a defended stage (`omniglot_inversion.defences`) the decoder trains on and inverts the
+defended codes the device sends; the white-box search knows the defence from the intercepted file.
 """
 
 from __future__ import annotations
 
-from omniglot_inversion.attacks.base import InversionAttack, query, stage_function
+from omniglot_inversion.attacks.base import InversionAttack, clean_stage, defence_of, query, stage_function
 from omniglot_inversion.attacks.decoder import DecoderAttack
 from omniglot_inversion.attacks.hybrid import HybridAttack
 from omniglot_inversion.attacks.surrogate import SURROGATES, SurrogateSet, default_epochs, load_surrogate
@@ -21,8 +24,8 @@ from omniglot_inversion.errors import UsageError
 METHODS = ("decoder", "whitebox", "hybrid")
 
 __all__ = ["METHODS", "SURROGATES", "DecoderAttack", "HybridAttack", "InversionAttack", "SurrogateSet",
-           "WhiteboxAttack", "build_attack", "code_error", "default_epochs", "load_surrogate", "query",
-           "stage_function"]
+           "WhiteboxAttack", "build_attack", "clean_stage", "code_error", "defence_of", "default_epochs",
+           "load_surrogate", "query", "stage_function"]
 
 
 def build_attack(method: str, *, decoder: DecoderAttack | None = None, **whitebox_options) -> InversionAttack:

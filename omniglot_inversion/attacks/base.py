@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from omniglot_inversion import training
+from omniglot_inversion.defences import NO_DEFENCE, Defence
 
 # images -> codes; accepts and ignores ``training``, so it can stand where a ``mobile_step`` does
 Stage = Callable[..., tf.Tensor]
@@ -33,6 +34,19 @@ def stage_function(target) -> Stage:
     if isinstance(target, tf.keras.Model):
         return lambda images, training=None: target(images, training=False)
     raise TypeError(f"expected a TargetModel or a Keras model as the on-device stage, got {type(target).__name__}")
+
+
+def clean_stage(target) -> Stage:
+    """The on-device stage of ``target`` without its defence, in inference mode: what a white-box
+    attacker computes with the intercepted weights (the defence it knows from the file)."""
+    if hasattr(target, "on_device_model"):
+        return lambda images, training=None: target.on_device_model(images, training=False)
+    return stage_function(target)
+
+
+def defence_of(target) -> Defence:
+    """The defence ``target``'s device applies to its codes (none for a plain Keras model)."""
+    return getattr(target, "defence", NO_DEFENCE)
 
 
 def query(stage: Stage, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:

@@ -6,7 +6,10 @@ For each code c it minimises, over images x = sigmoid(z) (so x stays in [0, 1]),
     mean_j (f(x)_j - c_j)^2  +  tv_weight * TV(x) / pixels
 
 where f is the on-device stage in inference mode and TV the anisotropic total variation (sum of
-absolute differences of neighbouring pixels), by Adam on z, batched over images. Every image's
+absolute differences of neighbouring pixels), by Adam on z, batched over images. Against a
+defended stage the attacker, who reads the defence from the intercepted file, searches with the
+clean stage and the defence's own data term (`Defence.code_misfit`: noise averages out of the
+squared error; dropout's zeroed entries are left out). Every image's
 loss depends on its own pixels only (inference mode shares nothing between examples), so a batch
 optimises its images independently and the result does not depend on how images are batched.
 """
@@ -20,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from omniglot_inversion.attacks.base import InversionAttack, Stage, query, stage_function
+from omniglot_inversion.attacks.base import InversionAttack, Stage, clean_stage, defence_of, query
 from omniglot_inversion.data import IMAGE_SHAPE
+from omniglot_inversion.defences import NO_DEFENCE, Defence
 from omniglot_inversion.files import atomic_path
 
 ITERATIONS = 100
@@ -50,8 +54,9 @@ def _logits(images: np.ndarray) -> np.ndarray:
 class CodeSearch:
     """The optimisation itself, compiled once per batch size: starts and codes in, images out."""
 
-    def __init__(self, stage: Stage, *, iterations: int, tv_weight: float, learning_rate: float):
-        self.stage, self.iterations = stage, iterations
+    def __init__(self, stage: Stage, *, iterations: int, tv_weight: float, learning_rate: float,
+                 defence: Defence = NO_DEFENCE):
+        self.stage, self.iterations, self.defence = stage, iterations, defence
         self.tv_weight, self.learning_rate = tv_weight, learning_rate
         self._compiled = {}
 
@@ -67,7 +72,7 @@ class CodeSearch:
             with tf.GradientTape() as tape:
                 images = tf.sigmoid(logits)
                 found = tf.reshape(self.stage(images), (size, -1))
-                code_loss = tf.reduce_mean(tf.square(found - codes), axis=1)
+                code_loss = self.defence.code_misfit(found, codes)
                 smoothness = tf.image.total_variation(images) / pixels
                 loss = tf.reduce_sum(code_loss + self.tv_weight * smoothness)
             optimizer.apply_gradients([(tape.gradient(loss, logits), logits)])
@@ -116,8 +121,8 @@ class WhiteboxAttack(InversionAttack):
                 "start": self.start if isinstance(self.start, str) else "given image", "batch_size": self.batch_size}
 
     def prepare(self, target, surrogate_images: np.ndarray) -> None:
-        self._search = CodeSearch(stage_function(target), iterations=self.iterations, tv_weight=self.tv_weight,
-                                  learning_rate=self.learning_rate)
+        self._search = CodeSearch(clean_stage(target), iterations=self.iterations, tv_weight=self.tv_weight,
+                                  learning_rate=self.learning_rate, defence=defence_of(target))
         if isinstance(self.start, str):
             self._start_image = start_image(self.start, surrogate_images)
 
@@ -165,10 +170,11 @@ class WhiteboxAttack(InversionAttack):
 
 
 def code_error(target, reconstructions: np.ndarray, codes: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per image: distance of the reconstruction's code to the intercepted code, relative to the
-    distance of ``reference``'s code (the mean surrogate image): below 1 is closer than the mean."""
-    stage = stage_function(target)
+    """Per image: distance of the reconstruction's clean code to the intercepted code, relative to
+    the distance of ``reference``'s code (the mean surrogate image): below 1 is closer than the mean.
+    Distances are root mean squares over the entries the defence's data term compares."""
+    stage, defence = clean_stage(target), defence_of(target)
     found = query(stage, reconstructions).reshape(len(codes), -1)
     wanted = np.asarray(codes, np.float32).reshape(len(codes), -1)
-    baseline = query(stage, reference.reshape(1, *IMAGE_SHAPE)).reshape(1, -1)
-    return np.linalg.norm(found - wanted, axis=1) / np.linalg.norm(baseline - wanted, axis=1)
+    baseline = np.broadcast_to(query(stage, reference.reshape(1, *IMAGE_SHAPE)).reshape(1, -1), wanted.shape)
+    return np.sqrt(defence.code_misfit(found, wanted).numpy() / defence.code_misfit(baseline, wanted).numpy())

@@ -1,0 +1,195 @@
+"""The frontier of accuracy against leakage: the target trained under each defence at the cut and
+strength of a grid, DP-SGD's targets from a Part 2 run beside them, each attacked by the post's
+decoder and by the hybrid white-box search, in one table (``frontier.json``, ``frontier.csv``) and
+one figure (``frontier.png``).
+
+Layout of the sweep folder: ``targets/<defence>_<strength>/`` is a Part 1 run of that defended
+target (``mobile_stage.h5`` carries the defence); each target's attacks sit in its ``attacks/``
+(``dp/<level>/attacks/`` for the DP targets). Every piece resumes: a killed sweep started again
+with the same command keeps what is finished and continues the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from omniglot_inversion import attack_run, leakage, plots, runs
+from omniglot_inversion.assessment import TestSet
+from omniglot_inversion.defences import DEFENCES
+from omniglot_inversion.errors import UsageError
+from omniglot_inversion.files import atomic_path, read_json, write_json
+from omniglot_inversion.jobs import check_jobs, run_each
+
+RESULT = "frontier.json"
+TABLE = "frontier.csv"
+FIGURE = "frontier.png"
+CONFIG = "frontier_config.json"
+
+# (defence, strength), weak to strong: noise standard deviation relative to the code's, the share
+# of the code dropped, the NoPeek weight (nopeek+laplace adds Laplacian noise of relative scale 0.5)
+DEFAULT_GRID = (
+    ("none", None),
+    ("gaussian", 0.2), ("gaussian", 0.5), ("gaussian", 1.0),
+    ("laplace", 0.2), ("laplace", 0.5), ("laplace", 1.0),
+    ("dropout", 0.1), ("dropout", 0.3), ("dropout", 0.5),
+    ("nopeek", 0.1), ("nopeek", 1.0), ("nopeek", 5.0),
+    ("nopeek+laplace", 0.1), ("nopeek+laplace", 1.0), ("nopeek+laplace", 5.0),
+)
+# The attacks: the post's decoder (the target's Part 1 attacker) on all of small2, and the
+# strongest white-box variant (the search started from the decoder's guess) on a fixed subset
+# balanced over small2's alphabets, since it costs about 1,200 decoder inversions per image.
+DECODER, WHITEBOX = "decoder", "hybrid"
+WHITEBOX_IMAGES = 260
+QUICK_TEST_IMAGES, QUICK_WHITEBOX_IMAGES, QUICK_ITERATIONS = 64, 20, 10
+GROUPS = ("seen", "unseen")
+TABLE_METRICS = ("top1", "ssim", "mse")
+
+
+def slug(defence: str, strength: float | None) -> str:
+    """The folder name of a grid point: ``none`` or ``<defence>_<strength>``."""
+    return defence.replace("+", "_") if strength is None else f"{defence.replace('+', '_')}_{strength:g}"
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    """Everything a sweep depends on; ``quick`` means Part 1's small sizes and fewer test images."""
+
+    grid: tuple[tuple[str, float | None], ...] = DEFAULT_GRID
+    quick: bool = False
+    seed: int = 0
+    whitebox_images: int = WHITEBOX_IMAGES
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        for defence, strength in self.grid:
+            self.part1(defence, strength)  # an unknown defence or a strength out of range fails here
+        if self.whitebox_images < 1:
+            raise UsageError(f"whitebox_images must be at least 1, got {self.whitebox_images}.")
+
+    def part1(self, defence: str, strength: float | None) -> runs.Part1Config:
+        """The Part 1 run of one grid point."""
+        if defence not in DEFENCES:
+            raise UsageError(f"Unknown defence {defence!r} in the grid; choose among {', '.join(DEFENCES)}.")
+        sizes = runs.QUICK if self.quick else {}
+        return runs.Part1Config(seed=self.seed, data_dir=self.data_dir, defence=defence, strength=strength, **sizes)
+
+    def specs(self) -> dict[str, attack_run.AttackSpec]:
+        """The two attacks with the sweep's settings."""
+        settings = dict(seed=self.seed)
+        if self.quick:
+            settings.update(surrogate_limit=runs.QUICK["attacker_size"], iterations=QUICK_ITERATIONS)
+        return {name: attack_run.parse_label(name, **settings) for name in (DECODER, WHITEBOX)}
+
+    def record(self) -> dict:
+        fields = dataclasses.asdict(self)
+        fields.pop("data_dir")  # the archives' folder may move; their content is checked on load
+        fields["grid"] = [list(point) for point in self.grid]
+        return fields
+
+
+def _test_sets(config: FrontierConfig) -> dict[str, TestSet]:
+    test = attack_run.load_test_set(config.data_dir)
+    full = test.balanced(QUICK_TEST_IMAGES) if config.quick else test
+    subset = test.balanced(QUICK_WHITEBOX_IMAGES if config.quick else config.whitebox_images)
+    return {DECODER: full, WHITEBOX: subset}
+
+
+def _attack_row(target: leakage.Target, folder: Path, config: FrontierConfig, log) -> dict:
+    """Both attacks against ``target``, their results in ``folder/attacks``: one frontier row."""
+    tests, pretrained = _test_sets(config), target.attacker()
+    row = {"target": target.label, "epsilon": target.epsilon, "val_accuracy": target.val_accuracy,
+           "defence": target.stage.defence.config(), "attacks": {}}
+    for name, spec in config.specs().items():
+        result = attack_run.run_attack(
+            target.stage, spec, tests[name], folder / "attacks" / name, data_dir=config.data_dir,
+            pretrained=pretrained, pretrained_name=str(target.attacker_path), title=f"{target.label}, {name}", log=log)
+        log(f"  {attack_run.summary_line(result)}")
+        metrics = result["metrics"]
+        row["attacks"][name] = {
+            "num_images": result["num_images"], "folder": str((folder / "attacks" / name).relative_to(folder.parent)),
+            **{group: {metric: metrics["seen_unseen"][group][metric] for metric in TABLE_METRICS}
+               for group in GROUPS if group in metrics["seen_unseen"]},
+            "verdict_unseen": metrics.get("verdict_unseen", {}).get("text")}
+    return row
+
+
+def defended_point(config: FrontierConfig, defence: str, strength: float | None, out: Path, log) -> dict:
+    """Train (or resume) the target of one grid point as a Part 1 run, then attack it."""
+    folder = out / "targets" / slug(defence, strength)
+    metrics = runs.run_part1(config.part1(defence, strength), folder, resume=True, log=log)
+    target = leakage.Target(slug(defence, strength), runs.load_target(folder), folder / runs.ATTACKER_WEIGHTS,
+                            None, metrics["target"]["val_accuracy"])
+    return {**_attack_row(target, folder, config, log), "strength": strength, "kind": "defence"}
+
+
+def dp_points(config: FrontierConfig, dp_run: Path, out: Path, log) -> list[dict]:
+    """The DP-SGD targets of a Part 2 run (or of saved_models/), attacked the same way."""
+    rows = []
+    for target in leakage.find_targets(dp_run):
+        if target.epsilon is None:
+            continue  # the non-private target of saved_models/ is the grid's "none" point
+        row = _attack_row(target, out / "dp" / target.slug, config, log)
+        rows.append({**row, "defence": {"name": "dp-sgd", "epsilon": target.epsilon}, "strength": None,
+                     "kind": "dp-sgd"})
+    if not rows:
+        raise UsageError(f"{dp_run} holds no DP-SGD target (a Part 2 run, or saved_models/); pass another --dp-run.")
+    return rows
+
+
+def _check_config(out: Path, config: FrontierConfig) -> None:
+    stored = read_json(out / CONFIG)
+    if stored is not None and stored != config.record():
+        raise UsageError(f"{out} holds a sweep made with other settings ({out / CONFIG}); run it with the same "
+                         "options to continue it, or choose another --out.")
+    write_json(out / CONFIG, config.record())
+
+
+def run_frontier(config: FrontierConfig, out: str | os.PathLike, *, jobs: int = 1,
+                 dp_run: str | os.PathLike | None = None, log=print) -> dict:
+    """The whole sweep into ``out`` (resuming what it holds): one row per grid point, then per DP
+    level of ``dp_run``; ``jobs`` grid points at once (`jobs.run_each`). Returns frontier.json."""
+    check_jobs(jobs)
+    out = Path(out)
+    if dp_run is not None:
+        leakage.find_targets(dp_run)  # refuse a folder without targets before training anything
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, config)
+    work = {slug(defence, strength): (config, defence, strength, out) for defence, strength in config.grid}
+    rows = dict(run_each(defended_point, work, jobs, log))
+    ordered = [rows[name] for name in work]
+    if dp_run is not None:
+        ordered += dp_points(config, Path(dp_run), out, log)
+    result = {"config": config.record(), "dp_run": None if dp_run is None else str(dp_run), "rows": ordered}
+    write_frontier(result, out)
+    return result
+
+
+def _csv(result: dict) -> str:
+    header = ["target", "kind", "defence", "strength", "epsilon", "val_accuracy"]
+    columns = [(attack, group, metric)
+               for attack in (DECODER, WHITEBOX) for group in GROUPS for metric in TABLE_METRICS]
+    header += [f"{attack}_{group}_{metric}{end}" for attack, group, metric in columns for end in ("", "_low", "_high")]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for row in result["rows"]:
+        cells = [row["target"], row["kind"], row["defence"]["name"], row["strength"], row["epsilon"],
+                 row["val_accuracy"]]
+        for attack, group, metric in columns:
+            interval = row["attacks"][attack].get(group, {}).get(metric)
+            cells += [None, None, None] if interval is None else [interval["mean"], interval["low"], interval["high"]]
+        writer.writerow(["" if cell is None else cell for cell in cells])
+    return buffer.getvalue()
+
+
+def write_frontier(result: dict, out: Path) -> None:
+    """``frontier.json``, ``frontier.csv`` and ``frontier.png`` from a sweep's result."""
+    write_json(out / RESULT, result)
+    with atomic_path(out / TABLE) as tmp:
+        tmp.write_text(_csv(result))
+    plots.save_frontier(result["rows"], out / FIGURE)

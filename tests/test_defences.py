@@ -1,0 +1,185 @@
+"""The defences at the cut: noise scale, dropout share, distance correlation, the defence carried by
+the intercepted file, bad options, and the frontier sweep at small sizes."""
+
+import json
+
+import dcor
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from omniglot_inversion import attacks, cli, defences, frontier, load_intercepted, runs
+from omniglot_inversion.errors import UsageError
+from omniglot_inversion.interception import DEFENCE_ATTRIBUTE, save_mobile_stage
+from omniglot_inversion.models import TargetModel
+
+DRAWS = (4000, 1, 1, 32)  # 128,000 code entries
+
+
+@pytest.mark.parametrize("name", ["gaussian", "laplace", "nopeek+laplace"])
+def test_noise_has_the_configured_scale_relative_to_the_code(name):
+    tf.random.set_seed(0)
+    parameters = {"noise_scale": 0.5} if name == "nopeek+laplace" else {}
+    defence = defences.build(name, 0.5 if name != "nopeek+laplace" else 1.0, **parameters)
+    calibrated = defence.calibrated(np.random.default_rng(0).normal(0.0, 2.0, size=DRAWS))
+    assert calibrated.code_std == pytest.approx(2.0, rel=0.01)
+    noise = calibrated.perturb(tf.fill(DRAWS, 3.0)).numpy() - 3.0
+    assert np.std(noise) == pytest.approx(0.5 * 2.0, rel=0.05)  # strength (or noise_scale) x the code's sd
+    assert abs(np.mean(noise)) < 0.02
+    excess_kurtosis = np.mean(noise ** 4) / np.var(noise) ** 2 - 3.0
+    assert excess_kurtosis == pytest.approx(0.0 if name == "gaussian" else 3.0, abs=0.3)  # normal 0, Laplace 3
+
+
+def test_uncalibrated_noise_follows_the_batchs_spread():
+    tf.random.set_seed(1)
+    codes = tf.constant(np.random.default_rng(1).normal(0.0, 3.0, size=DRAWS), tf.float32)
+    noise = defences.build("gaussian", 0.2).perturb(codes) - codes
+    assert np.std(noise.numpy()) == pytest.approx(0.2 * np.std(codes.numpy()), rel=0.05)
+
+
+def test_dropout_drops_the_configured_share_and_keeps_the_expected_code():
+    tf.random.set_seed(2)
+    sent = defences.build("dropout", 0.3).perturb(tf.ones(DRAWS)).numpy()
+    dropped = np.mean(sent == 0.0)
+    assert dropped == pytest.approx(0.3, abs=0.005)  # binomial sd 0.0013 at 128,000 entries
+    np.testing.assert_allclose(sent[sent != 0.0], 1.0 / 0.7, rtol=1e-6)
+
+
+def test_distance_correlation_equals_the_dcor_package():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(24, 6))
+    for y in (rng.normal(size=(24, 3)), np.sin(x[:, :2]) + 0.1 * rng.normal(size=(24, 2)), 2.0 * x + 1.0):
+        ours = float(defences.distance_correlation(tf.constant(x), tf.constant(y)))
+        assert ours == pytest.approx(dcor.distance_correlation(x, y), rel=1e-4)  # float32
+    images = rng.uniform(size=(8, 105, 105, 1))
+    codes = rng.normal(size=(8, 1, 1, 32))
+    ours = float(defences.distance_correlation(tf.constant(images), tf.constant(codes)))
+    assert ours == pytest.approx(dcor.distance_correlation(images.reshape(8, -1), codes.reshape(8, -1)), rel=1e-4)
+
+
+def test_nopeek_penalty_has_a_finite_gradient_that_lowers_the_correlation():
+    rng = np.random.default_rng(4)
+    rows = rng.uniform(size=(16, 20))
+    rows[1] = rows[0]  # equal images: a zero distance off the diagonal too
+    images = tf.constant(rows, tf.float32)
+    weights = tf.Variable(rng.normal(size=(20, 4)), dtype=tf.float32)
+    nopeek = defences.build("nopeek", 1.0)
+    before = float(nopeek.penalty(images, images @ weights))
+    for _ in range(50):
+        with tf.GradientTape() as tape:
+            loss = nopeek.penalty(images, images @ weights)
+        gradient = tape.gradient(loss, weights)
+        assert np.all(np.isfinite(gradient.numpy()))
+        weights.assign_sub(0.5 * gradient)
+    assert float(nopeek.penalty(images, images @ weights)) < before - 0.02
+
+
+def _defended_target(defence) -> TargetModel:
+    model = TargetModel(defence=defence)
+    rng = np.random.default_rng(5)
+    for weight in model.on_device_model.weights:
+        values = rng.normal(size=weight.shape).astype(np.float32)
+        weight.assign(np.abs(values) + 0.5 if ("moving_variance" in weight.name or "gamma" in weight.name) else values)
+    return model
+
+
+def test_a_defended_stage_round_trips_through_hdf5_and_answers_like_the_device(tmp_path):
+    images = np.random.default_rng(6).uniform(size=(64, 105, 105, 1)).astype(np.float32)
+    codes = np.random.default_rng(7).normal(0.0, 2.0, size=(999, 32))
+    device = _defended_target(defences.build("laplace", 0.5).calibrated(codes))
+    path = save_mobile_stage(device, tmp_path / "stage.h5")
+    with h5py.File(path, "r") as handle:
+        assert json.loads(handle.attrs[DEFENCE_ATTRIBUTE]) == device.defence.config()  # data, not code
+    loaded = load_intercepted(path)
+    assert loaded.defence == device.defence
+    clean = device.on_device_model(images, training=False).numpy()
+    np.testing.assert_allclose(loaded.on_device_model(images, training=False).numpy(), clean, rtol=1e-5, atol=1e-5)
+    noise = loaded.mobile_step(images).numpy() - clean
+    assert np.std(noise) == pytest.approx(0.5 * device.defence.code_std, rel=0.05)
+    assert not np.allclose(loaded.mobile_step(images).numpy(), loaded.mobile_step(images).numpy())  # random
+    # the white-box attacker computes the clean code and reads the defence from the file
+    np.testing.assert_allclose(attacks.clean_stage(loaded)(images).numpy(), clean, rtol=1e-5, atol=1e-5)
+    assert attacks.defence_of(loaded) == device.defence
+    # an undefended file loads as before
+    save_mobile_stage(TargetModel(), tmp_path / "plain.h5")
+    assert load_intercepted(tmp_path / "plain.h5").defence is defences.NO_DEFENCE
+
+
+def test_a_file_whose_defence_record_is_bad_is_refused(tmp_path):
+    path = save_mobile_stage(TargetModel(), tmp_path / "stage.h5")
+    for record, message in (("{not json", "not JSON"), ('{"name": "os.system"}', "unknown defence"),
+                            ('{"name": "laplace", "strength": 0.5, "code": "print()"}', "unknown parameters"),
+                            ('{"name": "dropout", "strength": 2.0}', "must be in")):
+        with h5py.File(path, "a") as handle:
+            handle.attrs[DEFENCE_ATTRIBUTE] = record
+        with pytest.raises(UsageError, match=message):
+            load_intercepted(path)
+
+
+def test_dropout_white_box_term_ignores_the_dropped_entries():
+    dropout = defences.build("dropout", 0.5)
+    clean = tf.constant([[1.0, 2.0, 3.0, 4.0]])
+    sent = tf.constant([[2.0, 0.0, 6.0, 0.0]])  # entries 0 and 2 kept (scaled by 2), 1 and 3 dropped
+    assert float(dropout.code_misfit(clean, sent)[0]) == pytest.approx(0.0)
+    assert float(dropout.code_misfit(clean + [[1.0, 0.0, 0.0, 0.0]], sent)[0]) == pytest.approx(4.0 / 2)
+    assert float(defences.NO_DEFENCE.code_misfit(clean, sent)[0]) == pytest.approx((1 + 4 + 9 + 16) / 4)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--defence", "laplace", "--strength", "0"], "must be in (0, 10]"),
+    (["--defence", "dropout", "--strength", "1.5"], "must be in (0, 0.95]"),
+    (["--defence", "nopeek"], "needs --strength"),
+    (["--strength", "0.5"], "needs a defence"),
+    (["--defence", "blur", "--strength", "0.5"], "invalid choice"),
+])
+def test_bad_defence_options_exit_2_with_a_message_and_write_nothing(tmp_path, capsys, arguments, message):
+    out = tmp_path / "run"
+    try:
+        code = cli.main(["train-target", "--quick", "--out", str(out), *arguments])
+    except SystemExit as refused:  # argparse's own refusal of an unknown choice
+        code = refused.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_frontier_refuses_a_bad_grid_and_a_folder_of_other_settings(tmp_path):
+    with pytest.raises(UsageError, match="Unknown defence"):
+        frontier.FrontierConfig(grid=(("blur", 0.5),))
+    with pytest.raises(UsageError, match="must be in"):
+        frontier.FrontierConfig(grid=(("gaussian", 50.0),))
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / frontier.CONFIG).write_text(json.dumps(frontier.FrontierConfig(seed=1).record()))
+    with pytest.raises(UsageError, match="other settings"):
+        frontier.run_frontier(frontier.FrontierConfig(seed=2), out)
+
+
+def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir):
+    config = frontier.FrontierConfig(grid=(("none", None), ("laplace", 1.0)), quick=True, data_dir=data_dir)
+    out = tmp_path / "sweep"
+    result = frontier.run_frontier(config, out, log=lambda line: None)
+    rows = {row["target"]: row for row in result["rows"]}
+    assert list(rows) == ["none", "laplace_1"]
+    for name, row in rows.items():
+        assert 0.0 <= row["val_accuracy"] <= 1.0
+        assert set(row["attacks"]) == {"decoder", "hybrid"}
+        # balanced over small2's 5 alphabets: 12 and 4 images each
+        assert row["attacks"]["decoder"]["num_images"] == 60 and row["attacks"]["hybrid"]["num_images"] == 20
+        for attack in row["attacks"].values():
+            top1 = attack["seen"]["top1"]
+            assert top1["low"] <= top1["mean"] <= top1["high"]
+        assert (out / "targets" / name / runs.MOBILE_STAGE).exists()
+    assert rows["laplace_1"]["defence"]["name"] == "laplace" and rows["laplace_1"]["defence"]["code_std"] > 0
+    assert load_intercepted(out / "targets" / "laplace_1" / runs.MOBILE_STAGE).defence.strength == 1.0
+    table = (out / frontier.TABLE).read_text().splitlines()
+    assert len(table) == 3
+    assert table[0].startswith("target,kind,defence,strength,epsilon,val_accuracy,decoder_seen_top1,")
+    assert (out / frontier.FIGURE).stat().st_size > 0
+    # started again: every piece is finished, nothing is trained or attacked anew
+    printed = []
+    again = frontier.run_frontier(config, out, log=printed.append)
+    assert again["rows"] == result["rows"]
+    assert not any("epoch" in line for line in printed)
+    assert sum("done before, kept" in line for line in printed) == 2 * 3 + 2 * 2  # Part 1 steps, attacks

@@ -245,13 +245,13 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 
 def _run_frontier(args: argparse.Namespace) -> None:
-    from omniglot_inversion import data
-    from omniglot_inversion.frontier import FIGURE, RESULT, TABLE, FrontierConfig, run_frontier
+    from omniglot_inversion import data, frontier
 
-    config = FrontierConfig(quick=args.quick, seed=args.seed, data_dir=args.data_dir)
+    grid = tuple(frontier.parse_point(text) for text in args.grid) if args.grid else frontier.DEFAULT_GRID
+    config = frontier.FrontierConfig(grid=grid, quick=args.quick, seed=args.seed, data_dir=args.data_dir)
     data.check_data_source(args.data_dir)
-    run_frontier(config, args.out, jobs=args.jobs, dp_run=args.dp_run)
-    print(f"written: {args.out / RESULT}, {args.out / TABLE}, {args.out / FIGURE}")
+    frontier.run_frontier(config, args.out, jobs=args.jobs, dp_run=args.dp_run)
+    print(f"written: {args.out / frontier.RESULT}, {args.out / frontier.TABLE}, {args.out / frontier.FIGURE}")
 
 
 def _run_membership(args: argparse.Namespace) -> None:
@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--quick", action="store_true", help="Part 1's small sizes, 64 test images, 20 for the white-box")
     sub.add_argument("--jobs", type=_positive_int, default=1, help="grid points trained at once (default 1)")
     sub.add_argument("--dp-run", type=Path, help="a Part 2 run folder or saved_models/: its DP targets join the table")
+    sub.add_argument("--grid", nargs="+", metavar="DEFENCE[:STRENGTH]",
+                     help="grid points instead of the default grid (none, and three strengths of each defence), "
+                     "e.g. none laplace:0.5 dropout:0.3")
     sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
     sub.add_argument("--seed", type=int, default=0, help="seed of the targets and the attacks (default 0)")
     sub.set_defaults(handler=_run_frontier)

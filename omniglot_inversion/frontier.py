@@ -50,6 +50,17 @@ GROUPS = ("seen", "unseen")
 TABLE_METRICS = ("top1", "ssim", "mse")
 
 
+def parse_point(text: str) -> tuple[str, float | None]:
+    """A grid point from ``defence:strength`` (or ``none``), as ``--grid`` takes it."""
+    defence, _, strength = text.partition(":")
+    if not strength:
+        return defence, None
+    try:
+        return defence, float(strength)
+    except ValueError as err:
+        raise UsageError(f"Grid point {text!r}: the strength after ':' must be a number.") from err
+
+
 def slug(defence: str, strength: float | None) -> str:
     """The folder name of a grid point: ``none`` or ``<defence>_<strength>``."""
     return defence.replace("+", "_") if strength is None else f"{defence.replace('+', '_')}_{strength:g}"

@@ -151,7 +151,8 @@ def save_frontier(rows: list[dict], path: str | os.PathLike) -> None:
                 note = row["strength"] if row["strength"] is not None else row["defence"].get("epsilon")
                 if note is not None:
                     axis.annotate(f"{note:.3g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        axis.set_title(f"{group} alphabets", fontsize=10)
         axis.set_xlabel("target validation accuracy")
-        axis.set_ylabel(f"top-1 re-identification, strongest attack ({group} alphabets)")
+        axis.set_ylabel("top-1 re-identification (strongest attack)")
         axis.legend(fontsize=7)
     _save(figure, path)

@@ -57,12 +57,14 @@ def data_dir() -> str:
 
 @pytest.fixture(scope="session")
 def part1_quick_run(tmp_path_factory, data_dir) -> SimpleNamespace:
-    """One ``part1 --quick --seed 3`` run, made once for every test that reads a finished Part 1
-    run: ``out`` (its folder), ``code`` (exit status) and ``printed`` (what it printed)."""
+    """One quick Part 1 run (6 target epochs, so a kill can land mid-training), made once for every
+    test that reads a finished Part 1 run: ``args`` (the command without --out and --data-dir),
+    ``out`` (its folder), ``code`` (exit status) and ``printed`` (what it printed)."""
     from omniglot_inversion import cli
 
+    args = ["part1", "--quick", "--epochs", "6", "--attacker-epochs", "3", "--seed", "4"]
     out = tmp_path_factory.mktemp("part1-quick") / "run"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = cli.main(["part1", "--quick", "--out", str(out), "--data-dir", data_dir, "--seed", "3"])
-    return SimpleNamespace(out=out, code=code, printed=printed.getvalue())
+        code = cli.main([*args, "--out", str(out), "--data-dir", data_dir])
+    return SimpleNamespace(args=args, out=out, code=code, printed=printed.getvalue())

@@ -14,10 +14,10 @@ def test_part1_quick_writes_weights_metrics_and_figure(part1_quick_run, data_dir
     out = part1_quick_run.out
     assert part1_quick_run.code == 0
     printed = part1_quick_run.printed
-    assert "target epoch 2/2" in printed and "attacker epoch 5/5" in printed
+    assert "target epoch 6/6" in printed and "attacker epoch 3/3" in printed
     metrics = json.loads((out / runs.METRICS).read_text())
-    assert metrics["config"]["seed"] == 3 and metrics["config"]["epochs"] == 2 and metrics["state"] == "finished"
-    assert len(metrics["target"]["history"]) == 2 and len(metrics["attacker"]["history"]) == 5
+    assert metrics["config"]["seed"] == 4 and metrics["config"]["epochs"] == 6 and metrics["state"] == "finished"
+    assert len(metrics["target"]["history"]) == 6 and len(metrics["attacker"]["history"]) == 3
     assert 0.0 <= metrics["target"]["val_accuracy"] <= 1.0
     assert 0.0 < metrics["test"]["test_mse"] < 1.0
     assert metrics["versions"]["tensorflow"] == "2.15.1"

@@ -18,13 +18,20 @@ import pytest
 from omniglot_inversion import attack_run, cli, runs
 from omniglot_inversion.checkpoints import STATE
 
-PART1 = ["part1", "--quick", "--epochs", "6", "--attacker-epochs", "3", "--seed", "4"]
 PART2 = ["part2", "--quick", "--noise", "0.7", "0.5", "--epochs", "3", "--steps-per-epoch", "6",
          "--attacker-epochs", "2", "--seed", "4", "--reproducible-noise"]  # a secret key differs per process
 
 
+# TensorFlow on one thread: the same sums in the same order in every process, so a Part 2 run
+# killed and resumed, or trained two levels at once (--jobs 2, one thread each), repeats one
+# uninterrupted run to the last bit (on two threads Adam's first steps make the last bits visible)
+ONE_THREAD = ("import sys; from omniglot_inversion import cli, jobs; jobs.limit_threads(1); "
+              "sys.exit(cli.main(sys.argv[1:]))")
+
+
 def _command(args: list[str], out: Path, data_dir: str) -> list[str]:
-    return [sys.executable, "-m", "omniglot_inversion.cli", *args, "--out", str(out), "--data-dir", data_dir]
+    launcher = ["-c", ONE_THREAD] if args[0] == "part2" else ["-m", "omniglot_inversion.cli"]
+    return [sys.executable, *launcher, *args, "--out", str(out), "--data-dir", data_dir]
 
 
 def _run(args: list[str], out: Path, data_dir: str) -> None:
@@ -78,9 +85,9 @@ def _assert_no_partial_files(out: Path) -> None:
         json.loads(path.read_text())
 
 
-def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, capsys):
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    _run(PART1, whole, data_dir)
+def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, capsys, part1_quick_run):
+    # the reference: the session's uninterrupted run of the same command
+    whole, resumed, PART1 = part1_quick_run.out, tmp_path / "resumed", part1_quick_run.args
 
     def second_run_is_refused():  # a second run into the folder while the first is training
         assert cli.main([*PART1, "--resume", "--out", str(resumed), "--data-dir", data_dir]) == 2
@@ -99,9 +106,16 @@ def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, c
     _assert_no_partial_files(resumed)
 
 
-def test_killed_part2_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir):
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+@pytest.fixture(scope="module")
+def part2_whole(tmp_path_factory, data_dir) -> Path:
+    """One uninterrupted PART2 run on one thread, the reference of the kill and --jobs tests."""
+    whole = tmp_path_factory.mktemp("part2") / "whole"
     _run(PART2, whole, data_dir)
+    return whole
+
+
+def test_killed_part2_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, part2_whole):
+    whole, resumed = part2_whole, tmp_path / "resumed"
     # cut the second noise level's DP training short: the first level is complete by then
     state = resumed / "noise_0.5" / runs.CHECKPOINTS / "dp_target" / STATE
     _kill_after_epoch(PART2, resumed, data_dir, state, epoch=2)
@@ -114,17 +128,10 @@ def test_killed_part2_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir):
     _assert_no_partial_files(resumed)
 
 
-def test_levels_run_in_parallel_give_the_sequential_metrics(tmp_path, data_dir):
+def test_levels_run_in_parallel_give_the_sequential_metrics(tmp_path, data_dir, part2_whole):
     """--jobs 2 trains the two noise levels in two processes of one thread each; every number but
-    the wall times matches a one-process run on one thread. (Against two threads they differ: the
-    summation order changes in the last bits, and Adam's first steps, close to sign(gradient),
-    make that visible within an epoch.)"""
-    sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
-    one_thread = ("import sys; from omniglot_inversion import cli, jobs; jobs.limit_threads(1); "
-                  "sys.exit(cli.main(sys.argv[1:]))")
-    result = subprocess.run([sys.executable, "-c", one_thread, *_command(PART2, sequential, data_dir)[3:]],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    the wall times matches a one-process run on one thread."""
+    sequential, parallel = part2_whole, tmp_path / "parallel"
     _run([*PART2, "--jobs", "2"], parallel, data_dir)
     expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (sequential, parallel))
     assert set(got["noise_levels"]) == {"0.7", "0.5"}
@@ -161,8 +168,9 @@ def test_overwrite_and_resume_together_are_refused(tmp_path, capsys):
 
 def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, data_dir):
     out = tmp_path / "run"
-    process = subprocess.Popen(_command(PART1, out, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ})
+    command = _command(["part1", "--quick", "--epochs", "6"], out, data_dir)  # interrupted mid-training
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ})
     state = out / runs.CHECKPOINTS / "target" / STATE
     deadline = time.monotonic() + 500
     while not state.exists() and time.monotonic() < deadline and process.poll() is None:

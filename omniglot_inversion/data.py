@@ -242,16 +242,20 @@ def preprocess_image(image: tf.Tensor) -> tf.Tensor:
     return tf.image.rgb_to_grayscale(tf.cast(image, tf.float32) / 255.0)
 
 
-def check_images(images, what: str = "images") -> np.ndarray:
-    """``images`` as the models take them, float32 (n, 105, 105, 1) in [0, 1], or a `UsageError`
-    naming what is wrong and how to fix it."""
+def check_images(images, what: str = "images", shape: tuple | None = IMAGE_SHAPE) -> np.ndarray:
+    """``images`` as the models take them, float32 (n, 105, 105, 1) in [0, 1] (``shape`` None: any
+    shape after n), or a `UsageError` naming what is wrong and how to fix it."""
     array = np.asarray(images)
-    if array.ndim == 3 and array.shape[1:] == IMAGE_SHAPE[:2]:
+    if shape == IMAGE_SHAPE and array.ndim == 3 and array.shape[1:] == IMAGE_SHAPE[:2]:
         raise UsageError(f"{what} have shape {array.shape}, without the channel axis; add it with "
                          f"images[..., None] to get (n, 105, 105, 1).")
-    if array.ndim != 4 or array.shape[1:] != IMAGE_SHAPE or len(array) == 0:
+    if shape == IMAGE_SHAPE and (array.ndim != 4 or array.shape[1:] != IMAGE_SHAPE or len(array) == 0):
         raise UsageError(f"{what} must have shape (n, 105, 105, 1) with n >= 1 (grayscale Omniglot images), "
                          f"got {array.shape}.")
+    if shape not in (None, IMAGE_SHAPE) and (array.ndim < 2 or tuple(array.shape[1:]) != tuple(shape)):
+        raise UsageError(f"{what} must have shape (n, {', '.join(map(str, shape))}), got {array.shape}.")
+    if array.ndim < 2 or len(array) == 0:
+        raise UsageError(f"{what} must be an array of n >= 1 images, got shape {array.shape}.")
     if not np.issubdtype(array.dtype, np.floating):
         raise UsageError(f"{what} must be floating point in [0, 1], got dtype {array.dtype}; for 8-bit pixels "
                          f"use images.astype('float32') / 255.")

@@ -115,6 +115,32 @@ class AttackModel(keras.Model):
         return self.conv4(x)  # (batch, 105, 105, 1)
 
 
+def build_decoder(code_shape: tuple, image_shape: tuple) -> keras.Model:
+    """A decoder from codes of ``code_shape`` to images of ``image_shape`` in [0, 1]: the post's
+    `AttackModel` for the post's shapes; for a vector code two dense layers (512 relu, then one
+    sigmoid output per pixel); for a spatial code (h, w, c) transposed convolutions doubling the
+    size (64 filters, relu) until it reaches the image's, a sigmoid convolution to its channels,
+    and a resize to its exact height and width."""
+    code_shape, image_shape = tuple(code_shape), tuple(image_shape)
+    if code_shape == CODE_SHAPE and image_shape == IMAGE_SHAPE:
+        return AttackModel()
+    pixels = 1
+    for size in image_shape:
+        pixels *= size
+    stack: list[keras.layers.Layer] = [keras.Input(code_shape)]
+    if len(code_shape) == 3 and len(image_shape) == 3:
+        height, width = code_shape[:2]
+        while height < image_shape[0] or width < image_shape[1]:
+            stack.append(layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation="relu"))
+            height, width = height * 2, width * 2
+        stack += [layers.Conv2D(image_shape[2], 3, padding="same", activation="sigmoid"),
+                  layers.Resizing(image_shape[0], image_shape[1])]
+    else:
+        stack += [layers.Flatten(), layers.Dense(512, activation="relu"), layers.Dense(pixels, activation="sigmoid"),
+                  layers.Reshape(image_shape)]
+    return keras.Sequential(stack, name="decoder")
+
+
 def build_complete_model(normalization: str = "batch") -> keras.Sequential:
     """Part 2's single sequential model: both stages, dropout removed, cut point ``mobile_output``."""
     return keras.Sequential(

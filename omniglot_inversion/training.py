@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from omniglot_inversion.checkpoints import EpochCheckpoint
-from omniglot_inversion.data import check_images
+from omniglot_inversion.data import IMAGE_SHAPE, check_images
 
 keras = tf.keras
 
@@ -148,13 +148,15 @@ def fit(
     return history
 
 
-def query_codes(mobile_step: Callable, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Query the on-device stage once per image: (n, 105, 105, 1) -> (n, 1, 1, 32).
+def query_codes(mobile_step: Callable, images: np.ndarray, batch_size: int = 256,
+                shape: tuple = IMAGE_SHAPE) -> np.ndarray:
+    """Query the on-device stage once per image: (n, 105, 105, 1) -> (n, 1, 1, 32) for the post's
+    stage, any input and code shape for another.
 
     The intercepted stage is frozen and runs in inference mode, so its answer to an image never
     changes; the attacker can train on these codes for every epoch instead of re-querying.
     """
-    images = check_images(images)
+    images = check_images(images, shape=shape)
     return np.concatenate([
         mobile_step(images[start:start + batch_size], training=False).numpy()
         for start in range(0, len(images), batch_size)
@@ -170,14 +172,15 @@ def train_attacker(
     batch_size: int = 32,
     on_epoch: EpochCallback | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    shape: tuple = IMAGE_SHAPE,
 ) -> list[dict]:
     """The post's attacker training: decode intercepted codes of ``images`` back into ``images``.
 
     Batches in the data's order, unshuffled, as the post does. Returns the per-epoch log.
     ``checkpoint_dir`` as in `fit`.
     """
-    codes = query_codes(mobile_step, images)
-    pairs = tf.data.Dataset.from_tensor_slices((codes, check_images(images))).batch(batch_size)
+    codes = query_codes(mobile_step, images, shape=shape)
+    pairs = tf.data.Dataset.from_tensor_slices((codes, check_images(images, shape=shape))).batch(batch_size)
     return fit(attacker, RECONSTRUCT, pairs, epochs=epochs, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir)
 
 

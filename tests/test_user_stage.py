@@ -75,3 +75,39 @@ def test_missing_weights_only_and_foreign_files_are_clear_errors(tmp_path):
     (tmp_path / "text.h5").write_text("not a model")
     with pytest.raises(UsageError, match="neither a Keras HDF5 file nor a .keras file"):
         load_stage(tmp_path / "text.h5")
+
+
+def _spatial_stage() -> keras.Model:
+    """A conv stage of another input size with a spatial code: (28, 28, 1) -> (7, 7, 8)."""
+    return keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+                             keras.layers.MaxPooling2D(4)], name="small_conv")
+
+
+def _strokes(count: int, shape: tuple, seed: int) -> np.ndarray:
+    """Smooth random images in [0, 1] of ``shape`` (a flat shape holds 28 x 28 pictures)."""
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(size=(count, 7, 7, 1)).astype(np.float32)
+    pictures = tf.image.resize(small, (28, 28)).numpy().clip(0.0, 1.0)
+    return pictures.reshape(count, *shape)
+
+
+@pytest.mark.parametrize("build, shape", [(_vector_stage, (784,)), (_spatial_stage, (28, 28, 1))])
+def test_every_attack_inverts_a_stage_of_another_shape(tmp_path, build, shape):
+    from omniglot_inversion import attacks
+
+    tf.keras.utils.set_random_seed(0)
+    stage = build()
+    stage.save(tmp_path / "stage.h5", save_format="h5")
+    loaded = load_stage(tmp_path / "stage.h5")
+    own, secret = _strokes(64, shape, seed=1), _strokes(6, shape, seed=2)
+    codes = attacks.query(attacks.stage_function(loaded), secret, shape=shape)
+    assert codes.shape == (6, *stage.output_shape[1:])
+    found = {}
+    for method in attacks.METHODS:
+        decoder = attacks.DecoderAttack(epochs=2, batch_size=16)
+        attack = attacks.build_attack(method, decoder=decoder, **({} if method == "decoder" else {"iterations": 40}))
+        found[method] = attack.run(loaded, own, codes)
+        assert found[method].shape == (6, *shape) and found[method].dtype == np.float32
+        assert 0.0 <= found[method].min() and found[method].max() <= 1.0
+    errors = attacks.code_error(loaded, found["whitebox"], codes, own.mean(axis=0))
+    assert np.mean(errors) < 1.0  # the search's codes are closer to the intercepted ones than the mean image's

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from omniglot_inversion import training
+from omniglot_inversion.data import IMAGE_SHAPE
 from omniglot_inversion.defences import NO_DEFENCE, Defence
 
 # images -> codes; accepts and ignores ``training``, so it can stand where a ``mobile_step`` does
@@ -49,9 +50,22 @@ def defence_of(target) -> Defence:
     return getattr(target, "defence", NO_DEFENCE)
 
 
-def query(stage: Stage, images: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
-    """The codes the device returns for ``images``, in batches (`training.query_codes`)."""
-    return training.query_codes(stage, images, batch_size)
+def input_shape(target) -> tuple:
+    """The shape of one input of ``target``'s stage: the post's (105, 105, 1) for a `TargetModel`."""
+    if hasattr(target, "mobile_step"):
+        return IMAGE_SHAPE
+    return tuple(target.input_shape[1:])
+
+
+def code_shape(target) -> tuple:
+    """The shape of one code of ``target``'s stage: the post's (1, 1, 32) for a `TargetModel`."""
+    model = target.on_device_model if hasattr(target, "on_device_model") else target
+    return tuple(model.output_shape[1:])
+
+
+def query(stage: Stage, images: np.ndarray, batch_size: int = BATCH, shape: tuple = IMAGE_SHAPE) -> np.ndarray:
+    """The codes the device returns for ``images`` of ``shape``, in batches (`training.query_codes`)."""
+    return training.query_codes(stage, images, batch_size, shape=shape)
 
 
 class InversionAttack(abc.ABC):

@@ -1,5 +1,6 @@
 """The post's attack: a decoder (`AttackModel`, four transposed convolutions) trained on the codes
-the device returns for the attacker's own images, then applied to the intercepted codes."""
+the device returns for the attacker's own images, then applied to the intercepted codes. Against
+another stage the decoder is built for its code and input shapes (`models.build_decoder`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import os
 import numpy as np
 
 from omniglot_inversion import training
-from omniglot_inversion.attacks.base import BATCH, InversionAttack, stage_function
-from omniglot_inversion.models import AttackModel
+from omniglot_inversion.attacks.base import BATCH, InversionAttack, code_shape, input_shape, stage_function
+from omniglot_inversion.models import AttackModel, build_decoder
 
 POST_EPOCHS = 100
 
@@ -36,10 +37,11 @@ class DecoderAttack(InversionAttack):
         if self.attacker is not None:
             return
         training.set_seed(self.seed, deterministic=True)
-        self.attacker = AttackModel()
+        self.attacker = build_decoder(code_shape(target), input_shape(target))
         self.history = training.train_attacker(
             self.attacker, stage_function(target), surrogate_images, epochs=self.epochs,
-            batch_size=self.batch_size, on_epoch=self._on_epoch, checkpoint_dir=self._checkpoint_dir)
+            batch_size=self.batch_size, on_epoch=self._on_epoch, checkpoint_dir=self._checkpoint_dir,
+            shape=input_shape(target))
 
     def invert(self, codes: np.ndarray) -> np.ndarray:
         if self.attacker is None:

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from omniglot_inversion.attacks.base import InversionAttack, Stage, clean_stage, defence_of, query
-from omniglot_inversion.data import IMAGE_SHAPE
+from omniglot_inversion.attacks.base import InversionAttack, Stage, clean_stage, defence_of, input_shape, query
 from omniglot_inversion.defences import NO_DEFENCE, Defence
 from omniglot_inversion.files import atomic_path
 
@@ -42,8 +41,20 @@ def start_image(kind: str, surrogate_images: np.ndarray) -> np.ndarray:
     if kind == "mean":
         return surrogate_images.mean(axis=0)
     if kind == "paper":
-        return np.ones(IMAGE_SHAPE, np.float32)
+        return np.ones(surrogate_images.shape[1:], np.float32)
     raise ValueError(f"start must be one of {STARTS} or an image array, not {kind!r}")
+
+
+def total_variation(images: tf.Tensor) -> tf.Tensor:
+    """Per image, the anisotropic total variation: of (h, w, c) images as they are, of flat images
+    whose length is a square as square one-channel images (a flattened picture), else 0."""
+    shape = images.shape[1:]
+    if len(shape) == 3:
+        return tf.image.total_variation(images)
+    side = int(round(float(np.prod(shape)) ** 0.5))
+    if side * side == int(np.prod(shape)):
+        return tf.image.total_variation(tf.reshape(images, (-1, side, side, 1)))
+    return tf.zeros(tf.shape(images)[:1])
 
 
 def _logits(images: np.ndarray) -> np.ndarray:
@@ -54,18 +65,18 @@ def _logits(images: np.ndarray) -> np.ndarray:
 class CodeSearch:
     """The optimisation itself, compiled once per batch size: starts and codes in, images out."""
 
-    def __init__(self, stage: Stage, *, iterations: int, tv_weight: float, learning_rate: float,
+    def __init__(self, stage: Stage, shape: tuple, *, iterations: int, tv_weight: float, learning_rate: float,
                  defence: Defence = NO_DEFENCE):
-        self.stage, self.iterations, self.defence = stage, iterations, defence
+        self.stage, self.shape, self.iterations, self.defence = stage, tuple(shape), iterations, defence
         self.tv_weight, self.learning_rate = tv_weight, learning_rate
         self._compiled = {}
 
     def _step_function(self, size: int):
         if size in self._compiled:
             return self._compiled[size]
-        logits = tf.Variable(tf.zeros((size, *IMAGE_SHAPE)), trainable=True)
+        logits = tf.Variable(tf.zeros((size, *self.shape)), trainable=True)
         optimizer = tf.keras.optimizers.Adam(self.learning_rate)
-        pixels = float(np.prod(IMAGE_SHAPE))
+        pixels = float(np.prod(self.shape))
 
         @tf.function
         def step(codes):
@@ -73,7 +84,7 @@ class CodeSearch:
                 images = tf.sigmoid(logits)
                 found = tf.reshape(self.stage(images), (size, -1))
                 code_loss = self.defence.code_misfit(found, codes)
-                smoothness = tf.image.total_variation(images) / pixels
+                smoothness = total_variation(images) / pixels
                 loss = tf.reduce_sum(code_loss + self.tv_weight * smoothness)
             optimizer.apply_gradients([(tape.gradient(loss, logits), logits)])
 
@@ -121,15 +132,17 @@ class WhiteboxAttack(InversionAttack):
                 "start": self.start if isinstance(self.start, str) else "given image", "batch_size": self.batch_size}
 
     def prepare(self, target, surrogate_images: np.ndarray) -> None:
-        self._search = CodeSearch(clean_stage(target), iterations=self.iterations, tv_weight=self.tv_weight,
-                                  learning_rate=self.learning_rate, defence=defence_of(target))
+        self._search = CodeSearch(clean_stage(target), input_shape(target), iterations=self.iterations,
+                                  tv_weight=self.tv_weight, learning_rate=self.learning_rate,
+                                  defence=defence_of(target))
         if isinstance(self.start, str):
             self._start_image = start_image(self.start, surrogate_images)
 
     def starts(self, codes: np.ndarray) -> np.ndarray:
         """The start image of each code (the same image for all, unless a subclass says otherwise)."""
+        shape = self._search.shape
         start = self._start_image if self._start_image is not None else np.asarray(self.start, np.float32)
-        return np.broadcast_to(start.reshape(IMAGE_SHAPE), (len(codes), *IMAGE_SHAPE))
+        return np.broadcast_to(start.reshape(shape), (len(codes), *shape))
 
     def invert(self, codes: np.ndarray) -> np.ndarray:
         if self._search is None:
@@ -173,8 +186,9 @@ def code_error(target, reconstructions: np.ndarray, codes: np.ndarray, reference
     """Per image: distance of the reconstruction's clean code to the intercepted code, relative to
     the distance of ``reference``'s code (the mean surrogate image): below 1 is closer than the mean.
     Distances are root mean squares over the entries the defence's data term compares."""
-    stage, defence = clean_stage(target), defence_of(target)
-    found = query(stage, reconstructions).reshape(len(codes), -1)
+    stage, defence, shape = clean_stage(target), defence_of(target), input_shape(target)
+    found = query(stage, reconstructions, shape=shape).reshape(len(codes), -1)
     wanted = np.asarray(codes, np.float32).reshape(len(codes), -1)
-    baseline = np.broadcast_to(query(stage, reference.reshape(1, *IMAGE_SHAPE)).reshape(1, -1), wanted.shape)
+    baseline = query(stage, reference.reshape(1, *shape), shape=shape).reshape(1, -1)
+    baseline = np.broadcast_to(baseline, wanted.shape)
     return np.sqrt(defence.code_misfit(found, wanted).numpy() / defence.code_misfit(baseline, wanted).numpy())

@@ -44,7 +44,8 @@ QUICK_TEST_IMAGES = 64
 class AttackSpec:
     """Which attack, on which surrogate images, with which settings. ``epochs`` None: the
     surrogate set's default (`attacks.default_epochs`); ``surrogate_limit`` keeps the first
-    images of the surrogate set (small runs)."""
+    images of the surrogate set (small runs); ``surrogate_source`` names the user's own images
+    (`image_sources`) instead of a surrogate set of Omniglot."""
 
     method: str = "decoder"
     surrogate: str = "small1"
@@ -56,11 +57,12 @@ class AttackSpec:
     start: str = "mean"
     seed: int = 0
     surrogate_limit: int | None = None
+    surrogate_source: str | None = None
 
     def __post_init__(self):
         if self.method not in attacks.METHODS:
             raise UsageError(f"Unknown attack method {self.method!r}; choose one of {', '.join(attacks.METHODS)}.")
-        if self.surrogate not in attacks.SURROGATES:
+        if self.surrogate_source is None and self.surrogate not in attacks.SURROGATES:
             raise UsageError(f"Unknown surrogate set {self.surrogate!r}; choose one of "
                              f"{', '.join(attacks.SURROGATES)}.")
         if self.start not in whitebox.STARTS:
@@ -159,19 +161,34 @@ def load_reconstructions(folder: Path) -> np.ndarray:
         return saved["reconstructions"]
 
 
+def as_pictures(images: np.ndarray) -> np.ndarray:
+    """``images`` as (n, height, width, channels) for scores and figures: flat square inputs of a
+    stage that takes vectors become one-channel square pictures."""
+    if images.ndim == 2:
+        side = int(round(images.shape[1] ** 0.5))
+        if side * side != images.shape[1]:
+            raise UsageError(f"Inputs of {images.shape[1]} numbers are not square pictures; they cannot be scored "
+                             "as images.")
+        return images.reshape(len(images), side, side, 1)
+    return images
+
+
 def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLike, *, data_dir=None,
                pretrained: AttackModel | None = None, pretrained_name: str | None = None, title: str = "",
-               log=print) -> dict:
+               surrogate: attacks.SurrogateSet | None = None, log=print) -> dict:
     """Run ``spec`` against ``target`` on ``test`` into ``folder`` and return the attack.json record.
 
     An interrupted attack resumes from its checkpoints; a finished one made with the same settings
     on the same number of images is not run again: its reconstructions are scored anew (scoring
     is cheap and may have gained metrics since). ``pretrained``: a decoder already trained on
     small1 with the post's settings (a run's ``attacker_weights.h5``), used instead of training
-    one when the surrogate is small1.
+    one when the surrogate is small1. ``surrogate``: the attacker's own images when they are not a
+    surrogate set of Omniglot (``spec.surrogate_source``); ``test.images`` then have the stage's
+    input shape, and are scored as pictures (`as_pictures`).
     """
     folder = Path(folder)
-    surrogate = attacks.load_surrogate(spec.surrogate, data_dir, limit=spec.surrogate_limit)
+    if surrogate is None:
+        surrogate = attacks.load_surrogate(spec.surrogate, data_dir, limit=spec.surrogate_limit)
     done = finished(folder, spec, len(test.images))
     if done is not None:
         log(f"{spec.label}: done before, kept ({folder / RECONSTRUCTIONS})")
@@ -185,9 +202,11 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
     code_errors = attacks.code_error(target, reconstructions, codes, surrogate.images.mean(axis=0))
     seen = np.isin(test.alphabets, surrogate.alphabets)
     shown = min(NUM_SHOWN, len(test.images))
-    plots.save_reconstruction_grid(test.images[:shown], reconstructions[:shown], folder / FIGURE,
+    pictures = dataclasses.replace(test, images=as_pictures(test.images))
+    guesses = as_pictures(reconstructions)
+    plots.save_reconstruction_grid(pictures.images[:shown], guesses[:shown], folder / FIGURE,
                                    title or f"{spec.label}: first {shown} test images and reconstructions")
-    metrics = assess(test, reconstructions, surrogate.images, seen, code_errors=code_errors, seed=spec.seed)
+    metrics = assess(pictures, guesses, as_pictures(surrogate.images), seen, code_errors=code_errors, seed=spec.seed)
     plots.save_alphabet_bars(metrics["per_alphabet"], {test.names[a] for a in np.unique(test.alphabets[seen])},
                              folder / ALPHABET_FIGURE, spec.label)
     result = {
@@ -212,7 +231,7 @@ def _intercepted_codes(target, test: TestSet, folder: Path, finished_before: boo
         codes = np.load(path)
         if len(codes) == len(test.images):
             return codes
-    codes = attacks.query(attacks.stage_function(target), test.images)
+    codes = attacks.query(attacks.stage_function(target), test.images, shape=attacks.input_shape(target))
     if not finished_before:
         with atomic_path(path) as tmp:
             np.save(tmp, codes)

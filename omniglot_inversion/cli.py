@@ -191,16 +191,53 @@ def _test_limit(args: argparse.Namespace) -> int | None:
     return args.limit or (QUICK_TEST_IMAGES if args.quick else None)
 
 
+def _own_images(args: argparse.Namespace, stage):
+    """The attacker's own images and the test set from ``--surrogate-images`` / ``--test-images``,
+    fitted to ``stage``'s input; classes present in both are the "seen" ones."""
+    import numpy as np
+
+    from omniglot_inversion import attacks, image_sources
+    from omniglot_inversion.assessment import TestSet
+
+    if not (args.surrogate_images and args.test_images):
+        raise UsageError("--surrogate-images and --test-images go together: the attacker's own images, and the "
+                         "images whose codes it inverts.")
+    shape = attacks.input_shape(stage)
+    own = image_sources.load_images(args.surrogate_images, limit=_attack_settings(args)["surrogate_limit"])
+    test = image_sources.load_images(args.test_images, limit=_test_limit(args))
+    own_images = image_sources.fit_to_stage(own.images, shape, "--surrogate-images")
+    test_images = image_sources.fit_to_stage(test.images, shape, "--test-images")
+    labelled = own.labels is not None and test.labels is not None
+    if labelled:  # classes by name, so that both sources number them alike
+        own_classes = [own.names[label] for label in own.labels]
+        test_classes = [test.names[label] for label in test.labels]
+        names = sorted(set(own_classes) | set(test_classes))
+        own_labels = np.array([names.index(name) for name in own_classes])
+        test_labels = np.array([names.index(name) for name in test_classes])
+        characters = test_labels
+    else:  # no test class is known to be among the attacker's: every image is "unseen"
+        own_labels, test_labels = np.full(len(own_images), -1), np.zeros(len(test_images), int)
+        names, characters = ["all"], np.arange(len(test_images))
+    return (attacks.SurrogateSet(str(args.surrogate_images), own_images, own_labels),
+            TestSet(test_images, test_labels, characters, names))
+
+
 def _run_attack(args: argparse.Namespace) -> None:
     from omniglot_inversion import attack_run, data
-    from omniglot_inversion.interception import load_intercepted
+    from omniglot_inversion.user_stage import load_stage
 
-    spec = attack_run.AttackSpec(method=args.method, surrogate=args.surrogate, **_attack_settings(args))
-    target = load_intercepted(args.intercepted)
-    data.check_data_source(args.data_dir)
-    attack_run.prepare_folder(args.out, overwrite=args.overwrite, resume=args.resume)
-    test = attack_run.load_test_set(args.data_dir, limit=_test_limit(args))
-    result = attack_run.run_attack(target, spec, test, args.out, data_dir=args.data_dir,
+    own_source = args.surrogate_images or args.test_images
+    spec = attack_run.AttackSpec(method=args.method, surrogate=args.surrogate, **_attack_settings(args),
+                                 surrogate_source=str(args.surrogate_images) if own_source else None)
+    target = load_stage(args.intercepted)
+    if own_source:
+        surrogate, test = _own_images(args, target)
+        attack_run.prepare_folder(args.out, overwrite=args.overwrite, resume=args.resume)
+    else:
+        data.check_data_source(args.data_dir)
+        attack_run.prepare_folder(args.out, overwrite=args.overwrite, resume=args.resume)
+        surrogate, test = None, attack_run.load_test_set(args.data_dir, limit=_test_limit(args))
+    result = attack_run.run_attack(target, spec, test, args.out, data_dir=args.data_dir, surrogate=surrogate,
                                    title=f"{spec.label} attack on {args.intercepted.name}")
     print(attack_run.summary_line(result))
     print(f"written: {args.out / attack_run.RESULT}, {args.out / attack_run.RECONSTRUCTIONS}, "
@@ -304,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     text = ("invert small2's codes through an intercepted on-device stage (Keras HDF5): the post's decoder, "
             "He et al.'s white-box search, or both")
     sub = commands.add_parser("attack", help=text, description=text)
-    sub.add_argument("--intercepted", required=True, type=Path, help="HDF5 file of the on-device stage")
+    sub.add_argument("--intercepted", required=True, type=Path,
+                     help="the on-device stage: the post's (HDF5), or any Keras HDF5 / .keras model of built-in layers")
     sub.add_argument("--out", required=True, type=Path, help="folder for attack.json, reconstructions.npz, attack.png")
     sub.add_argument("--method", choices=METHODS, default="decoder",
                      help="decoder (the post's inverse network), whitebox (search for the image with the "
@@ -312,7 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--surrogate", choices=SURROGATES, default="small1",
                      help="the attacker's own images: small1 (the post) or background (the 30 background "
                      "alphabets without small2's, so every test alphabet is unseen)")
-    sub.add_argument("--limit", type=_positive_int, help="invert the first N images of small2 (default: all 3,120)")
+    sub.add_argument("--surrogate-images", metavar="SRC",
+                     help="the attacker's own images for a stage of any shape: a folder of image files (subfolders "
+                     "as labels), an .npz with 'images' (and 'labels'), or tfds:NAME[:SPLIT]; with --test-images")
+    sub.add_argument("--test-images", metavar="SRC", help="the images whose codes are inverted (same kinds of source)")
+    sub.add_argument("--limit", type=_positive_int,
+                     help="invert the first N test images (default: all; small2 has 3,120)")
     sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR, "
                      "else download through tfds)")
     sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

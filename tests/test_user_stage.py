@@ -111,3 +111,53 @@ def test_every_attack_inverts_a_stage_of_another_shape(tmp_path, build, shape):
         assert 0.0 <= found[method].min() and found[method].max() <= 1.0
     errors = attacks.code_error(loaded, found["whitebox"], codes, own.mean(axis=0))
     assert np.mean(errors) < 1.0  # the search's codes are closer to the intercepted ones than the mean image's
+
+
+def _sources(folder, shape=(28, 28)) -> tuple[str, str]:
+    """An .npz of the attacker's own images (classes 0-3) and one of test images (classes 2-5)."""
+    pictures = (_strokes(60, (28, 28, 1), seed=3) * 255).astype(np.uint8)
+    if shape != (28, 28):
+        pictures = tf.image.resize(pictures, shape).numpy().astype(np.uint8)
+    np.savez(folder / "own.npz", images=pictures[:40], labels=np.arange(40) % 4)
+    np.savez(folder / "test.npz", images=pictures[40:], labels=2 + np.arange(20) % 4)
+    return str(folder / "own.npz"), str(folder / "test.npz")
+
+
+def test_attack_command_on_a_users_stage_and_images(tmp_path, capsys):
+    import json
+
+    from omniglot_inversion import attack_run, cli
+
+    _vector_stage().save(tmp_path / "mlp.h5", save_format="h5")
+    own, test = _sources(tmp_path, shape=(40, 40))  # resized to the stage's 28 x 28, flattened
+    out = tmp_path / "out"
+    assert cli.main(["attack", "--intercepted", str(tmp_path / "mlp.h5"), "--surrogate-images", own,
+                     "--test-images", test, "--method", "hybrid", "--attacker-epochs", "2", "--iterations", "5",
+                     "--out", str(out)]) == 0
+    with np.load(out / attack_run.RECONSTRUCTIONS) as saved:
+        assert saved["reconstructions"].shape == (20, 784) and saved["codes"].shape == (20, 500)
+    result = json.loads((out / attack_run.RESULT).read_text())
+    assert result["spec"]["surrogate_source"] == own
+    # classes 2 and 3 are among the attacker's own images, 4 and 5 are not
+    assert set(result["metrics"]["seen_unseen"]) == {"seen", "unseen"} and result["metrics"]["num_unseen"] == 10
+    assert result["metrics"]["verdict_unseen"]["text"]
+
+
+def test_attack_command_refuses_code_and_images_that_do_not_fit(tmp_path, capsys):
+    from omniglot_inversion import cli
+
+    stage = tmp_path / "lambda.h5"
+    _with(keras.layers.Lambda(lambda t: t * 2.0)).save(stage, save_format="h5")
+    own, test = _sources(tmp_path)
+    np.savez(tmp_path / "bright.npz", images=np.full((3, 28, 28, 1), 2.0, np.float32))
+    _vector_stage().save(tmp_path / "mlp.h5", save_format="h5")
+    for arguments, message in (
+        ([str(stage), "--surrogate-images", own, "--test-images", test], "Lambda layer"),
+        ([str(tmp_path / "mlp.h5"), "--surrogate-images", str(tmp_path / "bright.npz"), "--test-images", test],
+         "must lie in [0, 1]"),
+        ([str(tmp_path / "mlp.h5"), "--surrogate-images", own], "go together"),
+    ):
+        out = tmp_path / "out"
+        assert cli.main(["attack", "--intercepted", *arguments, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()

@@ -14,7 +14,15 @@ defended codes the device sends; the white-box search knows the defence from the
 
 from __future__ import annotations
 
-from omniglot_inversion.attacks.base import InversionAttack, clean_stage, defence_of, query, stage_function
+from omniglot_inversion.attacks.base import (
+    InversionAttack,
+    clean_stage,
+    code_shape,
+    defence_of,
+    input_shape,
+    query,
+    stage_function,
+)
 from omniglot_inversion.attacks.decoder import DecoderAttack
 from omniglot_inversion.attacks.hybrid import HybridAttack
 from omniglot_inversion.attacks.surrogate import SURROGATES, SurrogateSet, default_epochs, load_surrogate
@@ -24,8 +32,8 @@ from omniglot_inversion.errors import UsageError
 METHODS = ("decoder", "whitebox", "hybrid")
 
 __all__ = ["METHODS", "SURROGATES", "DecoderAttack", "HybridAttack", "InversionAttack", "SurrogateSet",
-           "WhiteboxAttack", "build_attack", "clean_stage", "code_error", "defence_of", "default_epochs",
-           "load_surrogate", "query", "stage_function"]
+           "WhiteboxAttack", "build_attack", "clean_stage", "code_error", "code_shape", "defence_of",
+           "default_epochs", "input_shape", "load_surrogate", "query", "stage_function"]
 
 
 def build_attack(method: str, *, decoder: DecoderAttack | None = None, **whitebox_options) -> InversionAttack:

@@ -167,7 +167,7 @@ def test_attack_command_refuses_a_file_that_is_not_an_on_device_stage(tmp_path, 
     (tmp_path / "notes.h5").write_text("not a model")
     out = tmp_path / "attack"
     assert cli.main(["attack", "--intercepted", str(tmp_path / "notes.h5"), "--out", str(out)]) == 2
-    assert "not a readable HDF5 file" in capsys.readouterr().err
+    assert "is neither a Keras HDF5 file nor a .keras file" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -25,6 +25,7 @@ from omniglot_inversion.assessment import TestSet, assess
 from omniglot_inversion.attacks import whitebox
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
+from omniglot_inversion.image_sources import Images, fit_to_stage
 from omniglot_inversion.models import AttackModel
 
 RESULT = "attack.json"
@@ -104,6 +105,29 @@ def load_test_set(data_dir=None, *, limit: int | None = None) -> TestSet:
     images, alphabets = data.as_arrays(data.load_split("small2", data_dir, limit=limit))
     characters = data.record_labels("small2", data_dir, limit=limit)["character"]
     return TestSet(images, alphabets, characters, data.alphabet_names(data_dir))
+
+
+def own_sets(own: Images, test: Images, shape: tuple, name: str, *,
+             what: tuple[str, str] = ("the attacker's own images", "the test images"),
+             ) -> tuple[attacks.SurrogateSet, TestSet]:
+    """The attacker's own images ``own`` and the test images ``test`` (`image_sources.Images`)
+    fitted to a stage's input ``shape``, as `run_attack` takes them. Classes are matched by name:
+    a test class among the attacker's is "seen". Without labels on both sides no test class is
+    known to be the attacker's, so every test image is "unseen"; the test labels, if any, still
+    say which reconstructions show the right character. ``what`` names both in error messages."""
+    own_images = fit_to_stage(own.images, shape, what[0])
+    test_images = fit_to_stage(test.images, shape, what[1])
+    if own.labels is not None and test.labels is not None:
+        own_classes = [own.names[label] for label in own.labels]
+        test_classes = [test.names[label] for label in test.labels]
+        names = sorted(set(own_classes) | set(test_classes))
+        own_labels = np.array([names.index(name) for name in own_classes])
+        test_labels = np.array([names.index(name) for name in test_classes])
+        return (attacks.SurrogateSet(name, own_images, own_labels),
+                TestSet(test_images, test_labels, test_labels, names))
+    characters = test.labels if test.labels is not None else np.arange(len(test_images))
+    return (attacks.SurrogateSet(name, own_images, np.full(len(own_images), -1)),
+            TestSet(test_images, np.zeros(len(test_images), int), np.asarray(characters), ["all"]))
 
 
 def _build(spec: AttackSpec, folder: Path, pretrained: AttackModel | None, log) -> attacks.InversionAttack:

@@ -193,33 +193,16 @@ def _test_limit(args: argparse.Namespace) -> int | None:
 
 def _own_images(args: argparse.Namespace, stage):
     """The attacker's own images and the test set from ``--surrogate-images`` / ``--test-images``,
-    fitted to ``stage``'s input; classes present in both are the "seen" ones."""
-    import numpy as np
-
-    from omniglot_inversion import attacks, image_sources
-    from omniglot_inversion.assessment import TestSet
+    fitted to ``stage``'s input (`attack_run.own_sets`)."""
+    from omniglot_inversion import attack_run, attacks, image_sources
 
     if not (args.surrogate_images and args.test_images):
         raise UsageError("--surrogate-images and --test-images go together: the attacker's own images, and the "
                          "images whose codes it inverts.")
-    shape = attacks.input_shape(stage)
     own = image_sources.load_images(args.surrogate_images, limit=_attack_settings(args)["surrogate_limit"])
     test = image_sources.load_images(args.test_images, limit=_test_limit(args))
-    own_images = image_sources.fit_to_stage(own.images, shape, "--surrogate-images")
-    test_images = image_sources.fit_to_stage(test.images, shape, "--test-images")
-    labelled = own.labels is not None and test.labels is not None
-    if labelled:  # classes by name, so that both sources number them alike
-        own_classes = [own.names[label] for label in own.labels]
-        test_classes = [test.names[label] for label in test.labels]
-        names = sorted(set(own_classes) | set(test_classes))
-        own_labels = np.array([names.index(name) for name in own_classes])
-        test_labels = np.array([names.index(name) for name in test_classes])
-        characters = test_labels
-    else:  # no test class is known to be among the attacker's: every image is "unseen"
-        own_labels, test_labels = np.full(len(own_images), -1), np.zeros(len(test_images), int)
-        names, characters = ["all"], np.arange(len(test_images))
-    return (attacks.SurrogateSet(str(args.surrogate_images), own_images, own_labels),
-            TestSet(test_images, test_labels, characters, names))
+    return attack_run.own_sets(own, test, attacks.input_shape(stage), str(args.surrogate_images),
+                              what=("--surrogate-images", "--test-images"))
 
 
 def _run_attack(args: argparse.Namespace) -> None:
@@ -289,6 +272,15 @@ def _run_frontier(args: argparse.Namespace) -> None:
     data.check_data_source(args.data_dir)
     frontier.run_frontier(config, args.out, jobs=args.jobs, dp_run=args.dp_run)
     print(f"written: {args.out / frontier.RESULT}, {args.out / frontier.TABLE}, {args.out / frontier.FIGURE}")
+
+
+def _run_split_mlp(args: argparse.Namespace) -> None:
+    from omniglot_inversion.split_mlp import REPORT, RESULT, SplitMLPConfig, run_split_mlp
+
+    settings = dict(source=args.data, seed=args.seed, data_dir=args.data_dir)
+    config = SplitMLPConfig.quick(**settings) if args.quick else SplitMLPConfig(**settings)
+    run_split_mlp(config, args.out)
+    print(f"written: {args.out / RESULT}, {args.out / REPORT}")
 
 
 def _run_membership(args: argparse.Namespace) -> None:
@@ -409,6 +401,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
     sub.add_argument("--seed", type=int, default=0, help="seed of the targets and the attacks (default 0)")
     sub.set_defaults(handler=_run_frontier)
+
+    text = ("the lecture's split MLP (784-500 on the device, 500-500-10 on the server) trained on digits, its "
+            "500-number code attacked by every method with an attacker's own handwriting of another kind")
+    sub = commands.add_parser("split-mlp", help=text, description=text)
+    sub.add_argument("--out", required=True, type=Path, help="run folder (a killed run resumes from it)")
+    sub.add_argument("--data", choices=("digits", "mnist"), default="digits",
+                     help="digits: scikit-learn's bundled digits, Omniglot's background alphabets as the attacker's "
+                     "images (offline, default); mnist: MNIST with EMNIST letters (online, tfds)")
+    sub.add_argument("--quick", action="store_true",
+                     help="small sizes: 2 epochs, 256 attacker's images, 40 test images")
+    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the target and the attacks (default 0)")
+    sub.set_defaults(handler=_run_split_mlp)
 
     text = ("membership inference on the complete targets of Part 1 / Part 2 run folders: loss-threshold attack, "
             "AUC, advantage, TPR at low FPR, empirical epsilon lower bound next to the accountant's")

@@ -46,6 +46,18 @@ def read_json(path: str | os.PathLike, default=None):
     return json.loads(path.read_text())
 
 
+def record_settings(path: str | os.PathLike, settings: dict, what: str) -> None:
+    """Write ``settings`` to ``path`` for a new sweep, or check that the sweep already there (its
+    folder is ``path``'s) was made with the same ones: resuming with other settings would mix two
+    sweeps' results. ``what`` names the kind of sweep in the error."""
+    path = Path(path)
+    stored = read_json(path)
+    if stored is not None and stored != settings:
+        raise UsageError(f"{path.parent} holds a {what} made with other settings ({path}); run it with the same "
+                         "options to continue it, or choose another --out.")
+    write_json(path, settings)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
     """Hold the run folder ``folder`` for this process: a second process that asks for it while

@@ -22,7 +22,7 @@ from omniglot_inversion import attack_run, leakage, plots, runs
 from omniglot_inversion.assessment import TestSet
 from omniglot_inversion.defences import DEFENCES
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.files import atomic_path, read_json, write_json
+from omniglot_inversion.files import atomic_path, record_settings, write_json
 from omniglot_inversion.jobs import check_jobs, run_each
 
 RESULT = "frontier.json"
@@ -152,14 +152,6 @@ def dp_points(config: FrontierConfig, dp_run: Path, out: Path, log) -> list[dict
     return rows
 
 
-def _check_config(out: Path, config: FrontierConfig) -> None:
-    stored = read_json(out / CONFIG)
-    if stored is not None and stored != config.record():
-        raise UsageError(f"{out} holds a sweep made with other settings ({out / CONFIG}); run it with the same "
-                         "options to continue it, or choose another --out.")
-    write_json(out / CONFIG, config.record())
-
-
 def run_frontier(config: FrontierConfig, out: str | os.PathLike, *, jobs: int = 1,
                  dp_run: str | os.PathLike | None = None, log=print) -> dict:
     """The whole sweep into ``out`` (resuming what it holds): one row per grid point, then per DP
@@ -169,7 +161,7 @@ def run_frontier(config: FrontierConfig, out: str | os.PathLike, *, jobs: int = 
     if dp_run is not None:
         leakage.find_targets(dp_run)  # refuse a folder without targets before training anything
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, config)
+    record_settings(out / CONFIG, config.record(), "sweep")
     work = {slug(defence, strength): (config, defence, strength, out) for defence, strength in config.grid}
     rows = dict(run_each(defended_point, work, jobs, log))
     ordered = [rows[name] for name in work]

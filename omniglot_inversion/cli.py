@@ -272,6 +272,11 @@ def _run_frontier(args: argparse.Namespace) -> None:
     data.check_data_source(args.data_dir)
     frontier.run_frontier(config, args.out, jobs=args.jobs, dp_run=args.dp_run)
     print(f"written: {args.out / frontier.RESULT}, {args.out / frontier.TABLE}, {args.out / frontier.FIGURE}")
+    if args.ship is not None:
+        from omniglot_inversion.export import MANIFEST, export_frontier
+
+        export_frontier(args.out, args.ship, frontier.command(config, args.out, args.dp_run))
+        print(f"shipped into {args.ship}: {frontier.RESULT}, {frontier.FIGURE}, the defended stages, {MANIFEST}")
 
 
 def _run_split_mlp(args: argparse.Namespace) -> None:
@@ -400,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "e.g. none laplace:0.5 dropout:0.3")
     sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
     sub.add_argument("--seed", type=int, default=0, help="seed of the targets and the attacks (default 0)")
+    sub.add_argument("--ship", type=Path, metavar="FOLDER",
+                     help="once the sweep is finished, copy its results and defended stages into FOLDER "
+                     "(e.g. saved_models) and list them in its manifest.json")
     sub.set_defaults(handler=_run_frontier)
 
     text = ("the lecture's split MLP (784-500 on the device, 500-500-10 on the server) trained on digits, its "

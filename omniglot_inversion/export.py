@@ -38,9 +38,14 @@ def sha256(path: str | os.PathLike) -> str:
 
 def part1_command(config: dict, out: str) -> str:
     """The CLI command that makes a Part 1 run with ``config`` (as metrics.json records it)."""
-    return (f"omniglot-inversion part1 --out {out} --seed {config['seed']} --epochs {config['epochs']} "
-            f"--attacker-epochs {config['attacker_epochs']} --batch-size {config['batch_size']}"
-            + (" --keras-training-mode" if config.get("keras_training_mode") else ""))
+    command = (f"omniglot-inversion part1 --out {out} --seed {config['seed']} --epochs {config['epochs']} "
+               f"--attacker-epochs {config['attacker_epochs']} --batch-size {config['batch_size']}"
+               + (" --keras-training-mode" if config.get("keras_training_mode") else ""))
+    if config.get("defence", "none") != "none":
+        command += f" --defence {config['defence']}"
+        if config.get("strength") is not None:
+            command += f" --strength {config['strength']:g}"
+    return command
 
 
 def part2_command(config: dict, out: str) -> str:
@@ -104,6 +109,12 @@ def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], l
     return entries, missing
 
 
+def _ship(source: Path, target: Path) -> Path:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return target
+
+
 def small1_mse(mobile_stage: Path, attacker_weights: Path, data_dir=None) -> float:
     """Reconstruction MSE (clipped to [0, 1]) on all of ``small1`` of an attacker through a mobile stage file."""
     target = load_intercepted(mobile_stage)
@@ -127,12 +138,8 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
     for entry in entries:
         copied = {}
         for kind, source in (("mobile_stage", MOBILE_STAGE), ("attacker", ATTACKER_WEIGHTS)):
-            target = out / f"{entry['name']}_{kind}.h5"
-            with atomic_path(target) as tmp:
-                shutil.copyfile(entry["folder"] / source, tmp)
-            copied[kind] = target
-        with atomic_path(out / f"{entry['name']}_reconstruction.png") as tmp:
-            shutil.copyfile(entry["folder"] / FIGURE, tmp)
+            copied[kind] = _ship(entry["folder"] / source, out / f"{entry['name']}_{kind}.h5")
+        _ship(entry["folder"] / FIGURE, out / f"{entry['name']}_reconstruction.png")
         mse = small1_mse(copied["mobile_stage"], copied["attacker"], data_dir)
         record = {key: entry[key] for key in ("command", "versions", "wall_seconds")}
         record.update(seed=entry["config"]["seed"], epochs=entry["config"]["epochs"],
@@ -140,8 +147,46 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
                       metrics={**entry["metrics"], "small1_mse": mse})
         for kind, path in copied.items():
             files[path.name] = {"kind": kind, "run": entry["name"], "sha256": sha256(path), **record}
-    manifest = {"files": files, "missing": missing,
+    manifest = {**read_json(out / MANIFEST, default={}), "missing": missing,
                 "loading": "see README.md in this folder",
                 "regenerate": "omniglot-inversion saved-models --runs runs --out saved_models"}
+    manifest["files"] = {**manifest.get("files", {}), **files}
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def export_frontier(sweep: str | os.PathLike, out: str | os.PathLike, command: str) -> dict:
+    """Ship a finished frontier sweep into ``out``: ``frontier.json``, ``.csv`` and ``.png``, and
+    each defended target's on-device stage as ``defended_<point>_mobile_stage.h5`` (the stage
+    carries its defence; the undefended point is Part 1's own target, shipped as ``part1``). The
+    manifest gains one entry per stage and a ``frontier`` entry naming ``command``; the entries
+    already there are kept. Returns the manifest."""
+    from omniglot_inversion import frontier
+
+    sweep, out = Path(sweep), Path(out)
+    result = read_json(sweep / frontier.RESULT)
+    if result is None:
+        raise UsageError(f"{sweep} holds no finished sweep ({frontier.RESULT}); run `omniglot-inversion frontier` "
+                         "into it first.")
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for row in result["rows"]:
+        if row["kind"] != "defence" or row["defence"]["name"] == "none":
+            continue
+        run = sweep / "targets" / row["target"]
+        metrics = _completed(run, ["target"], "part1")
+        path = _ship(run / MOBILE_STAGE, out / f"defended_{row['target']}_mobile_stage.h5")
+        files[path.name] = {
+            "kind": "mobile_stage", "run": f"defended_{row['target']}", "sha256": sha256(path),
+            "command": part1_command(metrics["config"], os.fspath(run)), "versions": metrics["versions"],
+            "wall_seconds": {"target": metrics["target"]["seconds"]}, "seed": metrics["config"]["seed"],
+            "epochs": metrics["config"]["epochs"], "data": DATA_NOTE,
+            "metrics": {"val_accuracy": metrics["target"]["val_accuracy"], "defence": metrics["target"]["defence"]}}
+    for name in (frontier.RESULT, frontier.TABLE, frontier.FIGURE):
+        _ship(sweep / name, out / name)
+    manifest = read_json(out / MANIFEST, default={})
+    manifest["files"] = {**manifest.get("files", {}), **files}
+    manifest["frontier"] = {"files": [frontier.RESULT, frontier.TABLE, frontier.FIGURE], "command": command,
+                            "versions": metrics["versions"] if files else None}
     write_json(out / MANIFEST, manifest)
     return manifest

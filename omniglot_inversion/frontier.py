@@ -172,6 +172,18 @@ def run_frontier(config: FrontierConfig, out: str | os.PathLike, *, jobs: int = 
     return result
 
 
+def command(config: FrontierConfig, out: str | os.PathLike, dp_run: str | os.PathLike | None = None) -> str:
+    """The CLI command that makes the sweep of ``config`` into ``out``."""
+    parts = ["omniglot-inversion frontier --out", os.fspath(out), "--seed", str(config.seed)]
+    if config.quick:
+        parts.append("--quick")
+    if dp_run is not None:
+        parts += ["--dp-run", os.fspath(dp_run)]
+    if config.grid != DEFAULT_GRID:
+        parts += ["--grid", *(name if strength is None else f"{name}:{strength:g}" for name, strength in config.grid)]
+    return " ".join(parts)
+
+
 def _csv(result: dict) -> str:
     header = ["target", "kind", "defence", "strength", "epsilon", "val_accuracy"]
     columns = [(attack, group, metric)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import attacks, cli, defences, frontier, load_intercepted, runs
+from omniglot_inversion import attacks, cli, defences, export, frontier, load_intercepted, runs
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.interception import DEFENCE_ATTRIBUTE, save_mobile_stage
 from omniglot_inversion.models import TargetModel
@@ -187,3 +187,18 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir):
     assert again["rows"] == result["rows"]
     assert not any("epoch" in line for line in printed)
     assert sum("done before, kept" in line for line in printed) == 3 + 2  # Part 1's steps, both attacks
+    # shipped: the defended stage beside the entries already in the manifest, byte for byte, with
+    # the command that remakes the sweep
+    ship = tmp_path / "ship"
+    ship.mkdir()
+    (ship / export.MANIFEST).write_text(json.dumps({"files": {"part1_mobile_stage.h5": {"run": "part1"}}}))
+    manifest = export.export_frontier(out, ship, frontier.command(config, out))
+    stage_file = ship / "defended_laplace_1_mobile_stage.h5"
+    assert stage_file.read_bytes() == (out / "targets" / "laplace_1" / runs.MOBILE_STAGE).read_bytes()
+    entry = manifest["files"][stage_file.name]
+    assert entry["sha256"] == export.sha256(stage_file) and "part1_mobile_stage.h5" in manifest["files"]
+    assert "--defence laplace --strength 1" in entry["command"] and entry["metrics"]["defence"] == row["defence"]
+    assert manifest["frontier"]["command"] == (f"omniglot-inversion frontier --out {out} --seed 0 --quick "
+                                               "--grid laplace:1")
+    assert json.loads((ship / frontier.RESULT).read_text()) == result
+    assert load_intercepted(stage_file).defence.code_std == row["defence"]["code_std"]

@@ -33,17 +33,25 @@ def _pairs():
 
 
 def test_manifest_lists_every_shipped_file_with_its_checksum_and_provenance(manifest):
-    # every run of the post is shipped
+    # every run of the post is shipped, and any defended stage of the frontier sweep beside them
     assert manifest["missing"] == []
     shipped = sorted(path.name for path in SAVED.glob("*.h5"))
-    assert shipped == sorted(f"{run}_{kind}.h5" for run in RUNS for kind in ("mobile_stage", "attacker"))
+    posts = sorted(f"{run}_{kind}.h5" for run in RUNS for kind in ("mobile_stage", "attacker"))
+    defended = [name for name in shipped if name.startswith("defended_")]
+    assert sorted(set(shipped) - set(defended)) == posts
     assert sorted(manifest["files"]) == shipped
     for name, record in manifest["files"].items():
-        assert RECORD_KEYS <= set(record), name
         assert sha256(SAVED / name) == record["sha256"], f"{name} differs from the manifest"
         assert record["command"].startswith("omniglot-inversion part")
         assert record["versions"]["tensorflow"] == "2.15.1"
-        assert 0.0 < record["metrics"]["small1_mse"] < 0.2
+        if name in defended:
+            assert f"--defence {record['metrics']['defence']['name']}" in record["command"]
+            assert load_intercepted(SAVED / name).defence.config() == record["metrics"]["defence"]
+        else:
+            assert RECORD_KEYS <= set(record), name
+            assert 0.0 < record["metrics"]["small1_mse"] < 0.2
+    if defended:
+        assert set(manifest["frontier"]["files"]) <= {path.name for path in SAVED.iterdir()}
 
 
 def test_shipped_files_load_into_fresh_models_with_the_right_shapes():

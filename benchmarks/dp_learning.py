@@ -24,7 +24,7 @@ from omniglot_inversion import build_complete_model, data, training  # noqa: E40
 from omniglot_inversion.files import write_json  # noqa: E402
 from omniglot_inversion.privacy import DPSettings, train_dp  # noqa: E402
 
-RUNS = (("fast", "batch"), ("fast-exact", "batch"), ("fast-lite", "batch"), ("strict", "group"), ("optimizer", "batch"))
+RUNS = (("fast", "batch"), ("fast-exact", "batch"), ("strict", "group"), ("optimizer", "batch"))
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Seconds per training step of the post's complete model, batch 32, in one process on one batch:
 a non-private step, TensorFlow Privacy's DPKerasAdamOptimizer ("optimizer"), the fast engine
-("fast"), the same without sampling ("fast_exact", engine 'fast-exact'), its per-example-sum variant
-("fast_lite", engine 'fast-lite') and the fast engine on the strict group-norm variant ("strict").
+("fast"), the same without sampling ("fast_exact", engine 'fast-exact') and the fast engine on the
+strict group-norm variant ("strict").
 Median of repeated steps after warm-up; prints the ratios to the plain step and writes the seconds to --json.
 
     python benchmarks/dp_step.py --json dp_step.json [--repeats 10] [--optimizer-repeats 3]
@@ -67,7 +67,7 @@ def _optimizer_step(model, settings):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True,
-                        help="file to write {plain, optimizer, fast, fast_exact, fast_lite, strict} seconds to")
+                        help="file to write {plain, optimizer, fast, fast_exact, strict} seconds to")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--optimizer-repeats", type=int, default=3, help="the optimizer path takes seconds a step")
     args = parser.parse_args()
@@ -77,8 +77,7 @@ def main() -> None:
     settings = DPSettings(noise_multiplier=0.7)
 
     steps = {}
-    for name, normalization in (("plain", "batch"), ("fast", "batch"), ("fast_exact", "batch"), ("fast_lite", "batch"),
-                                ("strict", "group")):
+    for name, normalization in (("plain", "batch"), ("fast", "batch"), ("fast_exact", "batch"), ("strict", "group")):
         model = build_complete_model(normalization)
         engine = "fast" if name == "strict" else name.replace("_", "-")
         gradients = (training.plain_gradients(model, training.CLASSIFY, True) if name == "plain"
@@ -91,7 +90,7 @@ def main() -> None:
     print(f"post's complete model, batch 32, {os.cpu_count()} CPUs; median seconds per step:")
     print("| step | s/step | x plain |")
     print("| --- | --- | --- |")
-    names = ("plain", "optimizer", "fast", "fast_exact", "fast_lite", "strict")
+    names = ("plain", "optimizer", "fast", "fast_exact", "strict")
     for name in names:
         print(f"| {name} | {seconds[name]:.4f} | {seconds[name] / seconds['plain']:.2f} |")
     write_json(args.json, {name: seconds[name] for name in names})

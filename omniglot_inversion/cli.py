@@ -109,13 +109,11 @@ def _add_part2_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="run folder (created if missing)")
     _add_common_options(parser)
     parser.add_argument("--noise", type=float, nargs="+", help="noise multipliers (post: 0.7 0.5 0.3)")
-    parser.add_argument("--engine", choices=("fast", "fast-exact", "fast-lite", "optimizer"), default="fast",
+    parser.add_argument("--engine", choices=("fast", "optimizer"), default="fast",
                         help="DP engine: 'fast' (per-example clip factors from batch passes, clipped sum through "
-                        "the batch statistics, their derivatives estimated from a few examples; default), "
-                        "'fast-exact' (the same, all derivatives over the whole batch; ~2.4x the cost of 'fast'), "
-                        "'fast-lite' (sum of the clipped per-example gradients; unstable late in the "
-                        "post's 20 epochs) or 'optimizer' (TensorFlow Privacy's DPKerasAdamOptimizer with "
-                        "model.fit, as the post; ~40x a plain step)")
+                        "the batch statistics, their derivatives estimated from a few examples; default) or "
+                        "'optimizer' (TensorFlow Privacy's DPKerasAdamOptimizer with model.fit, as the post; "
+                        "~40x a plain step)")
     parser.add_argument("--reproducible-noise", action="store_true",
                         help="draw the DP noise from the seed instead of a secret key (anyone who knows the seed "
                         "can then remove it: for engine comparisons and tests only)")

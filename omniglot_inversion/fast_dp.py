@@ -30,10 +30,9 @@ the held per-example gradients of step 2-3, plus the paths through every batch n
 (`_statistics_paths`: their partial derivatives from step 2's pass, the statistics' own
 derivatives from a forward and backward pass of a sample of the batch, in place of a second
 backward pass of the whole batch). Its direction is the optimizer's (cosine 0.998 on real batches
-with the whole batch as the sample). Engine ``fast-lite`` sums the clipped per-example gradients
-of step 3 themselves (cosine 0.85-0.93); at the post's settings its training became unstable late
-in a 20-epoch run (README). Both update the moving averages from step 1's batch statistics, as
-Keras does.
+with the whole batch as the sample); summing the clipped per-example gradients of step 3
+themselves gives cosine 0.85-0.93 only. The moving averages are updated from step 1's batch
+statistics, as Keras does.
 
 The noise is drawn with a stateless generator from ``(noise_seed, step)``: a run repeats exactly
 and resumes exactly from a checkpoint. Whoever knows the seed can regenerate the noise, so a
@@ -462,15 +461,13 @@ def privatize(per_example: list[tf.Tensor], l2_norm_clip: float, noise_multiplie
 
 
 def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variable, noise_seed: int = 0,
-                      through_statistics: bool = True,
                       statistics_sample: int | None = STATISTICS_SAMPLE,
                       paths_sample: int | None = PATHS_SAMPLE) -> GradientFn:
     """A `training.fit` gradient function doing one DP-SGD step with this engine: per-example
     gradients (`per_example_gradients`), clipped, summed, noised and averaged (`privatize`), and
     the batch-norm moving averages updated (`update_moving_averages`).
 
-    ``through_statistics`` (engine ``fast``, the default; matters only with batch norm): the clip
-    factors come from the per-example gradients, but the clipped sum is the gradient of the
+    With batch norm, the clip factors come from the per-example gradients, but the clipped sum is the gradient of the
     clip-weighted loss through the batch statistics, i.e. the optimizer path's per-example
     gradients (all statistics paths included) each scaled by its factor: the clip-weighted sum
     of the held per-example gradients plus `_statistics_paths`. Cosine 0.998 with the optimizer's
@@ -480,10 +477,8 @@ def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variabl
     steps), so the clipped signal is about 6% shorter than the optimizer's at the same noise (after
     one epoch, mean training loss 0.046 higher on six paired seeds; README). Exact norms need every
     later statistic's derivative per example: a backward pass of the statistics sample per example.
-    Without it (engine
-    ``fast-lite``) the summed terms are the clipped per-example gradients themselves: cosine
-    0.85-0.93, and at the post's settings its training became unstable late in a 20-epoch run
-    (README).
+    Without batch norm (the strict variant) the per-example gradients are exact, and the summed
+    terms are the clipped per-example gradients themselves.
 
     ``statistics_sample``: examples from which each batch norm's own-statistics sums are
     estimated for the clip factors (`_own_statistics_correction`; None: all). With 8 of 32
@@ -497,7 +492,7 @@ def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variabl
     ``iterations``) and ``noise_seed`` seed each step's noise.
     """
     model_layers = _layers(model)  # refuses unsupported models now rather than inside the training loop
-    through_statistics = through_statistics and any(
+    through_statistics = any(
         isinstance(layer, keras.layers.BatchNormalization) for layer in model_layers)
     clip, noise, count = settings.l2_norm_clip, settings.noise_multiplier, settings.microbatches
 

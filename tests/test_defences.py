@@ -31,6 +31,28 @@ def test_noise_has_the_configured_scale_relative_to_the_code(name):
     assert excess_kurtosis == pytest.approx(0.0 if name == "gaussian" else 3.0, abs=0.3)  # normal 0, Laplace 3
 
 
+@pytest.mark.parametrize("name", ["gaussian", "laplace", "nopeek+laplace"])
+def test_growing_the_code_gains_nothing_against_training_noise(name):
+    """While training, the noisy code is homogeneous of degree 1 in the clean code, also in the
+    gradient: along the direction that scales the code, its derivative is the noisy code itself
+    (Euler), so the network cannot outgrow the noise. With the noise scale held constant in the
+    gradient the derivative is the clean code, and the post's target diverged (module noise)."""
+    defence = defences.build(name, 1.0)
+    codes = tf.constant(np.random.default_rng(2).normal(1.0, 2.0, size=(64, 1, 1, 32)), tf.float32)
+    weights = tf.constant(np.random.default_rng(3).normal(size=(64, 1, 1, 32)), tf.float32)
+
+    def objective(clean):
+        tf.random.set_seed(5)  # the same draw on every call
+        return tf.reduce_sum(defence.perturb(clean) * weights)
+
+    with tf.GradientTape() as tape:
+        tape.watch(codes)
+        value = objective(codes)
+    along_the_code = float(tf.reduce_sum(tape.gradient(value, codes) * codes))
+    assert along_the_code == pytest.approx(float(value), rel=1e-4)
+    assert abs(float(value) - float(tf.reduce_sum(codes * weights))) > 1.0  # the noise is not negligible
+
+
 def test_uncalibrated_noise_follows_the_batchs_spread():
     tf.random.set_seed(1)
     codes = tf.constant(np.random.default_rng(1).normal(0.0, 3.0, size=DRAWS), tf.float32)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,5 +252,5 @@ def train_dp(
     if checkpoint_dir is not None:
         callbacks.append(keras.callbacks.BackupAndRestore(os.fspath(checkpoint_dir)))
     model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=val_ds,
-              callbacks=callbacks, verbose=0)
+              callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 0)  # a bar on a terminal only
     return log.rows

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,14 @@ def defended_gradients(model: keras.Model, task: Task, training: bool | None) ->
     return gradients
 
 
+def progress_bar(steps: int | None) -> keras.utils.Progbar | None:
+    """A Keras progress bar over an epoch's ``steps`` (None: unknown) when the output is a
+    terminal; None otherwise, so that a log file gets only the one line per epoch of ``on_epoch``."""
+    if not sys.stdout.isatty():
+        return None
+    return keras.utils.Progbar(steps, unit_name="step")
+
+
 def fit(
     model: keras.Model,
     task: Task,
@@ -95,7 +104,8 @@ def fit(
     number of steps drawn from one iterator over ``train_ds`` (which then should repeat), as
     ``keras.Model.fit`` does. Each row holds ``epoch``, ``train_loss``, ``train_<metric>``, with
     ``val_ds`` also ``val_loss`` and ``val_<metric>``, and ``seconds``. ``on_epoch`` receives each
-    row as soon as the epoch ends (progress printing).
+    row as soon as the epoch ends (progress printing); on a terminal a progress bar also follows
+    the steps within each epoch (`progress_bar`).
 
     ``checkpoint_dir``: save model, optimizer and data position there after every epoch, and
     start from the last epoch saved there if any (`checkpoints.EpochCheckpoint`); the rows of the
@@ -126,10 +136,14 @@ def fit(
         trackables = dict(model=model, optimizer=optimizer, **({"iterator": batches} if batches else {}))
         saver = EpochCheckpoint(checkpoint_dir, **trackables)
     history = saver.restore() if saver else []
+    known = steps_per_epoch or (int(train_ds.cardinality()) if train_ds.cardinality() > 0 else None)
     for epoch in range(len(history) + 1, epochs + 1):
         started = time.perf_counter()
-        for inputs, targets in (itertools.islice(batches, steps_per_epoch) if batches else train_ds):
+        bar = progress_bar(known)
+        for step, (inputs, targets) in enumerate(itertools.islice(batches, steps_per_epoch) if batches else train_ds):
             train_step(inputs, targets)
+            if bar is not None:
+                bar.update(step + 1)
         row = {"epoch": epoch, "train_loss": float(train_loss.result()),
                f"train_{task.metric_name}": float(train_metric.result())}
         if val_ds is not None:

@@ -1,5 +1,9 @@
+import io
+import sys
+
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from omniglot_inversion import AttackModel, TargetModel, data, training
 from omniglot_inversion.errors import UsageError
@@ -44,3 +48,24 @@ def test_api_refuses_8_bit_images_before_querying():
         training.query_codes(target.mobile_step, np.zeros((4, 105, 105, 1), np.uint8))
     with pytest.raises(UsageError, match="without the channel axis"):
         training.reconstruct(AttackModel(), target.mobile_step, np.zeros((4, 105, 105), np.float32))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_progress_bar_follows_the_steps_on_a_terminal_only(monkeypatch, terminal):
+    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, activation="softmax")])
+    pairs = tf.data.Dataset.from_tensor_slices((np.ones((20, 3), np.float32), np.zeros(20, int))).batch(4)
+    output = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stdout", output)
+    rows = []
+    training.fit(model, training.CLASSIFY, pairs, epochs=2, on_epoch=rows.append)
+    assert len(rows) == 2
+    shown = output.getvalue()
+    if terminal:
+        assert shown.count("5/5") == 2  # each epoch's bar reaches its 5th of 5 steps
+    else:
+        assert shown == ""  # a log file gets only what on_epoch prints

@@ -8,7 +8,8 @@ Public API: the models, interception, the attacks, the scores, the privacy accou
 """
 
 from omniglot_inversion.accounting import compute_dp_sgd_privacy, epsilon_table
-from omniglot_inversion.assessment import assess
+from omniglot_inversion.assessment import TestSet, assess
+from omniglot_inversion.attack_run import load_test_set
 from omniglot_inversion.attacks import (
     DecoderAttack,
     HybridAttack,
@@ -24,7 +25,8 @@ from omniglot_inversion.membership import audit as membership_audit
 from omniglot_inversion.models import AttackModel, TargetModel, build_complete_model
 
 __all__ = [
-    "AttackModel", "DecoderAttack", "HybridAttack", "InversionAttack", "TargetModel", "UsageError", "WhiteboxAttack",
+    "AttackModel", "DecoderAttack", "HybridAttack", "InversionAttack", "TargetModel", "TestSet", "UsageError",
+    "WhiteboxAttack",
     "assess", "build_complete_model", "code_error", "compute_dp_sgd_privacy", "epsilon_table", "load_intercepted",
-    "load_surrogate", "membership_audit", "per_image_scores", "reidentification", "score",
+    "load_surrogate", "load_test_set", "membership_audit", "per_image_scores", "reidentification", "score",
 ]

@@ -286,6 +286,19 @@ def _run_split_mlp(args: argparse.Namespace) -> None:
     print(f"written: {args.out / RESULT}, {args.out / REPORT}")
 
 
+def _run_reproduce(args: argparse.Namespace) -> None:
+    from omniglot_inversion.reproduce import ReproduceConfig, run_reproduce
+
+    run_reproduce(ReproduceConfig(quick=args.quick, seed=args.seed, data_dir=args.data_dir), args.out, jobs=args.jobs,
+                  ship_to=args.ship)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from omniglot_inversion.report import write_report
+
+    print(f"written: {write_report(args.folder)}")
+
+
 def _run_membership(args: argparse.Namespace) -> None:
     from omniglot_inversion.membership_run import FIGURE, RESULT, run_membership
 
@@ -420,6 +433,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
     sub.add_argument("--seed", type=int, default=0, help="seed of the target and the attacks (default 0)")
     sub.set_defaults(handler=_run_split_mlp)
+
+    text = ("the whole post and the suite in one folder: Part 1, Part 2 at the three noise levels, every attack, "
+            "the defences' frontier, the membership audit, the split MLP, then report.md (resumable)")
+    sub = commands.add_parser("reproduce", help=text, description=text)
+    sub.add_argument("--out", required=True, type=Path, help="folder of the whole run (a killed run resumes from it)")
+    sub.add_argument("--jobs", type=_positive_int, default=1, help="noise levels and grid points at once (default 1)")
+    sub.add_argument("--quick", action="store_true", help="every step at its small sizes (a smoke run)")
+    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
+    sub.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
+    sub.add_argument("--ship", type=Path, metavar="FOLDER",
+                     help="then copy the complete targets, stages, attackers and frontier into FOLDER "
+                     "(e.g. saved_models) with its manifest.json")
+    sub.set_defaults(handler=_run_reproduce)
+
+    text = "rewrite FOLDER/report.md and its figures from the JSON files of a reproduce folder"
+    sub = commands.add_parser("report", help=text, description=text)
+    sub.add_argument("folder", type=Path, help="a folder made by omniglot-inversion reproduce")
+    sub.set_defaults(handler=_run_report)
 
     text = ("membership inference on the complete targets of Part 1 / Part 2 run folders: loss-threshold attack, "
             "AUC, advantage, TPR at low FPR, empirical epsilon lower bound next to the accountant's")

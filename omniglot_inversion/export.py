@@ -1,8 +1,10 @@
-"""Ship trained weights: copy the mobile stages and attackers of a Part 1 and a Part 2 run into one
-folder (``saved_models/``) with a ``manifest.json`` that lets anyone check and reproduce them.
+"""Ship trained weights: copy the complete targets, mobile stages and attackers of a Part 1 and a
+Part 2 run into one folder (``saved_models/``) with a ``manifest.json`` that lets anyone check and
+reproduce them.
 
-For each file the manifest holds its sha256, what it is, the exact command that made it, seed,
-epochs, package and library versions, wall time, and the metrics of its run, plus
+For each file the manifest holds its sha256, what it is, the exact command that made it, the
+commit of the package that shipped it, seed, epochs, package and library versions, wall time, and
+the metrics of its run (with what the membership audit needs: data sizes, delta, normalisation), plus
 ``small1_mse``: the attacker's reconstruction MSE (clipped to [0, 1]) on all of ``small1`` through
 the shipped mobile stage, recomputed here from the shipped files so that a test can check it.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,8 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
 from omniglot_inversion.interception import load_intercepted
 from omniglot_inversion.models import AttackModel
-from omniglot_inversion.runs import ATTACKER_WEIGHTS, FIGURE, METRICS, MOBILE_STAGE
+from omniglot_inversion.part2 import DP_WEIGHTS
+from omniglot_inversion.runs import ATTACKER_WEIGHTS, FIGURE, METRICS, MOBILE_STAGE, TARGET_WEIGHTS
 
 MANIFEST = "manifest.json"
 DATA_NOTE = "with OMNIGLOT_DIR set to the folder of the four Omniglot archives (or --data-dir)"
@@ -34,6 +38,20 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def package_commit() -> str | None:
+    """The git commit of the package's source (``+modified`` when its tracked files differ from
+    it), or None outside a git checkout."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "."],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+modified" if changed else "")
 
 
 def part1_command(config: dict, out: str) -> str:
@@ -79,7 +97,8 @@ def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], l
     refuses those instead)."""
     metrics = _completed(part1, ["target", "attacker", "test"], "part1")
     command = part1_command(metrics["config"], os.fspath(part1))
-    entries = [{"name": "part1", "folder": part1, "command": command, "config": metrics["config"],
+    entries = [{"name": "part1", "folder": part1, "target": TARGET_WEIGHTS, "command": command,
+                "config": metrics["config"],
                 "versions": metrics["versions"],
                 "wall_seconds": {step: metrics[step]["seconds"] for step in ("target", "attacker", "test")},
                 "metrics": {"train_accuracy": metrics["target"]["train_accuracy"],
@@ -98,7 +117,8 @@ def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], l
             missing.append(f"dp_noise_{noise:g}")
             continue
         entries.append({
-            "name": f"dp_noise_{noise:g}", "folder": part2 / f"noise_{noise:g}", "command": command,
+            "name": f"dp_noise_{noise:g}", "folder": part2 / f"noise_{noise:g}", "target": DP_WEIGHTS,
+            "command": command,
             "config": metrics["config"], "versions": metrics["versions"],
             "wall_seconds": {step: level[step]["seconds"] for step in ("target", "attacker", "test")},
             "metrics": {"noise_multiplier": noise, "epsilon": level["epsilon"], "epsilon_2020": level["epsilon_2020"],
@@ -126,25 +146,30 @@ def small1_mse(mobile_stage: Path, attacker_weights: Path, data_dir=None) -> flo
 
 def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str | os.PathLike,
                   data_dir=None, require_all: bool = True) -> dict:
-    """Copy each run's mobile stage and attacker into ``out`` as ``<name>_mobile_stage.h5`` and
-    ``<name>_attacker.h5``, its reconstruction figure as ``<name>_reconstruction.png``, and write
-    ``manifest.json``; returns the manifest. ``require_all=False`` ships the finished noise levels
-    of an unfinished Part 2 and lists the others under ``missing``."""
+    """Copy each run's complete target, mobile stage and attacker into ``out`` as
+    ``<name>_target.h5``, ``<name>_mobile_stage.h5`` and ``<name>_attacker.h5``, its reconstruction
+    figure as ``<name>_reconstruction.png``, and write ``manifest.json``; returns the manifest.
+    ``require_all=False`` ships the finished noise levels of an unfinished Part 2 and lists the
+    others under ``missing``."""
     # refuses unfinished runs before anything is written
     entries, missing = _sources(Path(part1), Path(part2), require_all)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {}
+    files, commit = {}, package_commit()
     for entry in entries:
         copied = {}
-        for kind, source in (("mobile_stage", MOBILE_STAGE), ("attacker", ATTACKER_WEIGHTS)):
+        for kind, source in (("target", entry["target"]), ("mobile_stage", MOBILE_STAGE),
+                             ("attacker", ATTACKER_WEIGHTS)):
             copied[kind] = _ship(entry["folder"] / source, out / f"{entry['name']}_{kind}.h5")
         _ship(entry["folder"] / FIGURE, out / f"{entry['name']}_reconstruction.png")
         mse = small1_mse(copied["mobile_stage"], copied["attacker"], data_dir)
+        config = entry["config"]
         record = {key: entry[key] for key in ("command", "versions", "wall_seconds")}
-        record.update(seed=entry["config"]["seed"], epochs=entry["config"]["epochs"],
-                      attacker_epochs=entry["config"]["attacker_epochs"], data=DATA_NOTE,
-                      metrics={**entry["metrics"], "small1_mse": mse})
+        record.update(seed=config["seed"], epochs=config["epochs"], attacker_epochs=config["attacker_epochs"],
+                      commit=commit, data=DATA_NOTE, metrics={**entry["metrics"], "small1_mse": mse},
+                      training={"train_size": config.get("train_size", data.TARGET_TRAIN_SIZE),
+                                "val_size": config.get("val_size"), "delta": config.get("delta", 1e-5),
+                                "normalization": config.get("normalization", "batch")})
         for kind, path in copied.items():
             files[path.name] = {"kind": kind, "run": entry["name"], "sha256": sha256(path), **record}
     manifest = {**read_json(out / MANIFEST, default={}), "missing": missing,
@@ -169,7 +194,7 @@ def export_frontier(sweep: str | os.PathLike, out: str | os.PathLike, command: s
         raise UsageError(f"{sweep} holds no finished sweep ({frontier.RESULT}); run `omniglot-inversion frontier` "
                          "into it first.")
     out.mkdir(parents=True, exist_ok=True)
-    files = {}
+    files, commit = {}, package_commit()
     for row in result["rows"]:
         if row["kind"] != "defence" or row["defence"]["name"] == "none":
             continue
@@ -178,7 +203,8 @@ def export_frontier(sweep: str | os.PathLike, out: str | os.PathLike, command: s
         path = _ship(run / MOBILE_STAGE, out / f"defended_{row['target']}_mobile_stage.h5")
         files[path.name] = {
             "kind": "mobile_stage", "run": f"defended_{row['target']}", "sha256": sha256(path),
-            "command": part1_command(metrics["config"], os.fspath(run)), "versions": metrics["versions"],
+            "command": part1_command(metrics["config"], os.fspath(run)), "commit": commit,
+            "versions": metrics["versions"],
             "wall_seconds": {"target": metrics["target"]["seconds"]}, "seed": metrics["config"]["seed"],
             "epochs": metrics["config"]["epochs"], "data": DATA_NOTE,
             "metrics": {"val_accuracy": metrics["target"]["val_accuracy"], "defence": metrics["target"]["defence"]}}

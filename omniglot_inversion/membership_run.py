@@ -17,8 +17,9 @@ import tensorflow as tf
 
 from omniglot_inversion import data, membership, plots, runs
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.export import MANIFEST
 from omniglot_inversion.files import read_json, write_json
-from omniglot_inversion.models import build_complete_model
+from omniglot_inversion.models import TargetModel, build_complete_model
 from omniglot_inversion.part2 import DP_WEIGHTS
 
 RESULT = "membership.json"
@@ -37,9 +38,29 @@ class AuditTarget:
     epsilon: float | None
 
 
+def _shipped_audit_targets(folder: Path) -> list[AuditTarget]:
+    targets = []
+    for name, entry in read_json(folder / MANIFEST)["files"].items():
+        if entry["kind"] != "target":
+            continue
+        training = entry["training"]
+        if entry["run"] == "part1":
+            label, model = "non-private", TargetModel()
+        else:
+            label, model = entry["run"].replace("dp_noise_", "noise "), build_complete_model(training["normalization"])
+        model.load_weights(folder / name)
+        targets.append(AuditTarget(label, model, training["train_size"], training["val_size"], training["delta"],
+                                   entry["metrics"].get("epsilon")))
+    return targets
+
+
 def find_audit_targets(folder: str | os.PathLike) -> list[AuditTarget]:
-    """The complete targets of a Part 1 or Part 2 run folder."""
+    """The complete targets of a Part 1 or Part 2 run folder, or of a shipped-models folder."""
     folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        targets = _shipped_audit_targets(folder)
+        if targets:
+            return targets
     metrics = read_json(folder / runs.METRICS, default={})
     config = metrics.get("config", {})
     sizes = dict(train_size=config.get("train_size", data.TARGET_TRAIN_SIZE), val_size=config.get("val_size"))
@@ -56,7 +77,8 @@ def find_audit_targets(folder: str | os.PathLike) -> list[AuditTarget]:
                                    epsilon=level.get("epsilon"), **sizes))
     if not targets:
         raise UsageError(f"{folder} holds no trained complete target (no {runs.TARGET_WEIGHTS}, no noise level with "
-                         f"{DP_WEIGHTS}); run `omniglot-inversion part1` or `part2` into it first.")
+                         f"{DP_WEIGHTS}, no complete target in a {MANIFEST}); run `omniglot-inversion part1` or "
+                         "`part2` into it first.")
     return targets
 
 

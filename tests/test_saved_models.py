@@ -104,11 +104,16 @@ def test_export_refuses_runs_that_are_not_finished(tmp_path):
 def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_rest(tmp_path, data_dir):
     import shutil
 
-    from omniglot_inversion.export import export_models
+    from omniglot_inversion import TargetModel, build_complete_model
+    from omniglot_inversion.export import export_models, package_commit
     from omniglot_inversion.files import write_json
+    from omniglot_inversion.membership_run import find_audit_targets
 
     def run_folder(folder, name):
         folder.mkdir(parents=True)
+        complete = TargetModel() if name == "part1" else build_complete_model()
+        complete(np.zeros((1, 105, 105, 1), np.float32))
+        complete.save_weights(folder / ("target_weights.h5" if name == "part1" else "dp_model_weights.h5"))
         shutil.copyfile(SAVED / f"{name}_mobile_stage.h5", folder / "mobile_stage.h5")
         shutil.copyfile(SAVED / f"{name}_attacker.h5", folder / "attacker_weights.h5")
         shutil.copyfile(SAVED / f"{name}_reconstruction.png", folder / "reconstruction.png")
@@ -131,7 +136,12 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
                              require_all=False)
     assert manifest["missing"] == ["dp_noise_0.5"]
     assert sorted(manifest["files"]) == sorted(f"{run}_{kind}.h5" for run in ("part1", "dp_noise_0.7")
-                                               for kind in ("mobile_stage", "attacker"))
+                                               for kind in ("target", "mobile_stage", "attacker"))
+    # the complete targets are what the membership audit of the shipped folder reads
+    audited = find_audit_targets(tmp_path / "out")
+    assert [(t.label, t.epsilon, t.train_size) for t in audited] == [("non-private", None, 11_000),
+                                                                      ("noise 0.7", 3.39, 11_000)]
+    assert manifest["files"]["part1_target.h5"]["commit"] == package_commit() is not None
     assert "--noise 0.7 0.5" in manifest["files"]["dp_noise_0.7_attacker.h5"]["command"]
     # the same files give the same small1 MSE as the shipped manifest records
     shipped = json.loads((SAVED / MANIFEST).read_text())["files"]["dp_noise_0.7_attacker.h5"]["metrics"]

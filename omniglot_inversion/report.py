@@ -1,0 +1,178 @@
+"""The report of a `reproduce` folder, made from its JSON files alone: ``report.md`` with one
+section per step (numbers next to the post's or the baseline's) and the figures that its JSON
+holds enough to draw (frontier, membership ROC, privacy and utility). ``omniglot-inversion report
+DIR`` rewrites them; a step not run yet is named as missing in its section.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omniglot_inversion import frontier, leakage, membership_run, plots, runs, split_mlp
+from omniglot_inversion.errors import UsageError
+from omniglot_inversion.files import atomic_path, read_json
+
+REPORT = "report.md"
+RECORD = "reproduce.json"
+FIGURES = {"frontier": "frontier.png", "membership": "membership_roc.png"}
+# the post's printed numbers (reference text 001): target train / validation accuracy per epoch,
+# attacker MSE per epoch, and per noise multiplier its epsilon and final training accuracy
+POST_TARGET = {1: (0.195, 0.377), 2: (0.472, 0.524), 9: (0.821, 0.720), 10: (0.840, 0.727)}
+POST_ATTACKER = {1: 0.531, 2: 0.201, 100: 0.0413}
+POST_DP = {"0.7": (4.0, 0.37), "0.5": (12.5, 0.45), "0.3": (84.7, 0.56)}
+# the folders `reproduce` makes, by step
+FOLDERS = {"part1": "part1", "part2": "part2", "attack_suite": "attack_suite", "frontier": "frontier",
+           "membership": "membership", "split_mlp": "split_mlp"}
+
+
+def _cell(interval: dict | None, digits: int = 3) -> str:
+    if interval is None:
+        return "-"
+    return f"{interval['mean']:.{digits}f} [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
+
+
+def _missing(step: str, path: Path) -> list[str]:
+    return [f"Not run yet: `{path}` is missing (`omniglot-inversion reproduce` makes it, step {step}).", ""]
+
+
+def _part1(folder: Path) -> list[str]:
+    lines = ["## Part 1: the non-private target and the post's attacker", ""]
+    metrics = read_json(folder / runs.METRICS)
+    if metrics is None or "test" not in metrics:
+        return lines + _missing("part1", folder / runs.METRICS)
+    history = {row["epoch"]: row for row in metrics["target"]["history"]}
+    lines += ["| | this run | post |", "| --- | --- | --- |"]
+    for epoch, (train, val) in POST_TARGET.items():
+        if epoch in history:
+            row = history[epoch]
+            lines.append(f"| target, epoch {epoch}: train / validation accuracy | {row['train_accuracy']:.3f} / "
+                         f"{row['val_accuracy']:.3f} | {train:.3f} / {val:.3f} |")
+    attacker = {row["epoch"]: row for row in metrics["attacker"]["history"]}
+    for epoch, mse in POST_ATTACKER.items():
+        if epoch in attacker:
+            lines.append(f"| attacker MSE on small1, epoch {epoch} | {attacker[epoch]['train_mse']:.4f} | {mse:.4f} |")
+    lines += [f"| attacker MSE on small2 ({metrics['test']['num_images']} images, clipped) | "
+              f"{metrics['test']['test_mse']:.4f} | not reported |", "",
+              f"![Part 1 reconstructions]({FOLDERS['part1']}/{runs.FIGURE})", ""]
+    return lines
+
+
+def _part2(folder: Path) -> list[str]:
+    lines = ["## Part 2: DP-SGD at the post's noise levels", ""]
+    metrics = read_json(folder / runs.METRICS)
+    levels = (metrics or {}).get("noise_levels", {})
+    done = {key: level for key, level in levels.items() if "test" in level}
+    if not done:
+        return lines + _missing("part2", folder / runs.METRICS)
+    lines += [f"Engine `{metrics['config']['engine']}`, noise from {metrics.get('noise_source', 'the seed')}.", "",
+              "| noise | epsilon (now / 2020 accounting) | post's epsilon | final train accuracy | post | "
+              "validation accuracy | attacker MSE small1 / small2 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key, level in done.items():
+        post_epsilon, post_accuracy = POST_DP.get(key, (None, None))
+        post = ("-", "-") if post_epsilon is None else (f"{post_epsilon:g}", f"{post_accuracy:.2f}")
+        lines.append(f"| {key} | {level['epsilon']:.2f} / {level['epsilon_2020']:.2f} | {post[0]} | "
+                     f"{level['target']['train_accuracy']:.3f} | {post[1]} | {level['target']['val_accuracy']:.3f} | "
+                     f"{level['attacker']['train_mse']:.4f} / {level['test']['test_mse']:.4f} |")
+    missing = sorted(set(levels) - set(done))
+    if missing:
+        lines += ["", f"Noise levels not finished yet: {', '.join(missing)}."]
+    return lines + [""]
+
+
+def _attack_suite(folder: Path, out: Path) -> list[str]:
+    lines = ["## Attacks on the code", ""]
+    result = read_json(folder / leakage.EVALUATION)
+    if result is None:
+        return lines + _missing("attack_suite", folder / leakage.EVALUATION)
+    chance = result["chance"]
+    lines += [f"{result['num_images']} test images ({result['test_set']}); chance top-1 {chance['top1']:.4f}, "
+              f"top-5 {chance['top5']:.4f}. Unseen: alphabets the attacker's own images lack.", "",
+              "| target | attack | unseen: MSE | unseen: top-1 | unseen: top-5 | seen: top-1 | code error | "
+              "verdict on unseen alphabets |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        groups, verdict = row["metrics"]["seen_unseen"], row["metrics"]["verdict_unseen"]
+        unseen, seen = groups.get("unseen", {}), groups.get("seen")
+        lines.append(f"| {row['target']} | {row['label']} | {_cell(unseen.get('mse'), 4)} | "
+                     f"{_cell(unseen.get('top1'))} | {_cell(unseen.get('top5'))} | "
+                     f"{_cell(seen['top1']) if seen else '(none seen)'} | {_cell(row['metrics']['code_error'])} | "
+                     f"{verdict['text'] if verdict else '-'} |")
+    lines += ["", f"Every metric, baseline and figure: [{FOLDERS['attack_suite']}/{leakage.REPORT}]"
+              f"({FOLDERS['attack_suite']}/{leakage.REPORT}).", ""]
+    for label in result.get("privacy_utility_figures", {}):
+        name = f"privacy_utility_{label.replace(':', '_')}.png"
+        selected = [{**row, "attack": row["metrics"]["attack"]} for row in result["rows"] if row["label"] == label]
+        plots.save_privacy_utility(selected, out / name)
+        lines += [f"Privacy and utility, {label}:", "", f"![privacy and utility]({name})", ""]
+    return lines
+
+
+def _frontier(folder: Path, out: Path) -> list[str]:
+    lines = ["## Defences at the cut: accuracy against leakage", ""]
+    result = read_json(folder / frontier.RESULT)
+    if result is None:
+        return lines + _missing("frontier", folder / frontier.RESULT)
+    lines += ["Top-1 re-identification (chance about 0.0003 on all of small2, 1/260 on the white-box subset); "
+              "seen: Greek and Latin, which the attacker's small1 holds.", "",
+              "| target | defence | strength / epsilon | val accuracy | decoder: unseen top-1 | hybrid: unseen top-1 | "
+              "decoder: seen top-1 | hybrid: seen top-1 | strongest on unseen |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        attacks = row["attacks"]
+        note = row["strength"] if row["strength"] is not None else row["defence"].get("epsilon")
+        strongest = max(attacks, key=lambda name: attacks[name].get("unseen", {}).get("top1", {}).get("mean", -1))
+        cells = [_cell(attacks[name].get(group, {}).get("top1")) for group in ("unseen", "seen")
+                 for name in (frontier.DECODER, frontier.WHITEBOX)]
+        lines.append(f"| {row['target']} | {row['defence']['name']} | {'-' if note is None else f'{note:.3g}'} | "
+                     f"{row['val_accuracy']:.3f} | {' | '.join(cells)} | {strongest} |")
+    plots.save_frontier(result["rows"], out / FIGURES["frontier"])
+    return lines + ["", f"![frontier]({FIGURES['frontier']})", ""]
+
+
+def _membership(folder: Path, out: Path) -> list[str]:
+    lines = ["## Membership inference: what DP-SGD bounds", ""]
+    result = read_json(folder / membership_run.RESULT)
+    if result is None:
+        return lines + _missing("membership", folder / membership_run.RESULT)
+    lines += ["Loss-threshold attack; members: training records, non-members: validation records, as many of "
+              "each. The empirical epsilon is a lower bound at the run's delta from Clopper-Pearson bounds.", "",
+              "| target | members | AUC | advantage | TPR at FPR 0.1 % | TPR at FPR 1 % | empirical epsilon >= | "
+              "accountant's epsilon |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        accountant = "-" if row["accountant_epsilon"] is None else f"{row['accountant_epsilon']:.2f}"
+        lines.append(f"| {row['target']} | {row['members']} | {_cell(row['auc'])} | {_cell(row['advantage'])} | "
+                     f"{_cell(row['tpr_at_fpr_0.001'])} | {_cell(row['tpr_at_fpr_0.01'])} | "
+                     f"{row['empirical_epsilon']['epsilon']:.2f} | {accountant} |")
+    plots.save_roc_curves({row["target"]: row["roc"] for row in result["rows"]}, out / FIGURES["membership"])
+    return lines + ["", f"![membership ROC]({FIGURES['membership']})", ""]
+
+
+def _split_mlp(folder: Path) -> list[str]:
+    summary = read_json(folder / split_mlp.RESULT)
+    if summary is None:
+        return ["## The split MLP", ""] + _missing("split_mlp", folder / split_mlp.RESULT)
+    body = split_mlp.report(summary).splitlines()
+    return ["## The split MLP" + body[0].removeprefix("# Split MLP"), *body[1:], ""]
+
+
+def write_report(folder: str | os.PathLike) -> Path:
+    """Write ``folder/report.md`` and its figures from the JSON files of a `reproduce` folder."""
+    folder = Path(folder)
+    record = read_json(folder / RECORD)
+    if record is None and not any((folder / name).exists() for name in FOLDERS.values()):
+        raise UsageError(f"{folder} holds no reproduce run ({RECORD} and the step folders are missing); make one "
+                         "with `omniglot-inversion reproduce --out FOLDER`.")
+    lines = ["# The post, reproduced, and the suite around it", ""]
+    if record is not None:
+        lines += [f"Made by `{record['command']}` with omniglot-inversion {record['versions']['omniglot-inversion']} "
+                  f"(TensorFlow {record['versions']['tensorflow']}); last invocation "
+                  f"{record['seconds']['total']:.0f} s.", ""]
+    lines += _part1(folder / FOLDERS["part1"])
+    lines += _part2(folder / FOLDERS["part2"])
+    lines += _attack_suite(folder / FOLDERS["attack_suite"], folder)
+    lines += _frontier(folder / FOLDERS["frontier"], folder)
+    lines += _membership(folder / FOLDERS["membership"], folder)
+    lines += _split_mlp(folder / FOLDERS["split_mlp"])
+    with atomic_path(folder / REPORT) as tmp:
+        tmp.write_text("\n".join(lines).rstrip() + "\n")
+    return folder / REPORT

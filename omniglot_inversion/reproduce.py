@@ -1,0 +1,111 @@
+"""Everything in one folder: the post (Part 1, Part 2 at its three noise levels), every attack
+against each of their targets, the defences' frontier, the membership audit and the split MLP,
+then the report (`report.write_report`). Each step is a run of its own command in a subfolder and
+resumes as that command does, so a killed ``reproduce`` started again continues where it stopped.
+
+``quick``: the commands' small sizes (one noise level, one defended target), for a smoke run
+and the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omniglot_inversion import attack_run, frontier, leakage, membership_run, part2, report, runs, split_mlp
+from omniglot_inversion.attacks import whitebox
+from omniglot_inversion.data import check_data_source
+from omniglot_inversion.files import record_settings, write_json
+from omniglot_inversion.jobs import check_jobs
+
+SETTINGS = "reproduce_config.json"
+QUICK_GRID = (("laplace", 1.0),)
+QUICK_ITERATIONS = 10
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """What a reproduce folder depends on (``data_dir`` aside: the archives are checked on load)."""
+
+    quick: bool = False
+    seed: int = 0
+    data_dir: str | None = None
+
+    def command(self, out: str | os.PathLike, jobs: int = 1) -> str:
+        return (f"omniglot-inversion reproduce --out {os.fspath(out)} --seed {self.seed}"
+                + (f" --jobs {jobs}" if jobs > 1 else "") + (" --quick" if self.quick else ""))
+
+
+def _attack_settings(config: ReproduceConfig) -> dict:
+    if not config.quick:
+        return {"seed": config.seed}
+    return {"seed": config.seed, "surrogate_limit": attack_run.QUICK_SURROGATE_IMAGES,
+            "iterations": min(QUICK_ITERATIONS, whitebox.ITERATIONS)}
+
+
+def steps(config: ReproduceConfig, out: Path, jobs: int, log):
+    """The steps in order, as (name, function of no arguments)."""
+    folders = {name: out / folder for name, folder in report.FOLDERS.items()}
+    part1_config = runs.Part1Config(seed=config.seed, data_dir=config.data_dir, **(runs.QUICK if config.quick else {}))
+    part2_config = part2.Part2Config(seed=config.seed, data_dir=config.data_dir,
+                                     **(part2.QUICK if config.quick else {}))
+    grid = QUICK_GRID if config.quick else frontier.DEFAULT_GRID
+    frontier_config = frontier.FrontierConfig(grid=grid, quick=config.quick, seed=config.seed,
+                                              data_dir=config.data_dir)
+    mlp_settings = dict(seed=config.seed, data_dir=config.data_dir)
+    mlp_config = split_mlp.SplitMLPConfig.quick(**mlp_settings) if config.quick else split_mlp.SplitMLPConfig(
+        **mlp_settings)
+    limit = attack_run.QUICK_TEST_IMAGES if config.quick else None
+    # cheap steps first, the two long sweeps last (each resumes where a killed run stopped)
+    return [
+        ("part1", lambda: runs.run_part1(part1_config, folders["part1"], resume=True, log=log)),
+        ("part2", lambda: part2.run_part2(part2_config, folders["part2"], resume=True, jobs=jobs, log=log)),
+        ("membership", lambda: membership_run.run_membership(
+            [folders["part1"], folders["part2"]], folders["membership"], data_dir=config.data_dir, seed=config.seed,
+            limit=limit, log=log)),
+        ("split_mlp", lambda: split_mlp.run_split_mlp(mlp_config, folders["split_mlp"], log=log)),
+        ("frontier", lambda: frontier.run_frontier(frontier_config, folders["frontier"], jobs=jobs,
+                                                   dp_run=folders["part2"], log=log)),
+        ("attack_suite", lambda: leakage.evaluate_runs(
+            [folders["part1"], folders["part2"]], folders["attack_suite"], data_dir=config.data_dir,
+            settings=_attack_settings(config), limit=limit, log=log)),
+    ]
+
+
+def ship(out: Path, folder: str | os.PathLike, command: str) -> dict:
+    """Copy a finished reproduce folder's targets, stages, attackers and frontier into ``folder``
+    (`export.export_models`, `export.export_frontier`); returns the manifest."""
+    from omniglot_inversion.export import export_frontier, export_models
+
+    export_models(out / report.FOLDERS["part1"], out / report.FOLDERS["part2"], folder)
+    return export_frontier(out / report.FOLDERS["frontier"], folder, command)
+
+
+def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, jobs: int = 1,
+                  ship_to: str | os.PathLike | None = None, log=print) -> dict:
+    """Every step into ``out`` (each resuming what it holds), then ``report.md``, then with
+    ``ship_to`` the shipped files there (`ship`); returns the record written to
+    ``reproduce.json`` (the command, versions, seconds of each step this time)."""
+    check_jobs(jobs)
+    check_data_source(config.data_dir)  # nothing is written when the archives are missing
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record_settings(out / SETTINGS, {"quick": config.quick, "seed": config.seed}, "reproduce run")
+    started, seconds = time.perf_counter(), {}
+    for name, step in steps(config, out, jobs, log):
+        log(f"== reproduce: {name}")
+        begun = time.perf_counter()
+        step()
+        seconds[name] = time.perf_counter() - begun
+    seconds["total"] = time.perf_counter() - started
+    command = config.command(out, jobs) + ("" if ship_to is None else f" --ship {os.fspath(ship_to)}")
+    record = {"command": command, "versions": runs.versions(), "seconds": seconds}
+    write_json(out / report.RECORD, record)
+    report.write_report(out)
+    if ship_to is not None:
+        ship(out, ship_to, record["command"])
+        log(f"reproduce: shipped into {ship_to}")
+    log(f"reproduce: done in {seconds['total']:.0f} s; report {out / report.REPORT}")
+    return record

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,10 +183,10 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, data_dir):
     _assert_no_partial_files(out)
 
 
-def test_overwrite_replaces_every_file_of_a_finished_part2_run(tmp_path, data_dir):
+def test_overwrite_replaces_every_file_of_a_finished_part2_run(tmp_path, data_dir, part2_whole):
     out = tmp_path / "run"
+    shutil.copytree(part2_whole, out)  # a finished run of other settings
     quick = ["part2", "--quick", "--noise", "0.7", "--epochs", "1", "--steps-per-epoch", "2", "--attacker-epochs", "1"]
-    _run([*quick, "--seed", "3"], out, data_dir)
     level = out / "noise_0.7"
     old_weights = (level / "dp_model_weights.h5").read_bytes()
     (out / "notes-of-the-old-run.txt").write_text("old")
@@ -196,6 +197,7 @@ def test_overwrite_replaces_every_file_of_a_finished_part2_run(tmp_path, data_di
     assert (level / "dp_model_weights.h5").read_bytes() != old_weights
     assert metrics["noise_levels"]["0.7"] == json.loads((level / "level.json").read_text())
     assert not (out / "notes-of-the-old-run.txt").exists() and not (out / runs.REPLACED).exists()
+    assert not (out / "noise_0.5").exists()  # the old run's second level went with it
     _assert_no_partial_files(out)
 
 

@@ -36,6 +36,13 @@ def _missing(step: str, path: Path) -> list[str]:
     return [f"Not run yet: `{path}` is missing (`omniglot-inversion reproduce` makes it, step {step}).", ""]
 
 
+def _section(title: str, path: Path, step: str) -> tuple[list[str], dict | None]:
+    """A section's heading and the JSON it is made from; without the file, the heading and a line
+    saying which step is missing."""
+    result = read_json(path)
+    return [f"## {title}", "", *([] if result is not None else _missing(step, path))], result
+
+
 def _part1(folder: Path) -> list[str]:
     lines = ["## Part 1: the non-private target and the post's attacker", ""]
     metrics = read_json(folder / runs.METRICS)
@@ -81,10 +88,9 @@ def _part2(folder: Path) -> list[str]:
 
 
 def _attack_suite(folder: Path, out: Path) -> list[str]:
-    lines = ["## Attacks on the code", ""]
-    result = read_json(folder / leakage.EVALUATION)
+    lines, result = _section("Attacks on the code", folder / leakage.EVALUATION, "attack_suite")
     if result is None:
-        return lines + _missing("attack_suite", folder / leakage.EVALUATION)
+        return lines
     chance = result["chance"]
     lines += [f"{result['num_images']} test images ({result['test_set']}); chance top-1 {chance['top1']:.4f}, "
               f"top-5 {chance['top5']:.4f}. Unseen: alphabets the attacker's own images lack.", "",
@@ -108,10 +114,9 @@ def _attack_suite(folder: Path, out: Path) -> list[str]:
 
 
 def _frontier(folder: Path, out: Path) -> list[str]:
-    lines = ["## Defences at the cut: accuracy against leakage", ""]
-    result = read_json(folder / frontier.RESULT)
+    lines, result = _section("Defences at the cut: accuracy against leakage", folder / frontier.RESULT, "frontier")
     if result is None:
-        return lines + _missing("frontier", folder / frontier.RESULT)
+        return lines
     lines += ["Top-1 re-identification (chance about 0.0003 on all of small2, 1/260 on the white-box subset); "
               "seen: Greek and Latin, which the attacker's small1 holds.", "",
               "| target | defence | strength / epsilon | val accuracy | decoder: unseen top-1 | hybrid: unseen top-1 | "
@@ -130,10 +135,9 @@ def _frontier(folder: Path, out: Path) -> list[str]:
 
 
 def _membership(folder: Path, out: Path) -> list[str]:
-    lines = ["## Membership inference: what DP-SGD bounds", ""]
-    result = read_json(folder / membership_run.RESULT)
+    lines, result = _section("Membership inference: what DP-SGD bounds", folder / membership_run.RESULT, "membership")
     if result is None:
-        return lines + _missing("membership", folder / membership_run.RESULT)
+        return lines
     lines += ["Loss-threshold attack; members: training records, non-members: validation records, as many of "
               "each. The empirical epsilon is a lower bound at the run's delta from Clopper-Pearson bounds.", "",
               "| target | members | AUC | advantage | TPR at FPR 0.1 % | TPR at FPR 1 % | empirical epsilon >= | "

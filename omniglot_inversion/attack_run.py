@@ -25,7 +25,7 @@ from omniglot_inversion.assessment import TestSet, assess
 from omniglot_inversion.attacks import whitebox
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.files import atomic_path, read_json, write_json
-from omniglot_inversion.image_sources import Images, fit_to_stage
+from omniglot_inversion.image_sources import Images, fit_to_stage, square_side
 from omniglot_inversion.models import AttackModel
 
 RESULT = "attack.json"
@@ -189,8 +189,8 @@ def as_pictures(images: np.ndarray) -> np.ndarray:
     """``images`` as (n, height, width, channels) for scores and figures: flat square inputs of a
     stage that takes vectors become one-channel square pictures."""
     if images.ndim == 2:
-        side = int(round(images.shape[1] ** 0.5))
-        if side * side != images.shape[1]:
+        side = square_side(images.shape[1])
+        if side is None:
             raise UsageError(f"Inputs of {images.shape[1]} numbers are not square pictures; they cannot be scored "
                              "as images.")
         return images.reshape(len(images), side, side, 1)

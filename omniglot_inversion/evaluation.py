@@ -99,6 +99,14 @@ def bootstrap(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 
                     float(np.percentile(replicates, 100.0 - tail)))
 
 
+def interval_text(interval: dict | None, digits: int = 3) -> str:
+    """``mean [low, high]`` of an interval as the JSON records hold it (`Interval.as_dict`), or
+    "-" for none: the cell of every Markdown table the package writes."""
+    if interval is None:
+        return "-"
+    return f"{interval['mean']:.{digits}f} [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
+
+
 def per_image_scores(originals: np.ndarray, reconstructions: np.ndarray, characters: np.ndarray) -> dict:
     """Every metric per image: mse, psnr (capped at 100 dB for a perfect copy), ssim,
     ``ssim_above_0.3`` (1 where SSIM > `RECOGNISABLE_SSIM`), and the re-identification hits top1,

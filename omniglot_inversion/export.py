@@ -40,6 +40,12 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def run_label(run: str) -> str:
+    """The target label of a shipped run: ``non-private`` for ``part1``, ``noise 0.7`` for
+    ``dp_noise_0.7``, as the run folders' targets are labelled."""
+    return "non-private" if run == "part1" else run.replace("dp_noise_", "noise ")
+
+
 def package_commit() -> str | None:
     """The git commit of the package's source (``+modified`` when its tracked files differ from
     it), or None outside a git checkout."""
@@ -213,6 +219,6 @@ def export_frontier(sweep: str | os.PathLike, out: str | os.PathLike, command: s
     manifest = read_json(out / MANIFEST, default={})
     manifest["files"] = {**manifest.get("files", {}), **files}
     manifest["frontier"] = {"files": [frontier.RESULT, frontier.TABLE, frontier.FIGURE], "command": command,
-                            "versions": metrics["versions"] if files else None}
+                            "versions": next((entry["versions"] for entry in files.values()), None)}
     write_json(out / MANIFEST, manifest)
     return manifest

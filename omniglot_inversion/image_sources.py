@@ -109,6 +109,13 @@ def load_images(source: str | os.PathLike, limit: int | None = None) -> Images:
     return found
 
 
+def square_side(length: int) -> int | None:
+    """The side of a square picture of ``length`` pixels (a flattened one-channel image), or None
+    when ``length`` is not a square."""
+    side = math.isqrt(length)
+    return side if side * side == length else None
+
+
 def _unit_range(images: np.ndarray, what: str) -> np.ndarray:
     if np.issubdtype(images.dtype, np.integer):
         if images.min() < 0 or images.max() > 255:
@@ -127,8 +134,8 @@ def fit_to_stage(images: np.ndarray, shape: tuple, what: str = "images") -> np.n
     images = _unit_range(np.asarray(images), what)
     shape = tuple(shape)
     if len(shape) == 1:
-        side = math.isqrt(shape[0])
-        if side * side != shape[0]:
+        side = square_side(shape[0])
+        if side is None:
             raise UsageError(f"{what}: the stage takes vectors of {shape[0]} numbers, not a square picture; "
                              "give images already flattened to that length in an .npz file.")
         return fit_to_stage(images, (side, side, 1), what).reshape(len(images), shape[0])

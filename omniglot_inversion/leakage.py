@@ -26,13 +26,14 @@ from omniglot_inversion import attack_run, evaluation, plots, runs
 from omniglot_inversion.assessment import VERDICT_METRICS
 from omniglot_inversion.attacks import load_surrogate
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.evaluation import interval_text
+from omniglot_inversion.export import MANIFEST, run_label
 from omniglot_inversion.files import atomic_path, read_json, write_json
 from omniglot_inversion.interception import load_intercepted
 from omniglot_inversion.models import AttackModel
 
 EVALUATION = "evaluation.json"
 REPORT = "report.md"
-MANIFEST = "manifest.json"
 DEFAULT_ATTACKS = ("decoder", "decoder:background", "whitebox", "hybrid")
 load_test_set = attack_run.load_test_set
 
@@ -67,8 +68,7 @@ def _shipped_targets(folder: Path) -> list[Target]:
         if entry["kind"] != "mobile_stage":
             continue
         metrics = entry.get("metrics", {})
-        label = "non-private" if entry["run"] == "part1" else entry["run"].replace("dp_noise_", "noise ")
-        targets.append(Target(label, load_intercepted(folder / name), attackers.get(entry["run"]),
+        targets.append(Target(run_label(entry["run"]), load_intercepted(folder / name), attackers.get(entry["run"]),
                               metrics.get("epsilon"), metrics.get("val_accuracy")))
     return targets
 
@@ -167,12 +167,6 @@ def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, d
     return evaluation_data
 
 
-def _cell(interval: dict | None, digits: int = 3) -> str:
-    if interval is None:
-        return "-"
-    return f"{interval['mean']:.{digits}f} [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
-
-
 TABLE_METRICS = ("mse", "ssim", "ssim_above_0.3", "top1", "top5")
 
 
@@ -209,7 +203,7 @@ def report_markdown(evaluation_data: dict) -> str:
         accuracy = "-" if row["target_val_accuracy"] is None else f"{row['target_val_accuracy']:.3f}"
         text = verdict["text"] if verdict else "no unseen alphabet"
         lines.append(f"| {row['target']} | {epsilon} | {accuracy} | {row['label']} | {text} | "
-                     f"{_cell(row['metrics']['code_error'])} |")
+                     f"{interval_text(row['metrics']['code_error'])} |")
     for group in ("unseen", "seen", "all"):
         lines += ["", f"## {group.capitalize()} alphabets", "",
                   "| target | attack | " + " | ".join(TABLE_METRICS) + " |", "|" + " --- |" * (len(TABLE_METRICS) + 2)]
@@ -220,9 +214,9 @@ def report_markdown(evaluation_data: dict) -> str:
                 continue
             best = _best_baselines(row, group)
             lines.append(f"| {row['target']} | {row['label']} | " +
-                         " | ".join(_cell(scores[m], 4 if m == "mse" else 3) for m in TABLE_METRICS) + " |")
+                         " | ".join(interval_text(scores[m], 4 if m == "mse" else 3) for m in TABLE_METRICS) + " |")
             lines.append(f"| {row['target']} | best baseline | " +
-                         " | ".join(f"{_cell(best[m][1], 4 if m == 'mse' else 3)} ({best[m][0]})"
+                         " | ".join(f"{interval_text(best[m][1], 4 if m == 'mse' else 3)} ({best[m][0]})"
                                     for m in TABLE_METRICS) + " |")
     lines += ["", "## Reconstructions", ""]
     for figure in dict.fromkeys(row["figures"]["all_attacks"] for row in evaluation_data["rows"]):

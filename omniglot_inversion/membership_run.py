@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from omniglot_inversion import data, membership, plots, runs
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.export import MANIFEST
+from omniglot_inversion.export import MANIFEST, run_label
 from omniglot_inversion.files import read_json, write_json
 from omniglot_inversion.models import TargetModel, build_complete_model
 from omniglot_inversion.part2 import DP_WEIGHTS
@@ -44,13 +44,10 @@ def _shipped_audit_targets(folder: Path) -> list[AuditTarget]:
         if entry["kind"] != "target":
             continue
         training = entry["training"]
-        if entry["run"] == "part1":
-            label, model = "non-private", TargetModel()
-        else:
-            label, model = entry["run"].replace("dp_noise_", "noise "), build_complete_model(training["normalization"])
+        model = TargetModel() if entry["run"] == "part1" else build_complete_model(training["normalization"])
         model.load_weights(folder / name)
-        targets.append(AuditTarget(label, model, training["train_size"], training["val_size"], training["delta"],
-                                   entry["metrics"].get("epsilon")))
+        targets.append(AuditTarget(run_label(entry["run"]), model, training["train_size"], training["val_size"],
+                                   training["delta"], entry["metrics"].get("epsilon")))
     return targets
 
 

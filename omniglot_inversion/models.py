@@ -8,6 +8,8 @@ so one image becomes a code of shape (1, 1, 32). The attacker decodes it back:
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from omniglot_inversion.data import IMAGE_SHAPE, NUM_ALPHABETS
@@ -124,9 +126,7 @@ def build_decoder(code_shape: tuple, image_shape: tuple) -> keras.Model:
     code_shape, image_shape = tuple(code_shape), tuple(image_shape)
     if code_shape == CODE_SHAPE and image_shape == IMAGE_SHAPE:
         return AttackModel()
-    pixels = 1
-    for size in image_shape:
-        pixels *= size
+    pixels = math.prod(image_shape)
     stack: list[keras.layers.Layer] = [keras.Input(code_shape)]
     if len(code_shape) == 3 and len(image_shape) == 3:
         height, width = code_shape[:2]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omniglot_inversion import frontier, leakage, membership_run, plots, runs, split_mlp
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.evaluation import interval_text
 from omniglot_inversion.files import atomic_path, read_json
 
 REPORT = "report.md"
@@ -24,12 +25,6 @@ POST_DP = {"0.7": (4.0, 0.37), "0.5": (12.5, 0.45), "0.3": (84.7, 0.56)}
 # the folders `reproduce` makes, by step
 FOLDERS = {"part1": "part1", "part2": "part2", "attack_suite": "attack_suite", "frontier": "frontier",
            "membership": "membership", "split_mlp": "split_mlp"}
-
-
-def _cell(interval: dict | None, digits: int = 3) -> str:
-    if interval is None:
-        return "-"
-    return f"{interval['mean']:.{digits}f} [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
 
 
 def _missing(step: str, path: Path) -> list[str]:
@@ -99,9 +94,10 @@ def _attack_suite(folder: Path, out: Path) -> list[str]:
     for row in result["rows"]:
         groups, verdict = row["metrics"]["seen_unseen"], row["metrics"]["verdict_unseen"]
         unseen, seen = groups.get("unseen", {}), groups.get("seen")
-        lines.append(f"| {row['target']} | {row['label']} | {_cell(unseen.get('mse'), 4)} | "
-                     f"{_cell(unseen.get('top1'))} | {_cell(unseen.get('top5'))} | "
-                     f"{_cell(seen['top1']) if seen else '(none seen)'} | {_cell(row['metrics']['code_error'])} | "
+        lines.append(f"| {row['target']} | {row['label']} | {interval_text(unseen.get('mse'), 4)} | "
+                     f"{interval_text(unseen.get('top1'))} | {interval_text(unseen.get('top5'))} | "
+                     f"{interval_text(seen['top1']) if seen else '(none seen)'} | "
+                     f"{interval_text(row['metrics']['code_error'])} | "
                      f"{verdict['text'] if verdict else '-'} |")
     lines += ["", f"Every metric, baseline and figure: [{FOLDERS['attack_suite']}/{leakage.REPORT}]"
               f"({FOLDERS['attack_suite']}/{leakage.REPORT}).", ""]
@@ -126,7 +122,7 @@ def _frontier(folder: Path, out: Path) -> list[str]:
         attacks = row["attacks"]
         note = row["strength"] if row["strength"] is not None else row["defence"].get("epsilon")
         strongest = max(attacks, key=lambda name: attacks[name].get("unseen", {}).get("top1", {}).get("mean", -1))
-        cells = [_cell(attacks[name].get(group, {}).get("top1")) for group in ("unseen", "seen")
+        cells = [interval_text(attacks[name].get(group, {}).get("top1")) for group in ("unseen", "seen")
                  for name in (frontier.DECODER, frontier.WHITEBOX)]
         lines.append(f"| {row['target']} | {row['defence']['name']} | {'-' if note is None else f'{note:.3g}'} | "
                      f"{row['val_accuracy']:.3f} | {' | '.join(cells)} | {strongest} |")
@@ -144,8 +140,9 @@ def _membership(folder: Path, out: Path) -> list[str]:
               "accountant's epsilon |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
         accountant = "-" if row["accountant_epsilon"] is None else f"{row['accountant_epsilon']:.2f}"
-        lines.append(f"| {row['target']} | {row['members']} | {_cell(row['auc'])} | {_cell(row['advantage'])} | "
-                     f"{_cell(row['tpr_at_fpr_0.001'])} | {_cell(row['tpr_at_fpr_0.01'])} | "
+        lines.append(f"| {row['target']} | {row['members']} | {interval_text(row['auc'])} | "
+                     f"{interval_text(row['advantage'])} | "
+                     f"{interval_text(row['tpr_at_fpr_0.001'])} | {interval_text(row['tpr_at_fpr_0.01'])} | "
                      f"{row['empirical_epsilon']['epsilon']:.2f} | {accountant} |")
     plots.save_roc_curves({row["target"]: row["roc"] for row in result["rows"]}, out / FIGURES["membership"])
     return lines + ["", f"![membership ROC]({FIGURES['membership']})", ""]

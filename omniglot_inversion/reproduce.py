@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omniglot_inversion import attack_run, frontier, leakage, membership_run, part2, report, runs, split_mlp
-from omniglot_inversion.attacks import whitebox
 from omniglot_inversion.data import check_data_source
 from omniglot_inversion.files import record_settings, write_json
 from omniglot_inversion.jobs import check_jobs
 
 SETTINGS = "reproduce_config.json"
 QUICK_GRID = (("laplace", 1.0),)
-QUICK_ITERATIONS = 10
 QUICK_ATTACKS = ("decoder", "hybrid")
 
 
@@ -43,7 +41,7 @@ def _attack_settings(config: ReproduceConfig) -> dict:
     if not config.quick:
         return {"seed": config.seed}
     return {"seed": config.seed, "surrogate_limit": attack_run.QUICK_SURROGATE_IMAGES,
-            "iterations": min(QUICK_ITERATIONS, whitebox.ITERATIONS)}
+            "iterations": frontier.QUICK_ITERATIONS}
 
 
 def steps(config: ReproduceConfig, out: Path, jobs: int, log):

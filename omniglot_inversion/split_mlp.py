@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from omniglot_inversion import attack_run, data, training
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.evaluation import interval_text
 from omniglot_inversion.files import atomic_path, read_json, record_settings, write_json
 from omniglot_inversion.image_sources import Images, fit_to_stage, load_images
 from omniglot_inversion.user_stage import load_stage
@@ -170,7 +171,7 @@ def run_split_mlp(config: SplitMLPConfig, out: str | os.PathLike, log=print) -> 
     train, own_images, test_images = scenario_images(config)
     target = train_target(config, train, test_images, out / "target", log)
     stage = load_stage(out / "target" / STAGE)
-    own, test = attack_run.own_sets(own_images, test_images, stage.input_shape[1:], own_name(config))
+    own, test = attack_run.own_sets(own_images, test_images, stage.input_shape[1:], own_name(config.source))
     attacks, baselines = {}, None
     for method in METHODS:
         spec = attack_run.AttackSpec(method=method, epochs=config.attacker_epochs, iterations=config.iterations,
@@ -190,13 +191,9 @@ def run_split_mlp(config: SplitMLPConfig, out: str | os.PathLike, log=print) -> 
     return summary
 
 
-def own_name(config: SplitMLPConfig) -> str:
-    """What the attacker's own images are, as the attack records name them."""
-    return "omniglot-background-28" if config.source == "digits" else "emnist-letters"
-
-
-def _cell(interval: dict, digits: int = 3) -> str:
-    return f"{interval['mean']:.{digits}f} [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
+def own_name(source: str) -> str:
+    """What the attacker's own images of data ``source`` are, as the attack records name them."""
+    return "omniglot-background-28" if source == "digits" else "emnist-letters"
 
 
 def report(summary: dict) -> str:
@@ -204,7 +201,7 @@ def report(summary: dict) -> str:
     config = summary["config"]
     lines = [f"# Split MLP on {config['source']}: what the 500-number code reveals", "",
              f"Target validation accuracy {summary['val_accuracy']:.3f}; {summary['num_test']} test images, "
-             f"{summary['num_surrogate']} attacker's own images ({own_name(SplitMLPConfig(source=config['source']))}).",
+             f"{summary['num_surrogate']} attacker's own images ({own_name(config['source'])}).",
              "Intervals are 95 % bootstrap intervals; top-1 chance is "
              f"{1 / summary['num_test']:.4f}.", "",
              "| guess | MSE | SSIM | top-1 re-identification | nearest original shows the same digit | verdict |",
@@ -212,6 +209,6 @@ def report(summary: dict) -> str:
     rows = [(method, row, row["verdict"]) for method, row in summary["attacks"].items()]
     rows += [(f"baseline: {name}", row, "") for name, row in summary["baselines"].items()]
     for name, row, verdict in rows:
-        cells = " | ".join(_cell(row[metric], 4 if metric == "mse" else 3) for metric in TABLE_METRICS)
+        cells = " | ".join(interval_text(row[metric], 4 if metric == "mse" else 3) for metric in TABLE_METRICS)
         lines.append(f"| {name} | {cells} | {verdict} |")
     return "\n".join(lines) + "\n"

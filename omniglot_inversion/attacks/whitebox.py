@@ -26,6 +26,7 @@ import tensorflow as tf
 from omniglot_inversion.attacks.base import InversionAttack, Stage, clean_stage, defence_of, input_shape, query
 from omniglot_inversion.defences import NO_DEFENCE, Defence
 from omniglot_inversion.files import atomic_path
+from omniglot_inversion.image_sources import square_side
 
 ITERATIONS = 100
 TV_WEIGHT = 1.0
@@ -51,8 +52,8 @@ def total_variation(images: tf.Tensor) -> tf.Tensor:
     shape = images.shape[1:]
     if len(shape) == 3:
         return tf.image.total_variation(images)
-    side = int(round(float(np.prod(shape)) ** 0.5))
-    if side * side == int(np.prod(shape)):
+    side = square_side(int(np.prod(shape)))
+    if side is not None:
         return tf.image.total_variation(tf.reshape(images, (-1, side, side, 1)))
     return tf.zeros(tf.shape(images)[:1])
 

@@ -239,17 +239,6 @@ def _add_attack_options(parser: argparse.ArgumentParser) -> None:
                         help="white-box: start image, the mean surrogate image (default) or blank paper")
 
 
-def _run_saved_models(args: argparse.Namespace) -> None:
-    from omniglot_inversion import part2, runs
-    from omniglot_inversion.export import MANIFEST, export_models
-
-    part1_folder, part2_folder = args.runs / "part1", args.runs / "part2"
-    runs.run_part1(runs.Part1Config(seed=args.seed, data_dir=args.data_dir), part1_folder, resume=True)
-    part2.run_part2(part2.Part2Config(seed=args.seed, data_dir=args.data_dir), part2_folder, resume=True)
-    export_models(part1_folder, part2_folder, args.out, data_dir=args.data_dir)
-    print(f"written: {args.out / MANIFEST} and the weights it lists")
-
-
 def _run_evaluate(args: argparse.Namespace) -> None:
     from omniglot_inversion import attack_run
     from omniglot_inversion.leakage import EVALUATION, REPORT, evaluate_runs
@@ -373,15 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attack_options(sub)
     _add_run_folder_options(sub)
     sub.set_defaults(handler=_run_attack)
-
-    text = ("make the shipped weights: Part 1 and Part 2 at the post's sizes into RUNS/part1 and RUNS/part2 "
-            "(resuming what is there), then copy mobile stages and attackers into OUT with manifest.json")
-    sub = commands.add_parser("saved-models", help=text, description=text)
-    sub.add_argument("--runs", type=Path, default=Path("runs"), help="folder for the two runs (default: runs)")
-    sub.add_argument("--out", type=Path, default=Path("saved_models"), help="folder to ship (default: saved_models)")
-    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
-    sub.add_argument("--seed", type=int, default=0, help="random seed of both runs (default 0)")
-    sub.set_defaults(handler=_run_saved_models)
 
     text = ("every attack against every target in Part 1 / Part 2 run folders or saved_models/: metrics, "
             "baselines, seen and unseen alphabets, verdicts, report")

@@ -151,10 +151,11 @@ def small1_mse(mobile_stage: Path, attacker_weights: Path, data_dir=None) -> flo
 
 
 def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str | os.PathLike,
-                  data_dir=None, require_all: bool = True) -> dict:
+                  command: str, data_dir=None, require_all: bool = True) -> dict:
     """Copy each run's complete target, mobile stage and attacker into ``out`` as
     ``<name>_target.h5``, ``<name>_mobile_stage.h5`` and ``<name>_attacker.h5``, its reconstruction
-    figure as ``<name>_reconstruction.png``, and write ``manifest.json``; returns the manifest.
+    figure as ``<name>_reconstruction.png``, and write ``manifest.json``, whose ``regenerate`` is
+    ``command`` (the one that makes and ships everything); returns the manifest.
     ``require_all=False`` ships the finished noise levels of an unfinished Part 2 and lists the
     others under ``missing``."""
     # refuses unfinished runs before anything is written
@@ -180,7 +181,7 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
             files[path.name] = {"kind": kind, "run": entry["name"], "sha256": sha256(path), **record}
     manifest = {**read_json(out / MANIFEST, default={}), "missing": missing,
                 "loading": "see README.md in this folder",
-                "regenerate": "omniglot-inversion saved-models --runs runs --out saved_models"}
+                "regenerate": command}
     manifest["files"] = {**manifest.get("files", {}), **files}
     write_json(out / MANIFEST, manifest)
     return manifest

@@ -79,7 +79,7 @@ def ship(out: Path, folder: str | os.PathLike, command: str) -> dict:
     (`export.export_models`, `export.export_frontier`); returns the manifest."""
     from omniglot_inversion.export import export_frontier, export_models
 
-    export_models(out / report.FOLDERS["part1"], out / report.FOLDERS["part2"], folder)
+    export_models(out / report.FOLDERS["part1"], out / report.FOLDERS["part2"], folder, command)
     return export_frontier(out / report.FOLDERS["frontier"], folder, command)
 
 

@@ -97,7 +97,7 @@ def test_export_refuses_runs_that_are_not_finished(tmp_path):
     part1, part2 = tmp_path / "part1", tmp_path / "part2"
     write_json(part1 / "metrics.json", {"config": {}, "target": {}})
     with pytest.raises(UsageError, match=r"missing: attacker, test.*part1 --out .* --resume"):
-        export_models(part1, part2, tmp_path / "out")
+        export_models(part1, part2, tmp_path / "out", "regenerate")
     assert not (tmp_path / "out").exists()
 
 
@@ -131,10 +131,10 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
         "0.7": {"epsilon": 3.39, "epsilon_2020": 4.02, "target": step, "attacker": step, "test": step},
         "0.5": {"epsilon": 11.35, "epsilon_2020": 12.47}}})
     with pytest.raises(UsageError, match="has not finished noise 0.5"):
-        export_models(tmp_path / "part1", tmp_path / "part2", tmp_path / "out", data_dir=data_dir)
-    manifest = export_models(tmp_path / "part1", tmp_path / "part2", tmp_path / "out", data_dir=data_dir,
-                             require_all=False)
-    assert manifest["missing"] == ["dp_noise_0.5"]
+        export_models(tmp_path / "part1", tmp_path / "part2", tmp_path / "out", "regenerate", data_dir=data_dir)
+    manifest = export_models(tmp_path / "part1", tmp_path / "part2", tmp_path / "out", "regenerate",
+                             data_dir=data_dir, require_all=False)
+    assert manifest["missing"] == ["dp_noise_0.5"] and manifest["regenerate"] == "regenerate"
     assert sorted(manifest["files"]) == sorted(f"{run}_{kind}.h5" for run in ("part1", "dp_noise_0.7")
                                                for kind in ("target", "mobile_stage", "attacker"))
     # the complete targets are what the membership audit of the shipped folder reads

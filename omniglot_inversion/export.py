@@ -131,6 +131,8 @@ def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], l
                         "train_accuracy": level["target"]["train_accuracy"],
                         "val_accuracy": level["target"]["val_accuracy"],
                         "attacker_train_mse": level["attacker"]["train_mse"], "test_mse": level["test"]["test_mse"]},
+            # what the guarantee covers and where the noise came from, as the run recorded them
+            "privacy": {key: metrics.get(key) for key in ("noise_source", "guarantees")},
         })
     return entries, missing
 
@@ -177,6 +179,8 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
                       training={"train_size": config.get("train_size", data.TARGET_TRAIN_SIZE),
                                 "val_size": config.get("val_size"), "delta": config.get("delta", 1e-5),
                                 "normalization": config.get("normalization", "batch")})
+        if "privacy" in entry:
+            record["privacy"] = entry["privacy"]
         for kind, path in copied.items():
             files[path.name] = {"kind": kind, "run": entry["name"], "sha256": sha256(path), **record}
     manifest = {**read_json(out / MANIFEST, default={}), "missing": missing,

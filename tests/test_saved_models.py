@@ -16,6 +16,7 @@ from omniglot_inversion.data import as_arrays, load_split
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.export import MANIFEST, sha256
 from omniglot_inversion.interception import load_intercepted
+from omniglot_inversion.models import NUM_ALPHABETS
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
 RUNS = ("part1", "dp_noise_0.7", "dp_noise_0.5", "dp_noise_0.3")
@@ -33,10 +34,11 @@ def _pairs():
 
 
 def test_manifest_lists_every_shipped_file_with_its_checksum_and_provenance(manifest):
-    # every run of the post is shipped, and any defended stage of the frontier sweep beside them
+    # every run of the post is shipped complete, and any defended stage of the frontier sweep beside them
     assert manifest["missing"] == []
+    assert manifest["regenerate"].startswith("omniglot-inversion reproduce --out ")
     shipped = sorted(path.name for path in SAVED.glob("*.h5"))
-    posts = sorted(f"{run}_{kind}.h5" for run in RUNS for kind in ("mobile_stage", "attacker"))
+    posts = sorted(f"{run}_{kind}.h5" for run in RUNS for kind in ("target", "mobile_stage", "attacker"))
     defended = [name for name in shipped if name.startswith("defended_")]
     assert sorted(set(shipped) - set(defended)) == posts
     assert sorted(manifest["files"]) == shipped
@@ -44,14 +46,39 @@ def test_manifest_lists_every_shipped_file_with_its_checksum_and_provenance(mani
         assert sha256(SAVED / name) == record["sha256"], f"{name} differs from the manifest"
         assert record["command"].startswith("omniglot-inversion part")
         assert record["versions"]["tensorflow"] == "2.15.1"
+        assert len(record["commit"]) == 40, f"{name}: shipped from a checkout with changes ({record['commit']})"
         if name in defended:
             assert f"--defence {record['metrics']['defence']['name']}" in record["command"]
             assert load_intercepted(SAVED / name).defence.config() == record["metrics"]["defence"]
         else:
             assert RECORD_KEYS <= set(record), name
             assert 0.0 < record["metrics"]["small1_mse"] < 0.2
+            if record["run"].startswith("dp_"):
+                # the shipped DP models drew their noise from a secret key, so the seed does not give it away
+                assert record["privacy"]["noise_source"].startswith("a secret key"), name
+                assert "--reproducible-noise" not in record["command"]
     if defended:
         assert set(manifest["frontier"]["files"]) <= {path.name for path in SAVED.iterdir()}
+
+
+def test_each_shipped_target_holds_the_shipped_mobile_stage():
+    from omniglot_inversion.membership_run import find_audit_targets
+
+    images = np.random.default_rng(1).uniform(size=(4, 105, 105, 1)).astype(np.float32)
+    targets = find_audit_targets(SAVED)
+    assert [target.label for target in targets] == ["non-private", "noise 0.7", "noise 0.5", "noise 0.3"]
+    for run, target in zip(RUNS, targets, strict=True):
+        stage = load_intercepted(SAVED / f"{run}_mobile_stage.h5")
+        through_target = target.model.get_layer("mobile_output") if run != "part1" else None
+        codes = stage.mobile_step(images, training=False).numpy()
+        if through_target is None:
+            assert np.array_equal(target.model.mobile_step(images, training=False).numpy(), codes)
+        else:
+            cut = tf.keras.Model(target.model.inputs, through_target.output)
+            np.testing.assert_allclose(cut(images, training=False).numpy(), codes, rtol=1e-6, atol=1e-6)
+        probabilities = target.model(images, training=False).numpy()
+        assert probabilities.shape == (4, NUM_ALPHABETS)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_shipped_files_load_into_fresh_models_with_the_right_shapes():
@@ -143,6 +170,7 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
                                                                       ("noise 0.7", 3.39, 11_000)]
     assert manifest["files"]["part1_target.h5"]["commit"] == package_commit() is not None
     assert "--noise 0.7 0.5" in manifest["files"]["dp_noise_0.7_attacker.h5"]["command"]
+    assert "privacy" not in manifest["files"]["part1_target.h5"]
     # the same files give the same small1 MSE as the shipped manifest records
     shipped = json.loads((SAVED / MANIFEST).read_text())["files"]["dp_noise_0.7_attacker.h5"]["metrics"]
     assert manifest["files"]["dp_noise_0.7_attacker.h5"]["metrics"]["small1_mse"] == pytest.approx(

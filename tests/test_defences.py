@@ -189,9 +189,15 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir):
     result = frontier.run_frontier(config, out, log=lambda line: None)
     [row] = result["rows"]
     assert row["target"] == "laplace_1" and 0.0 <= row["val_accuracy"] <= 1.0
-    assert set(row["attacks"]) == {"decoder", "hybrid"}
-    # balanced over small2's 5 alphabets: 12 and 4 images each
+    assert set(row["attacks"]) == {"decoder", "decoder_subset", "hybrid"}
+    # balanced over small2's 5 alphabets: 12 and 4 images each; the decoder scored on both sets
     assert row["attacks"]["decoder"]["num_images"] == 60 and row["attacks"]["hybrid"]["num_images"] == 20
+    assert row["attacks"]["decoder_subset"]["num_images"] == 20
+    # the strongest is chosen on the same 20 images, by top-1 and then SSIM
+    for group in ("seen", "unseen"):
+        scores = {name: (row["attacks"][name][group]["top1"]["mean"], row["attacks"][name][group]["ssim"]["mean"])
+                  for name in ("decoder_subset", "hybrid")}
+        assert scores[row["strongest"][group]] == max(scores.values())
     for attack in row["attacks"].values():
         for group in ("seen", "unseen"):
             top1 = attack[group]["top1"]
@@ -208,7 +214,7 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir):
     again = frontier.run_frontier(config, out, log=printed.append)
     assert again["rows"] == result["rows"]
     assert not any("epoch" in line for line in printed)
-    assert sum("done before, kept" in line for line in printed) == 3 + 2  # Part 1's steps, both attacks
+    assert sum("done before, kept" in line for line in printed) == 3 + 3  # Part 1's steps, the 3 attacks
     # shipped: the defended stage beside the entries already in the manifest, byte for byte, with
     # the command that remakes the sweep
     ship = tmp_path / "ship"
@@ -224,3 +230,15 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir):
                                                "--grid laplace:1")
     assert json.loads((ship / frontier.RESULT).read_text()) == result
     assert load_intercepted(stage_file).defence.code_std == row["defence"]["code_std"]
+
+
+def test_the_strongest_attack_is_chosen_among_the_scores_on_the_same_images():
+    def scored(top1, ssim):
+        return {"unseen": {"top1": {"mean": top1}, "ssim": {"mean": ssim}}}
+
+    # the decoder on all of small2 is not compared: its candidates are other images
+    attacks = {"decoder": scored(0.9, 0.9), "decoder_subset": scored(0.10, 0.2), "hybrid": scored(0.05, 0.9)}
+    assert frontier.strongest(attacks, "unseen") == "decoder_subset"
+    # a tie in top-1 (both at zero under a strong defence) goes to the higher SSIM
+    attacks.update(decoder_subset=scored(0.0, 0.4), hybrid=scored(0.0, 0.5))
+    assert frontier.strongest(attacks, "unseen") == "hybrid"

@@ -57,14 +57,35 @@ def data_dir() -> str:
 
 @pytest.fixture(scope="session")
 def part1_quick_run(tmp_path_factory, data_dir) -> SimpleNamespace:
-    """One quick Part 1 run (6 target epochs, so a kill can land mid-training), made once for every
-    test that reads a finished Part 1 run: ``args`` (the command without --out and --data-dir),
-    ``out`` (its folder), ``code`` (exit status) and ``printed`` (what it printed)."""
+    """One ``part1 --quick`` run (2 target epochs, 5 attacker epochs, seed 0: the Part 1 step of
+    ``reproduce --quick``, which starts from a copy of it), made once for every test that reads a
+    finished Part 1 run: ``args`` (the command without --out and --data-dir), ``out`` (its folder),
+    ``code`` (exit status) and ``printed`` (what it printed)."""
     from omniglot_inversion import cli
 
-    args = ["part1", "--quick", "--epochs", "6", "--attacker-epochs", "3", "--seed", "4"]
+    args = ["part1", "--quick"]
     out = tmp_path_factory.mktemp("part1-quick") / "run"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = cli.main([*args, "--out", str(out), "--data-dir", data_dir])
     return SimpleNamespace(args=args, out=out, code=code, printed=printed.getvalue())
+
+
+@pytest.fixture(scope="session")
+def quick_reproduce(tmp_path_factory, data_dir, part1_quick_run) -> tuple:
+    """One ``reproduce --quick --ship`` run, made once for every test that reads its folders (the
+    frontier tests read a copy): its folder and what it printed (not to a terminal, as a log file).
+    The shipped files are in the folder's sibling ``shipped``. Its Part 1 step resumes a copy of
+    the session's finished ``part1 --quick`` run, so that Part 1 is trained once."""
+    import shutil
+
+    from omniglot_inversion import cli
+
+    out = tmp_path_factory.mktemp("reproduce") / "run"
+    shutil.copytree(part1_quick_run.out, out / "part1")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["reproduce", "--quick", "--out", str(out), "--data-dir", data_dir, "--ship",
+                         str(out.parent / "shipped")])
+    assert code == 0
+    return out, printed.getvalue()

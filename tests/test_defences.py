@@ -2,6 +2,7 @@
 the intercepted file, bad options, and the frontier sweep at small sizes."""
 
 import json
+import shutil
 
 import dcor
 import h5py
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import attacks, cli, defences, export, frontier, load_intercepted, runs
+from omniglot_inversion import attacks, cli, defences, export, frontier, load_intercepted, reproduce, runs
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.interception import DEFENCE_ATTRIBUTE, save_mobile_stage
 from omniglot_inversion.models import TargetModel
@@ -183,12 +184,19 @@ def test_frontier_refuses_a_bad_grid_and_a_folder_of_other_settings(tmp_path, ca
         frontier.run_frontier(frontier.FrontierConfig(seed=2), out)
 
 
-def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir):
-    config = frontier.FrontierConfig(grid=(("laplace", 1.0),), quick=True, data_dir=data_dir)
-    out = tmp_path / "sweep"
-    result = frontier.run_frontier(config, out, log=lambda line: None)
-    [row] = result["rows"]
+def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir, quick_reproduce):
+    # the quick sweep is the one `reproduce --quick` ran (grid laplace:1, its Part 2 target
+    # beside it); a copy of it is resumed and shipped here
+    made, _ = quick_reproduce
+    for name in ("frontier", "part2"):
+        shutil.copytree(made / name, tmp_path / name)
+    out = tmp_path / "frontier"
+    config = frontier.FrontierConfig(grid=reproduce.QUICK_GRID, quick=True, data_dir=data_dir)
+    assert config.grid == (("laplace", 1.0),)
+    result = json.loads((out / frontier.RESULT).read_text())
+    row, dp_row = result["rows"]
     assert row["target"] == "laplace_1" and 0.0 <= row["val_accuracy"] <= 1.0
+    assert dp_row["kind"] == "dp-sgd" and dp_row["defence"] == {"name": "dp-sgd", "epsilon": dp_row["epsilon"]}
     assert set(row["attacks"]) == {"decoder", "decoder_subset", "hybrid"}
     # balanced over small2's 5 alphabets: 12 and 4 images each; the decoder scored on both sets
     assert row["attacks"]["decoder"]["num_images"] == 60 and row["attacks"]["hybrid"]["num_images"] == 20
@@ -206,15 +214,16 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir):
     stage = load_intercepted(out / "targets" / "laplace_1" / runs.MOBILE_STAGE)
     assert stage.defence.strength == 1.0 and stage.defence.code_std == row["defence"]["code_std"]
     table = (out / frontier.TABLE).read_text().splitlines()
-    assert len(table) == 2
+    assert len(table) == 3  # the header, the defended target, the DP target
     assert table[0].startswith("target,kind,defence,strength,epsilon,val_accuracy,decoder_seen_top1,")
     assert (out / frontier.FIGURE).stat().st_size > 0
     # started again: every piece is finished, nothing is trained or attacked anew
     printed = []
-    again = frontier.run_frontier(config, out, log=printed.append)
+    again = frontier.run_frontier(config, out, dp_run=tmp_path / "part2", log=printed.append)
     assert again["rows"] == result["rows"]
     assert not any("epoch" in line for line in printed)
-    assert sum("done before, kept" in line for line in printed) == 3 + 3  # Part 1's steps, the 3 attacks
+    # Part 1's steps of the defended target, then the 3 scored attacks of each target
+    assert sum("done before, kept" in line for line in printed) == 3 + 3 + 3
     # shipped: the defended stage beside the entries already in the manifest, byte for byte, with
     # the command that remakes the sweep
     ship = tmp_path / "ship"
@@ -228,7 +237,7 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir):
     assert "--defence laplace --strength 1" in entry["command"] and entry["metrics"]["defence"] == row["defence"]
     assert manifest["frontier"]["command"] == (f"omniglot-inversion frontier --out {out} --seed 0 --quick "
                                                "--grid laplace:1")
-    assert json.loads((ship / frontier.RESULT).read_text()) == result
+    assert json.loads((ship / frontier.RESULT).read_text()) == again
     assert load_intercepted(stage_file).defence.code_std == row["defence"]["code_std"]
 
 

@@ -6,23 +6,10 @@ import io
 import json
 import shutil
 
-import pytest
-
 from omniglot_inversion import cli, report
 
 SECTIONS = ("## Part 1", "## Part 2", "## Attacks on the code", "## Defences at the cut", "## Membership inference",
             "## The split MLP")
-
-
-@pytest.fixture(scope="module")
-def quick_reproduce(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("reproduce") / "run"
-    printed = io.StringIO()  # not a terminal, as a log file
-    with contextlib.redirect_stdout(printed):
-        code = cli.main(["reproduce", "--quick", "--out", str(out), "--data-dir", data_dir, "--ship",
-                         str(out.parent / "shipped")])
-    assert code == 0
-    return out, printed.getvalue()
 
 
 def test_quick_reproduce_writes_every_section_and_its_figures(quick_reproduce):

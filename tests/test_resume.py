@@ -94,7 +94,7 @@ def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, c
         assert cli.main([*PART1, "--resume", "--out", str(resumed), "--data-dir", data_dir]) == 2
         assert "Another run (process" in capsys.readouterr().err
 
-    _kill_after_epoch(PART1, resumed, data_dir, resumed / runs.CHECKPOINTS / "target" / STATE, epoch=3,
+    _kill_after_epoch(PART1, resumed, data_dir, resumed / runs.CHECKPOINTS / "target" / STATE, epoch=1,
                       while_running=second_run_is_refused)
     _assert_no_partial_files(resumed)
     assert not (resumed / runs.TARGET_WEIGHTS).exists()  # the step was cut short: nothing under its name

@@ -15,7 +15,7 @@ from omniglot_inversion import AttackModel
 from omniglot_inversion.data import as_arrays, load_split
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.export import MANIFEST, sha256
-from omniglot_inversion.interception import load_intercepted
+from omniglot_inversion.interception import cut_at_mobile_output, load_intercepted
 from omniglot_inversion.models import NUM_ALPHABETS
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
@@ -68,13 +68,11 @@ def test_each_shipped_target_holds_the_shipped_mobile_stage():
     targets = find_audit_targets(SAVED)
     assert [target.label for target in targets] == ["non-private", "noise 0.7", "noise 0.5", "noise 0.3"]
     for run, target in zip(RUNS, targets, strict=True):
-        stage = load_intercepted(SAVED / f"{run}_mobile_stage.h5")
-        through_target = target.model.get_layer("mobile_output") if run != "part1" else None
-        codes = stage.mobile_step(images, training=False).numpy()
-        if through_target is None:
+        codes = load_intercepted(SAVED / f"{run}_mobile_stage.h5").mobile_step(images, training=False).numpy()
+        if run == "part1":
             assert np.array_equal(target.model.mobile_step(images, training=False).numpy(), codes)
         else:
-            cut = tf.keras.Model(target.model.inputs, through_target.output)
+            cut = cut_at_mobile_output(target.model)
             np.testing.assert_allclose(cut(images, training=False).numpy(), codes, rtol=1e-6, atol=1e-6)
         probabilities = target.model(images, training=False).numpy()
         assert probabilities.shape == (4, NUM_ALPHABETS)

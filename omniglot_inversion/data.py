@@ -16,6 +16,8 @@ other checksums; then every member's bytes are checked against its CRC-32 once p
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -43,6 +45,7 @@ SHUFFLE_BUFFER = 1000
 BATCH_SIZE = 32
 DATA_DIR_ENV = "OMNIGLOT_DIR"
 CACHE_DIR_ENV = "OMNIGLOT_INVERSION_CACHE"
+PREPARE_LOCK = "prepare.lock"
 
 
 @dataclass(frozen=True)
@@ -203,22 +206,45 @@ def resolve_archive_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return Path(chosen) if chosen is not None else None
 
 
+@contextlib.contextmanager
+def _preparing_alone():
+    """Hold the cache's preparation lock: runs started together (``--jobs``, two commands at once)
+    would otherwise write the same records, and tfds fails one of them half-way. The kernel drops
+    the lock of a killed process, so a killed preparation never blocks the next run."""
+    lock = default_cache_dir() / PREPARE_LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def omniglot_builder(data_dir: str | os.PathLike | None = None) -> tfds.core.DatasetBuilder:
-    """A prepared tfds ``omniglot`` builder: offline from ``data_dir``/``OMNIGLOT_DIR``, else online."""
+    """A prepared tfds ``omniglot`` builder: offline from ``data_dir``/``OMNIGLOT_DIR``, else online.
+    One process at a time prepares (`_preparing_alone`); the others wait and read its records."""
     archive_dir = resolve_archive_dir(data_dir)
     if archive_dir is None:
-        builder = tfds.builder("omniglot")
-        try:
-            builder.download_and_prepare()
-        except Exception as err:  # tfds raises many network error types; the fix is the same
-            raise UsageError(
-                f"Could not download Omniglot through tfds ({type(err).__name__}: {err}). Without "
-                f"internet, pass a folder of the four archives with --data-dir or {DATA_DIR_ENV}."
-            ) from err
+        with _preparing_alone():
+            builder = tfds.builder("omniglot")
+            try:
+                builder.download_and_prepare()
+            except Exception as err:  # tfds raises many network error types; the fix is the same
+                raise UsageError(
+                    f"Could not download Omniglot through tfds ({type(err).__name__}: {err}). Without "
+                    f"internet, pass a folder of the four archives with --data-dir or {DATA_DIR_ENV}."
+                ) from err
         return builder
     archives = check_archive_dir(archive_dir)
     builder = OfflineOmniglot(archives=archives, data_dir=os.fspath(default_cache_dir()))
-    if not builder.is_prepared():
+    if builder.is_prepared():
+        return builder
+    with _preparing_alone():
+        # built again: another process may have finished the records while this one waited
+        builder = OfflineOmniglot(archives=archives, data_dir=os.fspath(default_cache_dir()))
+        if builder.is_prepared():
+            return builder
         if not sys.stderr.isatty():  # tfds's bars redraw per file: tens of thousands of lines in a log
             tfds.disable_progress_bar()
         with tempfile.TemporaryDirectory(prefix="omniglot-extract-") as scratch:

@@ -186,11 +186,16 @@ def test_damaged_archive_bytes_are_named_before_preparation_and_a_good_copy_then
     assert str(small1.resolve()) in " ".join(json.loads((Path(session_cache) / VERIFIED).read_text()))
 
 
-def test_a_preparation_killed_half_way_is_redone_by_the_next_run(tmp_path, data_dir, monkeypatch):
+def test_a_preparation_killed_half_way_is_redone_by_the_next_runs_started_together(tmp_path, data_dir,
+                                                                                    monkeypatch):
     cache = tmp_path / "cache"
     prepare = f"from omniglot_inversion import data; data.omniglot_builder({data_dir!r})"
-    process = subprocess.Popen([sys.executable, "-c", prepare], env={**os.environ, CACHE_DIR_ENV: str(cache)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", prepare], env={**os.environ, CACHE_DIR_ENV: str(cache)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    process = start()
     deadline = time.monotonic() + 300
     try:  # kill it once tfds has begun writing records
         while not list(cache.glob("omniglot/incomplete*/*.tfrecord*")):
@@ -202,6 +207,9 @@ def test_a_preparation_killed_half_way_is_redone_by_the_next_run(tmp_path, data_
     monkeypatch.setenv(CACHE_DIR_ENV, str(cache))
     builder = data.OfflineOmniglot(archives=data.check_archive_dir(data_dir), data_dir=str(data.default_cache_dir()))
     assert not builder.is_prepared()  # the half-written records are not taken for a dataset
+    # two runs at once (as `--jobs` starts them): one prepares, the other waits for its records
+    other = start()
     sizes = {split: info.num_examples for split, info in data.omniglot_builder(data_dir).info.splits.items()}
+    assert other.wait(timeout=300) == 0, other.stderr.read()[-2000:]
     assert sizes == {"train": 19_280, "test": 13_180, "small1": 2_720, "small2": 3_120}
     assert _count(load_split("small2", data_dir)) == 3_120

@@ -15,6 +15,7 @@ from omniglot_inversion import AttackModel
 from omniglot_inversion.data import as_arrays, load_split
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.export import MANIFEST, sha256
+from omniglot_inversion.frontier import DEFAULT_GRID, RESULT, slug
 from omniglot_inversion.interception import cut_at_mobile_output, load_intercepted
 from omniglot_inversion.models import NUM_ALPHABETS
 
@@ -57,8 +58,44 @@ def test_manifest_lists_every_shipped_file_with_its_checksum_and_provenance(mani
                 # the shipped DP models drew their noise from a secret key, so the seed does not give it away
                 assert record["privacy"]["noise_source"].startswith("a secret key"), name
                 assert "--reproducible-noise" not in record["command"]
-    if defended:
-        assert set(manifest["frontier"]["files"]) <= {path.name for path in SAVED.iterdir()}
+    # the full-size frontier sweep is shipped: its files, and the stage of every defended grid point
+    assert manifest["frontier"]["command"].startswith("omniglot-inversion frontier --out ")
+    assert set(manifest["frontier"]["files"]) <= {path.name for path in SAVED.iterdir()}
+    assert sorted(defended) == sorted(f"defended_{slug(name, strength)}_mobile_stage.h5"
+                                      for name, strength in DEFAULT_GRID if name != "none")
+
+
+def test_the_shipped_frontier_has_a_row_per_grid_point_and_dp_level_and_the_undefended_target_at_the_post():
+    result = json.loads((SAVED / RESULT).read_text())
+    rows = {row["target"]: row for row in result["rows"]}
+    assert [row["target"] for row in result["rows"] if row["kind"] == "defence"] == [
+        slug(name, strength) for name, strength in DEFAULT_GRID]
+    assert sorted(row["epsilon"] for row in result["rows"] if row["kind"] == "dp-sgd") == pytest.approx(
+        [3.39, 11.35, 82.16], abs=0.01)
+    assert rows["none"]["val_accuracy"] == pytest.approx(0.727, abs=0.05)  # the post's validation accuracy
+    for row in result["rows"]:
+        for group in ("seen", "unseen"):
+            assert row["strongest"][group] in row["attacks"]
+            top1 = row["attacks"][row["strongest"][group]][group]["top1"]
+            assert top1["low"] <= top1["mean"] <= top1["high"]
+
+
+def test_each_shipped_defended_stage_answers_like_its_device():
+    """Queried again and again with the same images, a noisy stage's codes scatter by the recorded
+    strength times the code's spread, and a dropout stage zeroes the recorded share of entries."""
+    images = np.random.default_rng(2).uniform(size=(4, 105, 105, 1)).astype(np.float32)
+    for path in sorted(SAVED.glob("defended_*_mobile_stage.h5")):
+        stage = load_intercepted(path)
+        defence = stage.defence.config()
+        codes = np.stack([stage.mobile_step(images, training=False).numpy() for _ in range(200)])
+        if defence["name"] in ("gaussian", "laplace", "nopeek+laplace"):
+            relative = defence.get("noise_scale", defence["strength"])  # NoPeek's weight is not the noise's
+            spread = float(np.std(codes - codes.mean(axis=0)))
+            assert spread == pytest.approx(relative * defence["code_std"], rel=0.05), path.name
+        elif defence["name"] == "dropout":
+            assert float(np.mean(codes == 0.0)) == pytest.approx(defence["strength"], abs=0.02), path.name
+        else:  # NoPeek acts in training only: the trained stage gives the same code every time
+            np.testing.assert_allclose(codes[0], codes[-1], rtol=1e-5, atol=1e-5, err_msg=path.name)
 
 
 def test_each_shipped_target_holds_the_shipped_mobile_stage():

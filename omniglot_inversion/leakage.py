@@ -61,11 +61,13 @@ class Target:
 
 
 def _shipped_targets(folder: Path) -> list[Target]:
+    """The shipped runs of the post (each a stage with its attacker). The frontier's defended stages,
+    shipped without attackers, are measured in its own frontier.json, not here."""
     files = read_json(folder / MANIFEST)["files"]
     attackers = {entry["run"]: folder / name for name, entry in files.items() if entry["kind"] == "attacker"}
     targets = []
     for name, entry in files.items():
-        if entry["kind"] != "mobile_stage":
+        if entry["kind"] != "mobile_stage" or entry["run"] not in attackers:
             continue
         metrics = entry.get("metrics", {})
         targets.append(Target(run_label(entry["run"]), load_intercepted(folder / name), attackers.get(entry["run"]),

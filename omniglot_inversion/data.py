@@ -237,11 +237,7 @@ def omniglot_builder(data_dir: str | os.PathLike | None = None) -> tfds.core.Dat
                 ) from err
         return builder
     archives = check_archive_dir(archive_dir)
-    builder = OfflineOmniglot(archives=archives, data_dir=os.fspath(default_cache_dir()))
-    if builder.is_prepared():
-        return builder
-    with _preparing_alone():
-        # built again: another process may have finished the records while this one waited
+    with _preparing_alone():  # built under the lock: a run that waited finds the records prepared
         builder = OfflineOmniglot(archives=archives, data_dir=os.fspath(default_cache_dir()))
         if builder.is_prepared():
             return builder

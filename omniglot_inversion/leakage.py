@@ -70,7 +70,7 @@ def _shipped_targets(folder: Path) -> list[Target]:
         if entry["kind"] != "mobile_stage" or entry["run"] not in attackers:
             continue
         metrics = entry.get("metrics", {})
-        targets.append(Target(run_label(entry["run"]), load_intercepted(folder / name), attackers.get(entry["run"]),
+        targets.append(Target(run_label(entry["run"]), load_intercepted(folder / name), attackers[entry["run"]],
                               metrics.get("epsilon"), metrics.get("val_accuracy")))
     return targets
 

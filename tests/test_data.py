@@ -191,9 +191,9 @@ def test_a_preparation_killed_half_way_is_redone_by_the_next_runs_started_togeth
     cache = tmp_path / "cache"
     prepare = f"from omniglot_inversion import data; data.omniglot_builder({data_dir!r})"
 
-    def start():
+    def start(stderr=subprocess.DEVNULL):
         return subprocess.Popen([sys.executable, "-c", prepare], env={**os.environ, CACHE_DIR_ENV: str(cache)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
     process = start()
     deadline = time.monotonic() + 300
@@ -208,8 +208,9 @@ def test_a_preparation_killed_half_way_is_redone_by_the_next_runs_started_togeth
     builder = data.OfflineOmniglot(archives=data.check_archive_dir(data_dir), data_dir=str(data.default_cache_dir()))
     assert not builder.is_prepared()  # the half-written records are not taken for a dataset
     # two runs at once (as `--jobs` starts them): one prepares, the other waits for its records
-    other = start()
+    other = start(stderr=subprocess.PIPE)
     sizes = {split: info.num_examples for split, info in data.omniglot_builder(data_dir).info.splits.items()}
-    assert other.wait(timeout=300) == 0, other.stderr.read()[-2000:]
+    errors = other.communicate(timeout=300)[1]  # read while it runs: a full pipe would stall it
+    assert other.returncode == 0, errors[-2000:]
     assert sizes == {"train": 19_280, "test": 13_180, "small1": 2_720, "small2": 3_120}
     assert _count(load_split("small2", data_dir)) == 3_120

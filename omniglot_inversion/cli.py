@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -249,6 +250,11 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     evaluate_runs(args.runs, out, data_dir=args.data_dir, attacks=tuple(args.attacks), settings=_attack_settings(args),
                   disjoint=args.disjoint, limit=_test_limit(args), only=tuple(args.targets))
     print(f"written: {Path(out) / EVALUATION}, {Path(out) / REPORT} and figures")
+    if args.ship is not None:
+        from omniglot_inversion.export import ATTACK_SUITE, export_attack_suite
+
+        export_attack_suite(out, args.ship, shlex.join(["omniglot-inversion", *args.argv]))
+        print(f"shipped into {args.ship / ATTACK_SUITE}: {EVALUATION}, {REPORT} and figures")
 
 
 def _run_frontier(args: argparse.Namespace) -> None:
@@ -381,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--attacker-epochs", type=_positive_int,
                      help="epochs of decoders trained here (default: 100 on small1, 20 on background)")
     sub.add_argument("--seed", type=int, default=0, help="seed of the attacks, the bootstrap and the shuffled baseline")
+    sub.add_argument("--ship", type=Path, metavar="FOLDER",
+                     help="then copy the evaluation into FOLDER/attack_suite (e.g. saved_models), replacing the rows "
+                     "of the targets evaluated here, and name its command in FOLDER/manifest.json")
     _add_attack_options(sub)
     sub.set_defaults(handler=_run_evaluate)
 
@@ -447,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and return exit status 2, Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line a shipped result records
     if hasattr(sys.stdout, "reconfigure"):  # a log file sees each line when it is printed, not in blocks
         sys.stdout.reconfigure(line_buffering=True)
     out = getattr(args, "out", None) or (args.runs[0] if args.command == "evaluate" else None)

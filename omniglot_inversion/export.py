@@ -1,6 +1,7 @@
-"""Ship trained weights: copy the complete targets, mobile stages and attackers of a Part 1 and a
-Part 2 run into one folder (``saved_models/``) with a ``manifest.json`` that lets anyone check and
-reproduce them.
+"""Ship trained weights and results: copy the complete targets, mobile stages and attackers of a
+Part 1 and a Part 2 run into one folder (``saved_models/``) with a ``manifest.json`` that lets
+anyone check and reproduce them; beside them, the frontier sweep (`export_frontier`) and the
+attack suite's evaluation (`export_attack_suite`).
 
 For each file the manifest holds its sha256, what it is, the exact command that made it, the
 commit of the package that shipped it, seed, epochs, package and library versions, wall time, and
@@ -25,7 +26,7 @@ from omniglot_inversion.files import atomic_path, read_json, write_json
 from omniglot_inversion.interception import load_intercepted
 from omniglot_inversion.models import AttackModel
 from omniglot_inversion.part2 import DP_WEIGHTS
-from omniglot_inversion.runs import ATTACKER_WEIGHTS, FIGURE, METRICS, MOBILE_STAGE, TARGET_WEIGHTS
+from omniglot_inversion.runs import ATTACKER_WEIGHTS, FIGURE, METRICS, MOBILE_STAGE, TARGET_WEIGHTS, versions
 
 MANIFEST = "manifest.json"
 DATA_NOTE = "with OMNIGLOT_DIR set to the folder of the four Omniglot archives (or --data-dir)"
@@ -225,5 +226,67 @@ def export_frontier(sweep: str | os.PathLike, out: str | os.PathLike, command: s
     manifest["files"] = {**manifest.get("files", {}), **files}
     manifest["frontier"] = {"files": [frontier.RESULT, frontier.TABLE, frontier.FIGURE], "command": command,
                             "versions": next((entry["versions"] for entry in files.values()), None)}
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+ATTACK_SUITE = "attack_suite"
+# what two evaluations must share for their rows to sit in one table
+_SAME_EVALUATION = ("settings", "test_set", "num_images", "shown_images", "confidence")
+
+
+def export_attack_suite(evaluation: str | os.PathLike, out: str | os.PathLike, command: str) -> dict:
+    """Ship a finished evaluation (`leakage.evaluate_runs`) into ``out/attack_suite/``: its
+    ``evaluation.json`` and ``report.md``, each target's figure of reconstructions and the
+    privacy-utility figures. The rows of the targets evaluated here replace the ones shipped before
+    and the other targets' rows stay, so that the targets of a long suite can be evaluated and
+    shipped one at a time; an evaluation of other test images or settings than the shipped one is
+    refused before anything is written. The manifest's ``attack_suite`` entry names, per target, the
+    command and commit that made its rows. Returns the manifest."""
+    from omniglot_inversion import leakage
+
+    evaluation, out = Path(evaluation), Path(out)
+    result = read_json(evaluation / leakage.EVALUATION)
+    if result is None:
+        raise UsageError(f"{evaluation} holds no finished evaluation ({leakage.EVALUATION}); run "
+                         "`omniglot-inversion evaluate` into it first.")
+    folder = out / ATTACK_SUITE
+    shipped = read_json(folder / leakage.EVALUATION)
+    manifest = read_json(out / MANIFEST, default={})
+    if shipped is not None:
+        differ = [key for key in _SAME_EVALUATION if shipped[key] != result[key]]
+        if differ:
+            made = sorted({entry["command"] for entry in manifest.get(ATTACK_SUITE, {}).get("targets", {}).values()})
+            raise UsageError(f"{folder} holds an evaluation with other {', '.join(differ)} than {evaluation}'s, so "
+                             f"their rows cannot share a table; evaluate with the options of "
+                             f"{' / '.join(f'`{text}`' for text in made) or 'the shipped one'}, or ship into "
+                             "another folder.")
+    evaluated = set(row["target"] for row in result["rows"])
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [row for row in (shipped or {}).get("rows", []) if row["target"] not in evaluated]
+    for row in result["rows"]:
+        figure = row["figures"]["all_attacks"]
+        _ship(evaluation / figure, folder / figure)
+        # the per-attack folders stay in the evaluation's folder; only the target's figure ships
+        rows.append({**{key: value for key, value in row.items() if key != "folder"},
+                     "figures": {"all_attacks": figure}})
+    # the targets in the manifest's order: non-private first, then by epsilon (stable: attacks keep theirs)
+    rows.sort(key=lambda row: (row["epsilon"] is not None, row["epsilon"] or 0.0))
+    labels = [*(shipped or {}).get("attacks", []), *result["attacks"]]
+    merged = {**result, "folders": sorted({*(shipped or {}).get("folders", []), *result["folders"]}),
+              "attacks": list(dict.fromkeys(labels)), "rows": rows}
+    merged.pop("privacy_utility_figures", None)
+    figures = leakage.save_privacy_utility_figures(rows, folder)
+    if figures:
+        merged["privacy_utility_figures"] = figures
+    write_json(folder / leakage.EVALUATION, merged)
+    with atomic_path(folder / leakage.REPORT) as tmp:
+        tmp.write_text(leakage.report_markdown(merged))
+    entry = manifest.get(ATTACK_SUITE, {})
+    targets = {**entry.get("targets", {}),
+               **{target: {"command": command, "commit": package_commit(), "versions": versions()}
+                  for target in sorted(evaluated)}}
+    manifest[ATTACK_SUITE] = {"folder": ATTACK_SUITE, "files": [leakage.EVALUATION, leakage.REPORT],
+                              "targets": targets}
     write_json(out / MANIFEST, manifest)
     return manifest

@@ -157,16 +157,27 @@ def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, d
         "shown_images": shown.tolist(), "chance": evaluation.chance_levels(test.characters),
         "confidence": evaluation.CONFIDENCE, "rows": rows,
     }
-    if any(row["epsilon"] is not None for row in rows):
-        for spec in specs:
-            selected = [row for row in rows if row["label"] == spec.label]
-            name = f"privacy_utility_{spec.label.replace(':', '_')}.png"
-            plots.save_privacy_utility([{**row, "attack": row["metrics"]["attack"]} for row in selected], out / name)
-            evaluation_data.setdefault("privacy_utility_figures", {})[spec.label] = name
+    figures = save_privacy_utility_figures(rows, out)
+    if figures:
+        evaluation_data["privacy_utility_figures"] = figures
     write_json(out / EVALUATION, evaluation_data)
     with atomic_path(out / REPORT) as tmp:
         tmp.write_text(report_markdown(evaluation_data))
     return evaluation_data
+
+
+def save_privacy_utility_figures(rows: list[dict], out: Path) -> dict:
+    """Per attack, the figure of its leakage against each target's accuracy and epsilon, drawn into
+    ``out`` when some target is a DP one; returns {attack label: file name} (empty without DP)."""
+    if all(row["epsilon"] is None for row in rows):
+        return {}
+    figures = {}
+    for label in dict.fromkeys(row["label"] for row in rows):
+        name = f"privacy_utility_{label.replace(':', '_')}.png"
+        plots.save_privacy_utility([{**row, "attack": row["metrics"]["attack"]} for row in rows
+                                    if row["label"] == label], out / name)
+        figures[label] = name
+    return figures
 
 
 TABLE_METRICS = ("mse", "ssim", "ssim_above_0.3", "top1", "top5")
@@ -185,6 +196,35 @@ def _best_baselines(row: dict, group: str) -> dict:
     return best
 
 
+def _mean(scores: dict | None, metric: str, digits: int = 3) -> str:
+    return "-" if scores is None else f"{scores[metric]['mean']:.{digits}f}"
+
+
+def headline_table(evaluation_data: dict) -> list[str]:
+    """The table README shows, one line per target: the hybrid search's re-identification on unseen
+    and seen alphabets, the post's decoder's on seen ones, and the best decoder's unseen MSE next to
+    its mean-image baseline ("-" where an evaluation lacks the attack)."""
+    lines = ["| target | hybrid: unseen top-1 / top-5 | hybrid: seen top-1 | post's decoder: seen top-1 | "
+             "best decoder: unseen MSE (mean image) |", "| --- | --- | --- | --- | --- |"]
+    for target in dict.fromkeys(row["target"] for row in evaluation_data["rows"]):
+        rows = {row["label"]: row for row in evaluation_data["rows"] if row["target"] == target}
+        first = next(iter(rows.values()))
+        groups = {label: row["metrics"]["seen_unseen"] for label, row in rows.items()}
+        hybrid = groups.get("hybrid", {})
+        decoders = [label for label in rows if label.split(":")[0] == "decoder" and "unseen" in groups[label]]
+        best = min(decoders, key=lambda label: groups[label]["unseen"]["mse"]["mean"], default=None)
+        if best is None:
+            mse = "-"
+        else:
+            mean_image = rows[best]["metrics"]["baselines_seen_unseen"]["mean_training_image"]["unseen"]
+            mse = f"{_mean(groups[best]['unseen'], 'mse', 4)} ({_mean(mean_image, 'mse', 4)})"
+        name = target if first["epsilon"] is None else f"{target} (epsilon {first['epsilon']:.2f})"
+        lines.append(f"| {name} | {_mean(hybrid.get('unseen'), 'top1')} / {_mean(hybrid.get('unseen'), 'top5')} | "
+                     f"{_mean(hybrid.get('seen'), 'top1')} | {_mean(groups.get('decoder', {}).get('seen'), 'top1')} | "
+                     f"{mse} |")
+    return lines
+
+
 def report_markdown(evaluation_data: dict) -> str:
     """A self-contained Markdown report of an evaluation (figures linked beside it)."""
     chance = evaluation_data["chance"]
@@ -196,6 +236,7 @@ def report_markdown(evaluation_data: dict) -> str:
         "Seen alphabets: those the attacker's own images contain; unseen: the rest. The verdict is read on unseen "
         "alphabets: a metric counts when the attack's interval clears every baseline's "
         f"({', '.join(VERDICT_METRICS)}).",
+        "", "## At a glance", "", *headline_table(evaluation_data),
         "", "## Verdicts (unseen alphabets)", "",
         "| target | epsilon | val accuracy | attack | verdict | code error |", "| --- | --- | --- | --- | --- | --- |",
     ]

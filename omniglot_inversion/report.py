@@ -89,6 +89,7 @@ def _attack_suite(folder: Path, out: Path) -> list[str]:
     chance = result["chance"]
     lines += [f"{result['num_images']} test images ({result['test_set']}); chance top-1 {chance['top1']:.4f}, "
               f"top-5 {chance['top5']:.4f}. Unseen: alphabets the attacker's own images lack.", "",
+              *leakage.headline_table(result), "",
               "| target | attack | unseen: MSE | unseen: top-1 | unseen: top-5 | seen: top-1 | code error | "
               "verdict on unseen alphabets |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
@@ -101,10 +102,7 @@ def _attack_suite(folder: Path, out: Path) -> list[str]:
                      f"{verdict['text'] if verdict else '-'} |")
     lines += ["", f"Every metric, baseline and figure: [{FOLDERS['attack_suite']}/{leakage.REPORT}]"
               f"({FOLDERS['attack_suite']}/{leakage.REPORT}).", ""]
-    for label in result.get("privacy_utility_figures", {}):
-        name = f"privacy_utility_{label.replace(':', '_')}.png"
-        selected = [{**row, "attack": row["metrics"]["attack"]} for row in result["rows"] if row["label"] == label]
-        plots.save_privacy_utility(selected, out / name)
+    for label, name in leakage.save_privacy_utility_figures(result["rows"], out).items():
         lines += [f"Privacy and utility, {label}:", "", f"![privacy and utility]({name})", ""]
     return lines
 

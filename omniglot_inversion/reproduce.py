@@ -75,12 +75,14 @@ def steps(config: ReproduceConfig, out: Path, jobs: int, log):
 
 
 def ship(out: Path, folder: str | os.PathLike, command: str) -> dict:
-    """Copy a finished reproduce folder's targets, stages, attackers and frontier into ``folder``
-    (`export.export_models`, `export.export_frontier`); returns the manifest."""
-    from omniglot_inversion.export import export_frontier, export_models
+    """Copy a finished reproduce folder's targets, stages, attackers, frontier and attack suite into
+    ``folder`` (`export.export_models`, `export.export_frontier`, `export.export_attack_suite`);
+    returns the manifest."""
+    from omniglot_inversion.export import export_attack_suite, export_frontier, export_models
 
     export_models(out / report.FOLDERS["part1"], out / report.FOLDERS["part2"], folder, command)
-    return export_frontier(out / report.FOLDERS["frontier"], folder, command)
+    export_frontier(out / report.FOLDERS["frontier"], folder, command)
+    return export_attack_suite(out / report.FOLDERS["attack_suite"], folder, command)
 
 
 def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, jobs: int = 1,

@@ -4,8 +4,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from omniglot_inversion import attacks, cli, runs
+from omniglot_inversion import attacks, cli, export, leakage, runs
+from omniglot_inversion.errors import UsageError
 from omniglot_inversion.leakage import EVALUATION, REPORT, find_targets, load_test_set
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
@@ -63,9 +65,16 @@ def test_evaluate_every_attack_against_a_part1_run_and_resume(tmp_path, part1_qu
         assert (out / figure).stat().st_size > 5_000
     # a second evaluation reuses every finished pair: remove one to see only it redone
     shutil.rmtree(out / whitebox["folder"])
-    assert cli.main(argv) == 0
+    shipped = tmp_path / "shipped"
+    assert cli.main([*argv, "--ship", str(shipped)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("done before, kept") == 2 and "whitebox: 40/40 images inverted" in printed
+    # shipped: the same rows, the command that made them
+    rows = json.loads((shipped / "attack_suite" / EVALUATION).read_text())["rows"]
+    evaluated = json.loads((out / EVALUATION).read_text())["rows"]
+    assert [row["metrics"] for row in rows] == [row["metrics"] for row in evaluated]
+    made = json.loads((shipped / "manifest.json").read_text())["attack_suite"]["targets"]["non-private"]["command"]
+    assert made == " ".join(["omniglot-inversion", *argv, "--ship", str(shipped)])
 
 
 def test_evaluate_refuses_a_folder_without_a_run(tmp_path, capsys):
@@ -76,3 +85,89 @@ def test_evaluate_refuses_a_folder_without_a_run(tmp_path, capsys):
 def test_evaluate_refuses_an_unknown_attack_before_running(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path), "--attacks", "decoder:small9"]) == 2
     assert "Unknown surrogate set 'small9'" in capsys.readouterr().err
+
+
+def _scores(mean: float) -> dict:
+    return {"mean": mean, "low": mean, "high": mean}
+
+
+def _row(target: str, label: str, epsilon, *, unseen: tuple, seen: tuple, mean_image: float) -> dict:
+    """An evaluation row with the given (mse, top1, top5) on unseen and (if any) seen alphabets."""
+    groups = {name: dict(zip(("mse", "top1", "top5"), map(_scores, values), strict=True))
+              for name, values in (("unseen", unseen), ("seen", seen)) if values}
+    baseline = {"unseen": {"mse": _scores(mean_image)}}
+    return {"target": target, "label": label, "epsilon": epsilon,
+            "metrics": {"seen_unseen": groups, "baselines_seen_unseen": {"mean_training_image": baseline}}}
+
+
+def test_headline_table_picks_the_best_decoder_and_marks_a_missing_attack():
+    rows = [_row("non-private", "decoder", None, unseen=(0.08, 0.0, 0.002), seen=(0.05, 0.453, 0.6), mean_image=0.07),
+            _row("non-private", "decoder:background", None, unseen=(0.061, 0.004, 0.013), seen=(), mean_image=0.0652),
+            _row("non-private", "hybrid", None, unseen=(0.13, 0.005, 0.015), seen=(0.1, 0.602, 0.7), mean_image=0.07),
+            _row("noise 0.7", "decoder", 3.391, unseen=(0.067, 0.002, 0.008), seen=(0.06, 0.07, 0.1), mean_image=0.07)]
+    table = leakage.headline_table({"rows": rows})
+    assert table[2] == "| non-private | 0.005 / 0.015 | 0.602 | 0.453 | 0.0610 (0.0652) |"
+    # no hybrid row: its cells are marked, the only decoder is the best one
+    assert table[3] == "| noise 0.7 (epsilon 3.39) | - / - | - | 0.070 | 0.0670 (0.0700) |"
+    assert len(table) == 4
+
+
+def _evaluation_copy(source: Path, folder: Path, edit=None) -> Path:
+    """A copy of an evaluation folder's JSON and figures, its evaluation.json passed through ``edit``."""
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("attacks"))
+    if edit is not None:
+        data = json.loads((folder / EVALUATION).read_text())
+        edit(data)
+        (folder / EVALUATION).write_text(json.dumps(data))
+    return folder
+
+
+def test_shipping_evaluations_one_target_at_a_time_merges_them(quick_reproduce, tmp_path):
+    out, _ = quick_reproduce
+    source, shipped = out / "attack_suite", tmp_path / "shipped"
+    full = json.loads((source / EVALUATION).read_text())
+    assert {row["target"] for row in full["rows"]} == {"non-private", "noise 0.7"}
+
+    def only_dp(data):
+        data["rows"] = [row for row in data["rows"] if row["epsilon"] is not None]
+
+    def changed_hybrid(data):
+        only_dp(data)
+        data["rows"][-1]["metrics"]["attack"]["top1"] = {"mean": 0.5, "low": 0.4, "high": 0.6}
+
+    export.export_attack_suite(_evaluation_copy(source, tmp_path / "dp", only_dp), shipped, "first")
+    assert {row["target"] for row in json.loads((shipped / "attack_suite" / EVALUATION).read_text())["rows"]} == {
+        "noise 0.7"}
+    export.export_attack_suite(source, shipped, "both")
+    export.export_attack_suite(_evaluation_copy(source, tmp_path / "changed", changed_hybrid), shipped, "again")
+    result = json.loads((shipped / "attack_suite" / EVALUATION).read_text())
+    # the non-private rows from the second shipping stay (first, as in the manifest), noise 0.7's are replaced
+    assert [(row["target"], row["label"]) for row in result["rows"]] == [
+        (row["target"], row["label"]) for row in full["rows"]]
+    assert result["rows"][0]["metrics"] == full["rows"][0]["metrics"]
+    assert result["rows"][-1]["metrics"]["attack"]["top1"]["mean"] == 0.5
+    assert "folder" not in result["rows"][0]
+    for row in result["rows"]:
+        assert (shipped / "attack_suite" / row["figures"]["all_attacks"]).stat().st_size > 5_000
+    assert (shipped / "attack_suite" / result["privacy_utility_figures"]["hybrid"]).exists()
+    report = (shipped / "attack_suite" / REPORT).read_text()
+    assert "## At a glance" in report and "| noise 0.7 (epsilon" in report
+    targets = json.loads((shipped / "manifest.json").read_text())["attack_suite"]["targets"]
+    assert {target: entry["command"] for target, entry in targets.items()} == {"non-private": "both",
+                                                                              "noise 0.7": "again"}
+
+
+def test_shipping_refuses_an_evaluation_of_other_test_images_and_writes_nothing(quick_reproduce, tmp_path):
+    out, _ = quick_reproduce
+    source, shipped = out / "attack_suite", tmp_path / "shipped"
+    export.export_attack_suite(source, shipped, "first")
+    before = {path: path.read_bytes() for path in shipped.rglob("*") if path.is_file()}
+
+    def fewer_images(data):
+        data["num_images"] = 10
+
+    with pytest.raises(UsageError, match="other num_images .* `first`"):
+        export.export_attack_suite(_evaluation_copy(source, tmp_path / "fewer", fewer_images), shipped, "second")
+    assert {path: path.read_bytes() for path in shipped.rglob("*") if path.is_file()} == before
+    with pytest.raises(UsageError, match="holds no finished evaluation"):
+        export.export_attack_suite(tmp_path / "nothing", shipped, "third")

@@ -32,7 +32,7 @@ def test_quick_reproduce_writes_every_section_and_its_figures(quick_reproduce):
     assert len(printed.splitlines()) < 300
 
 
-def test_ship_copies_every_target_stage_attacker_and_the_frontier(quick_reproduce):
+def test_ship_copies_every_target_stage_attacker_the_frontier_and_the_attack_suite(quick_reproduce):
     out, _ = quick_reproduce
     shipped = out.parent / "shipped"
     manifest = json.loads((shipped / "manifest.json").read_text())
@@ -42,6 +42,11 @@ def test_ship_copies_every_target_stage_attacker_and_the_frontier(quick_reproduc
     assert None not in {entry["commit"] for entry in manifest["files"].values()}
     assert (shipped / "frontier.json").read_text() == (out / "frontier" / "frontier.json").read_text()
     assert manifest["frontier"]["command"].startswith("omniglot-inversion reproduce --out")
+    suite = json.loads((shipped / "attack_suite" / "evaluation.json").read_text())
+    assert [row["metrics"] for row in suite["rows"]] == [
+        row["metrics"] for row in json.loads((out / "attack_suite" / "evaluation.json").read_text())["rows"]]
+    assert set(manifest["attack_suite"]["targets"]) == {"non-private", "noise 0.7"}
+    assert manifest["attack_suite"]["targets"]["noise 0.7"]["command"] == manifest["frontier"]["command"]
 
 
 def test_report_is_made_from_the_json_files_alone(quick_reproduce, tmp_path, capsys):

@@ -196,32 +196,41 @@ def _best_baselines(row: dict, group: str) -> dict:
     return best
 
 
-def _mean(scores: dict | None, metric: str, digits: int = 3) -> str:
-    return "-" if scores is None else f"{scores[metric]['mean']:.{digits}f}"
+def _strongest(rows: dict, group: str) -> tuple[str, dict] | None:
+    """The attack (label, scores) that re-identifies most on ``group`` (top-1, then top-5), or None
+    when no attack has images of that group."""
+    scored = [(label, row["metrics"]["seen_unseen"][group]) for label, row in rows.items()
+              if group in row["metrics"]["seen_unseen"]]
+    return max(scored, key=lambda item: (item[1]["top1"]["mean"], item[1]["top5"]["mean"]), default=None)
 
 
 def headline_table(evaluation_data: dict) -> list[str]:
-    """The table README shows, one line per target: the hybrid search's re-identification on unseen
-    and seen alphabets, the post's decoder's on seen ones, and the best decoder's unseen MSE next to
-    its mean-image baseline ("-" where an evaluation lacks the attack)."""
-    lines = ["| target | hybrid: unseen top-1 / top-5 | hybrid: seen top-1 | post's decoder: seen top-1 | "
-             "best decoder: unseen MSE (mean image) |", "| --- | --- | --- | --- | --- |"]
+    """The table README shows, one line per target: its validation accuracy; the strongest attack
+    on unseen alphabets (top-1 / top-5) and on seen ones (top-1), each named; the post's decoder on
+    seen alphabets; and the lowest MSE on unseen alphabets next to that attack's mean-image baseline.
+    "-" where an evaluation lacks the attack or the alphabets."""
+    lines = ["| target | val accuracy | strongest on unseen alphabets: top-1 / top-5 | strongest on seen: top-1 | "
+             "post's decoder on seen: top-1 | lowest unseen MSE (mean image) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for target in dict.fromkeys(row["target"] for row in evaluation_data["rows"]):
         rows = {row["label"]: row for row in evaluation_data["rows"] if row["target"] == target}
         first = next(iter(rows.values()))
-        groups = {label: row["metrics"]["seen_unseen"] for label, row in rows.items()}
-        hybrid = groups.get("hybrid", {})
-        decoders = [label for label in rows if label.split(":")[0] == "decoder" and "unseen" in groups[label]]
-        best = min(decoders, key=lambda label: groups[label]["unseen"]["mse"]["mean"], default=None)
-        if best is None:
-            mse = "-"
+        unseen, seen = _strongest(rows, "unseen"), _strongest(rows, "seen")
+        cells = ["-" if unseen is None else f"{unseen[1]['top1']['mean']:.3f} / {unseen[1]['top5']['mean']:.3f} "
+                 f"({unseen[0]})", "-" if seen is None else f"{seen[1]['top1']['mean']:.3f} ({seen[0]})"]
+        decoder = rows.get("decoder", {}).get("metrics", {}).get("seen_unseen", {}).get("seen")
+        cells.append("-" if decoder is None else f"{decoder['top1']['mean']:.3f}")
+        lowest = min((label for label in rows if "unseen" in rows[label]["metrics"]["seen_unseen"]),
+                     key=lambda label: rows[label]["metrics"]["seen_unseen"]["unseen"]["mse"]["mean"], default=None)
+        if lowest is None:
+            cells.append("-")
         else:
-            mean_image = rows[best]["metrics"]["baselines_seen_unseen"]["mean_training_image"]["unseen"]
-            mse = f"{_mean(groups[best]['unseen'], 'mse', 4)} ({_mean(mean_image, 'mse', 4)})"
+            metrics = rows[lowest]["metrics"]
+            mean_image = metrics["baselines_seen_unseen"]["mean_training_image"]["unseen"]["mse"]["mean"]
+            cells.append(f"{metrics['seen_unseen']['unseen']['mse']['mean']:.4f} ({lowest}; {mean_image:.4f})")
         name = target if first["epsilon"] is None else f"{target} (epsilon {first['epsilon']:.2f})"
-        lines.append(f"| {name} | {_mean(hybrid.get('unseen'), 'top1')} / {_mean(hybrid.get('unseen'), 'top5')} | "
-                     f"{_mean(hybrid.get('seen'), 'top1')} | {_mean(groups.get('decoder', {}).get('seen'), 'top1')} | "
-                     f"{mse} |")
+        accuracy = "-" if first.get("target_val_accuracy") is None else f"{first['target_val_accuracy']:.3f}"
+        lines.append(f"| {name} | {accuracy} | {' | '.join(cells)} |")
     return lines
 
 

@@ -100,15 +100,19 @@ def _row(target: str, label: str, epsilon, *, unseen: tuple, seen: tuple, mean_i
             "metrics": {"seen_unseen": groups, "baselines_seen_unseen": {"mean_training_image": baseline}}}
 
 
-def test_headline_table_picks_the_best_decoder_and_marks_a_missing_attack():
+def test_headline_table_names_the_strongest_attacks_and_marks_what_an_evaluation_lacks():
     rows = [_row("non-private", "decoder", None, unseen=(0.08, 0.0, 0.002), seen=(0.05, 0.453, 0.6), mean_image=0.07),
             _row("non-private", "decoder:background", None, unseen=(0.061, 0.004, 0.013), seen=(), mean_image=0.0652),
-            _row("non-private", "hybrid", None, unseen=(0.13, 0.005, 0.015), seen=(0.1, 0.602, 0.7), mean_image=0.07),
-            _row("noise 0.7", "decoder", 3.391, unseen=(0.067, 0.002, 0.008), seen=(0.06, 0.07, 0.1), mean_image=0.07)]
+            _row("non-private", "hybrid", None, unseen=(0.13, 0.004, 0.015), seen=(0.1, 0.602, 0.7), mean_image=0.07),
+            _row("noise 0.7", "hybrid", 3.391, unseen=(0.067, 0.002, 0.008), seen=(0.06, 0.07, 0.1), mean_image=0.07)]
+    rows[0]["target_val_accuracy"] = 0.7589
     table = leakage.headline_table({"rows": rows})
-    assert table[2] == "| non-private | 0.005 / 0.015 | 0.602 | 0.453 | 0.0610 (0.0652) |"
-    # no hybrid row: its cells are marked, the only decoder is the best one
-    assert table[3] == "| noise 0.7 (epsilon 3.39) | - / - | - | 0.070 | 0.0670 (0.0700) |"
+    # unseen: a top-1 tie between the background decoder and the hybrid goes to the higher top-5
+    assert table[2] == ("| non-private | 0.759 | 0.004 / 0.015 (hybrid) | 0.602 (hybrid) | 0.453 | "
+                        "0.0610 (decoder:background; 0.0652) |")
+    # no accuracy recorded and no post's decoder: their cells are marked
+    assert table[3] == ("| noise 0.7 (epsilon 3.39) | - | 0.002 / 0.008 (hybrid) | 0.070 (hybrid) | - | "
+                        "0.0670 (hybrid; 0.0700) |")
     assert len(table) == 4
 
 

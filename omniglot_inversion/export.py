@@ -282,10 +282,8 @@ def export_attack_suite(evaluation: str | os.PathLike, out: str | os.PathLike, c
     write_json(folder / leakage.EVALUATION, merged)
     with atomic_path(folder / leakage.REPORT) as tmp:
         tmp.write_text(leakage.report_markdown(merged))
-    entry = manifest.get(ATTACK_SUITE, {})
-    targets = {**entry.get("targets", {}),
-               **{target: {"command": command, "commit": package_commit(), "versions": versions()}
-                  for target in sorted(evaluated)}}
+    made = {"command": command, "commit": package_commit(), "versions": versions()}
+    targets = {**manifest.get(ATTACK_SUITE, {}).get("targets", {}), **{target: made for target in sorted(evaluated)}}
     manifest[ATTACK_SUITE] = {"folder": ATTACK_SUITE, "files": [leakage.EVALUATION, leakage.REPORT],
                               "targets": targets}
     write_json(out / MANIFEST, manifest)

@@ -39,6 +39,9 @@ NUM_SHOWN = 16
 # --quick: the first images of the surrogate set and of small2
 QUICK_SURROGATE_IMAGES = 256
 QUICK_TEST_IMAGES = 64
+# the version of what `run_attack` derives from finished reconstructions (`assess`, the figures):
+# bump it when they change, so that finished attacks are scored anew instead of returned as recorded
+SCORING_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -203,19 +206,24 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
     """Run ``spec`` against ``target`` on ``test`` into ``folder`` and return the attack.json record.
 
     An interrupted attack resumes from its checkpoints; a finished one made with the same settings
-    on the same number of images is not run again: its reconstructions are scored anew (scoring
-    is cheap and may have gained metrics since). ``pretrained``: a decoder already trained on
+    on the same number of images is not run again: its record is returned as it is, or, when it was
+    scored by another `SCORING_VERSION` or its figures are gone, its reconstructions are scored
+    anew (at full size a few minutes of bootstrap and SSIM, so not on every rerun). ``pretrained``: a decoder already trained on
     small1 with the post's settings (a run's ``attacker_weights.h5``), used instead of training
     one when the surrogate is small1. ``surrogate``: the attacker's own images when they are not a
     surrogate set of Omniglot (``spec.surrogate_source``); ``test.images`` then have the stage's
     input shape, and are scored as pictures (`as_pictures`).
     """
     folder = Path(folder)
+    done = finished(folder, spec, len(test.images))
+    if done is not None and done.get("scoring_version") == SCORING_VERSION \
+            and all((folder / name).exists() for name in done["figures"].values()):
+        log(f"{spec.label}: done before, kept ({folder / RESULT})")
+        return done
     if surrogate is None:
         surrogate = attacks.load_surrogate(spec.surrogate, data_dir, limit=spec.surrogate_limit)
-    done = finished(folder, spec, len(test.images))
     if done is not None:
-        log(f"{spec.label}: done before, kept ({folder / RECONSTRUCTIONS})")
+        log(f"{spec.label}: done before, scored anew ({folder / RECONSTRUCTIONS})")
         reconstructions = load_reconstructions(folder)
         run = {key: done[key] for key in ("options", "pretrained_decoder", "seconds")}
     else:
@@ -237,7 +245,7 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
         "method": spec.method, "surrogate": spec.surrogate, "label": spec.label, "spec": spec.record(),
         "defence": attacks.defence_of(target).config(), **run,
         "num_images": len(test.images), "num_surrogate_images": len(surrogate.images), "metrics": metrics,
-        "figures": {"reconstructions": FIGURE, "alphabets": ALPHABET_FIGURE},
+        "figures": {"reconstructions": FIGURE, "alphabets": ALPHABET_FIGURE}, "scoring_version": SCORING_VERSION,
     }
     write_json(folder / RESULT, result)
     return result

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from omniglot_inversion import data, membership, plots, runs
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.export import MANIFEST, run_label
+from omniglot_inversion.export import MANIFEST, run_label, sha256
 from omniglot_inversion.files import read_json, write_json
 from omniglot_inversion.models import TargetModel, build_complete_model
 from omniglot_inversion.part2 import DP_WEIGHTS
@@ -36,6 +36,7 @@ class AuditTarget:
     val_size: int | None
     delta: float
     epsilon: float | None
+    weights: Path  # the file its weights came from
 
 
 def _shipped_audit_targets(folder: Path) -> list[AuditTarget]:
@@ -47,7 +48,7 @@ def _shipped_audit_targets(folder: Path) -> list[AuditTarget]:
         model = TargetModel() if entry["run"] == "part1" else build_complete_model(training["normalization"])
         model.load_weights(folder / name)
         targets.append(AuditTarget(run_label(entry["run"]), model, training["train_size"], training["val_size"],
-                                   training["delta"], entry["metrics"].get("epsilon")))
+                                   training["delta"], entry["metrics"].get("epsilon"), folder / name))
     return targets
 
 
@@ -62,7 +63,8 @@ def find_audit_targets(folder: str | os.PathLike) -> list[AuditTarget]:
     config = metrics.get("config", {})
     sizes = dict(train_size=config.get("train_size", data.TARGET_TRAIN_SIZE), val_size=config.get("val_size"))
     if (folder / runs.TARGET_WEIGHTS).exists():
-        return [AuditTarget("non-private", runs.load_target(folder), delta=1e-5, epsilon=None, **sizes)]
+        return [AuditTarget("non-private", runs.load_target(folder), delta=1e-5, epsilon=None,
+                            weights=folder / runs.TARGET_WEIGHTS, **sizes)]
     targets = []
     for noise, level in metrics.get("noise_levels", {}).items():
         weights = folder / f"noise_{noise}" / DP_WEIGHTS
@@ -71,7 +73,7 @@ def find_audit_targets(folder: str | os.PathLike) -> list[AuditTarget]:
         model = build_complete_model(config.get("normalization", "batch"))
         model.load_weights(weights)
         targets.append(AuditTarget(f"noise {noise}", model, delta=config.get("delta", 1e-5),
-                                   epsilon=level.get("epsilon"), **sizes))
+                                   epsilon=level.get("epsilon"), weights=weights, **sizes))
     if not targets:
         raise UsageError(f"{folder} holds no trained complete target (no {runs.TARGET_WEIGHTS}, no noise level with "
                          f"{DP_WEIGHTS}, no complete target in a {MANIFEST}); run `omniglot-inversion part1` or "
@@ -97,22 +99,32 @@ def audit_target(target: AuditTarget, data_dir=None, *, seed: int = 0, limit: in
     result = membership.audit(losses(target.model, images[members], labels[members]),
                               losses(target.model, images[non_members], labels[non_members]),
                               delta=target.delta, seed=seed)
-    return {"target": target.label, "accountant_epsilon": target.epsilon, **result}
+    return {"target": target.label, "accountant_epsilon": target.epsilon, "weights_sha256": sha256(target.weights),
+            **result}
 
 
 def run_membership(folders: list[str | os.PathLike], out: str | os.PathLike, *, data_dir=None, seed: int = 0,
                    limit: int | None = None, log=print) -> dict:
-    """Audit every target in ``folders``; write membership.json and the ROC figure into ``out``."""
+    """Audit every target in ``folders``; write membership.json and the ROC figure into ``out``. A
+    target audited there before with the same seed and limit, from the same weights, keeps its row."""
     targets = [target for folder in folders for target in find_audit_targets(folder)]
+    out = Path(out)
+    before = read_json(out / RESULT, default={})
+    kept = {(row["target"], row.get("weights_sha256")): row for row in before.get("rows", [])
+            if (before.get("seed"), before.get("limit")) == (seed, limit)}
     rows = []
     for target in targets:
-        row = audit_target(target, data_dir, seed=seed, limit=limit)
+        row = kept.get((target.label, sha256(target.weights)))
+        if row is not None:
+            log(f"{target.label}: done before, kept")
+        else:
+            row = audit_target(target, data_dir, seed=seed, limit=limit)
         rows.append(row)
         log(f"{target.label}: AUC {row['auc']['mean']:.3f} [{row['auc']['low']:.3f}, {row['auc']['high']:.3f}], "
             f"advantage {row['advantage']['mean']:.3f}, empirical epsilon >= {row['empirical_epsilon']['epsilon']:.2f}"
             + ("" if row["accountant_epsilon"] is None else f" (accountant: {row['accountant_epsilon']:.2f})"))
-    out = Path(out)
     plots.save_roc_curves({row["target"]: row["roc"] for row in rows}, out / FIGURE)
-    result = {"folders": [str(folder) for folder in folders], "seed": seed, "rows": rows, "figure": FIGURE}
+    result = {"folders": [str(folder) for folder in folders], "seed": seed, "limit": limit, "rows": rows,
+              "figure": FIGURE}
     write_json(out / RESULT, result)
     return result

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omniglot_inversion import attacks, cli, export, leakage, runs
+from omniglot_inversion import attack_run, attacks, cli, export, leakage, runs
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.leakage import EVALUATION, REPORT, find_targets, load_test_set
 
@@ -63,12 +63,18 @@ def test_evaluate_every_attack_against_a_part1_run_and_resume(tmp_path, part1_qu
         assert heading in report
     for figure in decoder["figures"].values():
         assert (out / figure).stat().st_size > 5_000
-    # a second evaluation reuses every finished pair: remove one to see only it redone
+    # a second evaluation reuses every finished pair: remove one to see only it redone, and mark one
+    # as scored by another version of the scoring to see only its reconstructions scored anew
     shutil.rmtree(out / whitebox["folder"])
+    record = out / decoder["folder"] / attack_run.RESULT
+    record.write_text(json.dumps({**json.loads(record.read_text()), "scoring_version": 0}))
     shipped = tmp_path / "shipped"
     assert cli.main([*argv, "--ship", str(shipped)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("done before, kept") == 2 and "whitebox: 40/40 images inverted" in printed
+    assert printed.count("done before, kept") == 1 and "hybrid:background: done before, kept" in printed
+    assert printed.count("done before, scored anew") == 1 and "decoder: done before, scored anew" in printed
+    assert "whitebox: 40/40 images inverted" in printed
+    assert json.loads(record.read_text())["scoring_version"] == attack_run.SCORING_VERSION
     # shipped: the same rows, the command that made them
     rows = json.loads((shipped / "attack_suite" / EVALUATION).read_text())["rows"]
     evaluated = json.loads((out / EVALUATION).read_text())["rows"]

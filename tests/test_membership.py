@@ -78,6 +78,15 @@ def test_membership_command_on_a_part1_run(part1_quick_run, tmp_path, data_dir, 
     for name in ("auc", "advantage", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01"):
         assert row[name]["low"] <= row[name]["mean"] <= row[name]["high"]
     assert (out / FIGURE).stat().st_size > 5_000
+    # run again: the same weights, seed and limit keep the row; another limit audits anew
+    argv = ["membership", str(part1_quick_run.out), "--out", str(out), "--data-dir", data_dir]
+    assert cli.main(argv) == 0
+    assert "non-private: done before, kept" in capsys.readouterr().out
+    assert json.loads((out / RESULT).read_text())["rows"] == [row]
+    assert cli.main([*argv, "--limit", "100"]) == 0
+    assert "done before" not in capsys.readouterr().out
+    (again,) = json.loads((out / RESULT).read_text())["rows"]
+    assert again["members"] == again["non_members"] == 100 and again["weights_sha256"] == row["weights_sha256"]
 
 
 def test_membership_refuses_a_folder_without_a_trained_target(tmp_path, capsys):

@@ -89,3 +89,14 @@ def quick_reproduce(tmp_path_factory, data_dir, part1_quick_run) -> tuple:
                          str(out.parent / "shipped")])
     assert code == 0
     return out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
+def part2_quick_run(tmp_path_factory, data_dir) -> SimpleNamespace:
+    """One uninterrupted `cli_processes.PART2` run (two noise levels) in a child process on one
+    thread, made once: the reference of the kill, resume and --jobs tests and the run the Part 2
+    output tests read: ``args``, ``out`` (its folder) and ``printed``."""
+    from cli_processes import PART2, run
+
+    out = tmp_path_factory.mktemp("part2-quick") / "run"
+    return SimpleNamespace(args=PART2, out=out, printed=run(PART2, out, data_dir))

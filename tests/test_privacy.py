@@ -87,20 +87,16 @@ def test_bad_dp_settings_are_refused(kwargs, message):
         DPSettings(**kwargs)
 
 
-def test_part2_quick_command_writes_every_output(tmp_path, data_dir, capsys):
-    out = tmp_path / "part2"
-    code = cli.main(["part2", "--quick", "--out", str(out), "--data-dir", data_dir, "--batch-size", "8",
-                     "--noise", "0.7", "0.3"])
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "DP noise 0.3 epoch 1/1" in printed and "epsilon (2020 accounting, post)" in printed
+def test_part2_quick_command_writes_every_output(tmp_path, data_dir, part2_quick_run):
+    out, printed = part2_quick_run.out, part2_quick_run.printed
+    assert "DP noise 0.5 epoch 3/3" in printed and "epsilon (2020 accounting, post)" in printed
     metrics = json.loads((out / runs.METRICS).read_text())
-    assert set(metrics["noise_levels"]) == {"0.7", "0.3"}
-    assert [row["noise_multiplier"] for row in metrics["epsilon"]] == [0.7, 0.3]
+    assert set(metrics["noise_levels"]) == {"0.7", "0.5"}
+    assert [row["noise_multiplier"] for row in metrics["epsilon"]] == [0.7, 0.5]
     assert "batch statistics" in metrics["guarantees"] and "Poisson" in metrics["epsilon_caveat"]
-    for noise in ("0.7", "0.3"):
+    for noise in ("0.7", "0.5"):
         level = metrics["noise_levels"][noise]
-        assert level["target"]["steps"] == 2 and level["target"]["seconds_per_step"] > 0
+        assert level["target"]["steps"] == 3 * 6 and level["target"]["seconds_per_step"] > 0
         assert level["epsilon"] < level["epsilon_2020"]
         assert 0.0 < level["test"]["test_mse"] < 1.0
         folder = out / f"noise_{noise}"
@@ -113,7 +109,7 @@ def test_part2_quick_command_writes_every_output(tmp_path, data_dir, capsys):
     assert cli.main(["evaluate", str(out), "--out", str(evaluation_out), "--data-dir", data_dir, "--limit", "60",
                      "--attacks", "decoder", "--disjoint"]) == 0
     evaluated = json.loads((evaluation_out / "evaluation.json").read_text())
-    assert [row["target"] for row in evaluated["rows"]] == ["noise 0.7", "noise 0.3"]
+    assert [row["target"] for row in evaluated["rows"]] == ["noise 0.7", "noise 0.5"]
     for row in evaluated["rows"]:
         level = metrics["noise_levels"][row["target"].removeprefix("noise ")]
         assert row["epsilon"] == level["epsilon"] and row["target_val_accuracy"] == level["target"]["val_accuracy"]
@@ -127,7 +123,7 @@ def test_part2_quick_command_writes_every_output(tmp_path, data_dir, capsys):
     audit_out = tmp_path / "audit"
     assert cli.main(["membership", str(out), "--out", str(audit_out), "--data-dir", data_dir, "--limit", "40"]) == 0
     audited = json.loads((audit_out / "membership.json").read_text())
-    assert [row["target"] for row in audited["rows"]] == ["noise 0.7", "noise 0.3"]
+    assert [row["target"] for row in audited["rows"]] == ["noise 0.7", "noise 0.5"]
     for row in audited["rows"]:
         assert row["accountant_epsilon"] == metrics["noise_levels"][row["target"].removeprefix("noise ")]["epsilon"]
         assert row["members"] == row["non_members"] == 40 and row["empirical_epsilon"]["delta"] == 1e-5

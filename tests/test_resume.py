@@ -9,42 +9,22 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import h5py
 import pytest
+from cli_processes import PART2, command, run
 
 from omniglot_inversion import attack_run, cli, runs
 from omniglot_inversion.checkpoints import STATE
-
-PART2 = ["part2", "--quick", "--noise", "0.7", "0.5", "--epochs", "3", "--steps-per-epoch", "6",
-         "--attacker-epochs", "2", "--seed", "4", "--reproducible-noise"]  # a secret key differs per process
-
-
-# TensorFlow on one thread: the same sums in the same order in every process, so a Part 2 run
-# killed and resumed, or trained two levels at once (--jobs 2, one thread each), repeats one
-# uninterrupted run to the last bit (on two threads Adam's first steps make the last bits visible)
-ONE_THREAD = ("import sys; from omniglot_inversion import cli, jobs; jobs.limit_threads(1); "
-              "sys.exit(cli.main(sys.argv[1:]))")
-
-
-def _command(args: list[str], out: Path, data_dir: str) -> list[str]:
-    launcher = ["-c", ONE_THREAD] if args[0] == "part2" else ["-m", "omniglot_inversion.cli"]
-    return [sys.executable, *launcher, *args, "--out", str(out), "--data-dir", data_dir]
-
-
-def _run(args: list[str], out: Path, data_dir: str) -> None:
-    result = subprocess.run(_command(args, out, data_dir), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def _kill_after_epoch(args: list[str], out: Path, data_dir: str, state: Path, epoch: int,
                       while_running=None) -> None:
     """Start the run, SIGKILL it once ``state`` records ``epoch`` epochs (mid-training); call
     ``while_running()`` just before the kill."""
-    process = subprocess.Popen(_command(args, out, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    process = subprocess.Popen(command(args, out, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.monotonic() + 500
     try:
@@ -99,7 +79,7 @@ def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, c
     _assert_no_partial_files(resumed)
     assert not (resumed / runs.TARGET_WEIGHTS).exists()  # the step was cut short: nothing under its name
     assert json.loads((resumed / runs.METRICS).read_text())["state"] == "running"  # a kill cannot say more
-    _run([*PART1, "--resume"], resumed, data_dir)  # the killed run's lock is not stuck
+    run([*PART1, "--resume"], resumed, data_dir)  # the killed run's lock is not stuck
     expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (whole, resumed))
     for section in ("target", "attacker", "test"):
         assert _numbers(got[section]) == pytest.approx(_numbers(expected[section]), rel=1e-6)
@@ -107,33 +87,25 @@ def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, c
     _assert_no_partial_files(resumed)
 
 
-@pytest.fixture(scope="module")
-def part2_whole(tmp_path_factory, data_dir) -> Path:
-    """One uninterrupted PART2 run on one thread, the reference of the kill and --jobs tests."""
-    whole = tmp_path_factory.mktemp("part2") / "whole"
-    _run(PART2, whole, data_dir)
-    return whole
-
-
-def test_killed_part2_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, part2_whole):
-    whole, resumed = part2_whole, tmp_path / "resumed"
+def test_killed_part2_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, part2_quick_run):
+    whole, resumed = part2_quick_run.out, tmp_path / "resumed"
     # cut the second noise level's DP training short: the first level is complete by then
     state = resumed / "noise_0.5" / runs.CHECKPOINTS / "dp_target" / STATE
     _kill_after_epoch(PART2, resumed, data_dir, state, epoch=2)
     _assert_no_partial_files(resumed)
     done = json.loads((resumed / runs.METRICS).read_text())["noise_levels"]
     assert set(done["0.7"]) >= {"target", "attacker", "test"} and "target" not in done.get("0.5", {})
-    _run([*PART2, "--resume"], resumed, data_dir)
+    run([*PART2, "--resume"], resumed, data_dir)
     expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (whole, resumed))
     assert _numbers(got["noise_levels"]) == pytest.approx(_numbers(expected["noise_levels"]), rel=1e-6)
     _assert_no_partial_files(resumed)
 
 
-def test_levels_run_in_parallel_give_the_sequential_metrics(tmp_path, data_dir, part2_whole):
+def test_levels_run_in_parallel_give_the_sequential_metrics(tmp_path, data_dir, part2_quick_run):
     """--jobs 2 trains the two noise levels in two processes of one thread each; every number but
     the wall times matches a one-process run on one thread."""
-    sequential, parallel = part2_whole, tmp_path / "parallel"
-    _run([*PART2, "--jobs", "2"], parallel, data_dir)
+    sequential, parallel = part2_quick_run.out, tmp_path / "parallel"
+    run([*PART2, "--jobs", "2"], parallel, data_dir)
     expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (sequential, parallel))
     assert set(got["noise_levels"]) == {"0.7", "0.5"}
     assert _numbers(got["noise_levels"]) == pytest.approx(_numbers(expected["noise_levels"]), rel=1e-6)
@@ -169,8 +141,8 @@ def test_overwrite_and_resume_together_are_refused(tmp_path, capsys):
 
 def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, data_dir):
     out = tmp_path / "run"
-    command = _command(["part1", "--quick", "--epochs", "6"], out, data_dir)  # interrupted mid-training
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    argv = command(["part1", "--quick", "--epochs", "6"], out, data_dir)  # interrupted mid-training
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env={**os.environ})
     state = out / runs.CHECKPOINTS / "target" / STATE
     deadline = time.monotonic() + 500
@@ -183,14 +155,14 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, data_dir):
     _assert_no_partial_files(out)
 
 
-def test_overwrite_replaces_every_file_of_a_finished_part2_run(tmp_path, data_dir, part2_whole):
+def test_overwrite_replaces_every_file_of_a_finished_part2_run(tmp_path, data_dir, part2_quick_run):
     out = tmp_path / "run"
-    shutil.copytree(part2_whole, out)  # a finished run of other settings
+    shutil.copytree(part2_quick_run.out, out)  # a finished run of other settings
     quick = ["part2", "--quick", "--noise", "0.7", "--epochs", "1", "--steps-per-epoch", "2", "--attacker-epochs", "1"]
     level = out / "noise_0.7"
     old_weights = (level / "dp_model_weights.h5").read_bytes()
     (out / "notes-of-the-old-run.txt").write_text("old")
-    _run([*quick, "--seed", "4", "--overwrite"], out, data_dir)
+    run([*quick, "--seed", "4", "--overwrite"], out, data_dir)
     metrics = json.loads((out / runs.METRICS).read_text())
     assert metrics["config"]["seed"] == 4
     # the level was trained again: other weights, and its record is the new run's
@@ -215,13 +187,13 @@ def test_killed_attack_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir):
                                              "part1_mobile_stage.h5"), "--quick", "--limit", "16",
               "--attacker-epochs", "6"]
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    _run(attack, whole, data_dir)
+    run(attack, whole, data_dir)
     _kill_after_epoch(attack, resumed, data_dir, resumed / attack_run.CHECKPOINTS / "decoder" / STATE, epoch=2)
     assert not (resumed / attack_run.RESULT).exists()
     _assert_no_partial_files(resumed)
-    result = subprocess.run(_command(attack, resumed, data_dir), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command(attack, resumed, data_dir), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "pass --resume to continue it" in result.stderr
-    _run([*attack, "--resume"], resumed, data_dir)
+    run([*attack, "--resume"], resumed, data_dir)
     expected, got = (json.loads((folder / attack_run.RESULT).read_text()) for folder in (whole, resumed))
     assert _numbers(got["metrics"]) == pytest.approx(_numbers(expected["metrics"]), rel=1e-6)
     assert not (resumed / attack_run.CHECKPOINTS).exists()

@@ -208,11 +208,12 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
     An interrupted attack resumes from its checkpoints; a finished one made with the same settings
     on the same number of images is not run again: its record is returned as it is, or, when it was
     scored by another `SCORING_VERSION` or its figures are gone, its reconstructions are scored
-    anew (at full size a few minutes of bootstrap and SSIM, so not on every rerun). ``pretrained``: a decoder already trained on
-    small1 with the post's settings (a run's ``attacker_weights.h5``), used instead of training
-    one when the surrogate is small1. ``surrogate``: the attacker's own images when they are not a
-    surrogate set of Omniglot (``spec.surrogate_source``); ``test.images`` then have the stage's
-    input shape, and are scored as pictures (`as_pictures`).
+    anew (at full size a minute or two of bootstrap and SSIM, so not on every rerun).
+    ``pretrained``: a decoder already trained on small1 with the post's settings (a run's
+    ``attacker_weights.h5``), used instead of training one when the surrogate is small1.
+    ``surrogate``: the attacker's own images when they are not a surrogate set of Omniglot
+    (``spec.surrogate_source``); ``test.images`` then have the stage's input shape, and are scored
+    as pictures (`as_pictures`).
     """
     folder = Path(folder)
     done = finished(folder, spec, len(test.images))

@@ -1,11 +1,19 @@
 """Shared fixtures: the offline Omniglot folder (a failure in CI or when $OMNIGLOT_DIR names it, a
-skip with the reason elsewhere, when it is unusable) and a per-session tfds cache, so every test
-run builds the records from the archives itself."""
+skip with the reason elsewhere, when it is unusable), a per-session tfds cache, so every test run
+builds the records from the archives itself, and the finished quick runs several tests read.
+
+Under pytest-xdist (README's ``-n 2``) the workers of one session share the cache and the Part 1
+run (the first worker to need one makes it, under a file lock, the others read it), and the tests
+of the Part 2 run and of the reproduce run each go to one worker (`pytest_collection_modifyitems`),
+which makes its run once. A worker runs TensorFlow on its default threads, as one pytest process
+does, so that every number a test compares with a child process's comes out the same either way.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,9 +21,30 @@ from types import SimpleNamespace
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # None when pytest runs in one process
+
+# the session runs whose readers go to one worker, so that each is made once per session
+ONE_WORKER_FIXTURES = ("part2_quick_run", "quick_reproduce")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "omniglot"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for name in ONE_WORKER_FIXTURES:
+            if name in item.fixturenames:
+                item.add_marker(pytest.mark.xdist_group(name))
+
+
+def _session_folder(tmp_path_factory, name: str) -> Path:
+    """A folder of this session that every xdist worker of it sees (its own one without xdist)."""
+    if WORKER is None:
+        return tmp_path_factory.mktemp(name)
+    folder = tmp_path_factory.getbasetemp().parent / name
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,7 +52,8 @@ def _session_cache(tmp_path_factory):
     from omniglot_inversion.data import CACHE_DIR_ENV
 
     previous = os.environ.get(CACHE_DIR_ENV)
-    os.environ[CACHE_DIR_ENV] = str(tmp_path_factory.mktemp("tfds-cache"))
+    # the workers prepare it together as runs started together do (`data.omniglot_builder`)
+    os.environ[CACHE_DIR_ENV] = str(_session_folder(tmp_path_factory, "tfds-cache"))
     yield
     if previous is None:
         os.environ.pop(CACHE_DIR_ENV, None)
@@ -61,14 +91,21 @@ def part1_quick_run(tmp_path_factory, data_dir) -> SimpleNamespace:
     ``reproduce --quick``, which starts from a copy of it), made once for every test that reads a
     finished Part 1 run: ``args`` (the command without --out and --data-dir), ``out`` (its folder),
     ``code`` (exit status) and ``printed`` (what it printed)."""
+    from filelock import FileLock
+
     from omniglot_inversion import cli
 
     args = ["part1", "--quick"]
-    out = tmp_path_factory.mktemp("part1-quick") / "run"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = cli.main([*args, "--out", str(out), "--data-dir", data_dir])
-    return SimpleNamespace(args=args, out=out, code=code, printed=printed.getvalue())
+    folder = _session_folder(tmp_path_factory, "part1-quick")
+    out, record = folder / "run", folder / "printed.json"
+    with FileLock(folder / "lock"):  # one worker makes it, the others read what it printed
+        if not record.exists():
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                code = cli.main([*args, "--out", str(out), "--data-dir", data_dir])
+            record.write_text(json.dumps({"code": code, "printed": printed.getvalue()}))
+        made = json.loads(record.read_text())
+    return SimpleNamespace(args=args, out=out, code=made["code"], printed=made["printed"])
 
 
 @pytest.fixture(scope="session")

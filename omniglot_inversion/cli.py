@@ -11,6 +11,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from omniglot_inversion import interrupts  # noqa: E402
 from omniglot_inversion.attacks import METHODS, SURROGATES  # noqa: E402
 from omniglot_inversion.defences import DEFENCES  # noqa: E402
 from omniglot_inversion.errors import UsageError  # noqa: E402
@@ -461,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     out = getattr(args, "out", None) or (args.runs[0] if args.command == "evaluate" else None)
     try:
-        with folder_lock(out) if out is not None else contextlib.nullcontext():
+        with interrupts.handled(), folder_lock(out) if out is not None else contextlib.nullcontext():
             args.handler(args)
     except UsageError as err:
         print(f"omniglot-inversion: error: {err}", file=sys.stderr)

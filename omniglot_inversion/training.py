@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from omniglot_inversion.checkpoints import EpochCheckpoint
 from omniglot_inversion.data import IMAGE_SHAPE, check_images
+from omniglot_inversion.interrupts import raise_if_received
 
 keras = tf.keras
 
@@ -142,6 +143,7 @@ def fit(
         bar = progress_bar(known)
         for step, (inputs, targets) in enumerate(itertools.islice(batches, steps_per_epoch) if batches else train_ds):
             train_step(inputs, targets)
+            raise_if_received()
             if bar is not None:
                 bar.update(step + 1)
         row = {"epoch": epoch, "train_loss": float(train_loss.result()),

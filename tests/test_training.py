@@ -1,11 +1,12 @@
 import io
+import signal
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import AttackModel, TargetModel, data, training
+from omniglot_inversion import AttackModel, TargetModel, data, interrupts, training
 from omniglot_inversion.errors import UsageError
 
 
@@ -69,3 +70,30 @@ def test_a_progress_bar_follows_the_steps_on_a_terminal_only(monkeypatch, termin
         assert shown.count("5/5") == 2  # each epoch's bar reaches its 5th of 5 steps
     else:
         assert shown == ""  # a log file gets only what on_epoch prints
+
+
+class _SwallowingFinaliser:
+    """Ctrl-C handled inside a finaliser, as happens when the signal lands while the garbage
+    collector runs a TensorFlow object's ``__del__``: Python prints the KeyboardInterrupt and goes on."""
+
+    def __del__(self):
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_swallowed_by_a_finaliser_still_stops_the_training_at_its_next_step():
+    images = np.random.default_rng(0).uniform(size=(8, 4)).astype(np.float32)
+    batches = tf.data.Dataset.from_tensor_slices((images, images)).batch(4)
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(4)])
+    epochs_done = []
+
+    def on_epoch(row):
+        epochs_done.append(row["epoch"])
+        _SwallowingFinaliser()  # made and dropped at once: its __del__ runs here
+
+    with interrupts.handled(), pytest.raises(KeyboardInterrupt):
+        training.fit(model, training.RECONSTRUCT, batches, epochs=3, on_epoch=on_epoch)
+    assert epochs_done == [1]  # the interrupt came after epoch 1; epoch 2 stopped at its first step
+    # outside the CLI's block Python's own handler is back and nothing is left recorded
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    training.fit(model, training.RECONSTRUCT, batches, epochs=1)

@@ -27,6 +27,7 @@ from omniglot_inversion.attacks.base import InversionAttack, Stage, clean_stage,
 from omniglot_inversion.defences import NO_DEFENCE, Defence
 from omniglot_inversion.files import atomic_path
 from omniglot_inversion.image_sources import square_side
+from omniglot_inversion.interrupts import raise_if_received
 
 ITERATIONS = 100
 TV_WEIGHT = 1.0
@@ -157,6 +158,7 @@ class WhiteboxAttack(InversionAttack):
             saved = self._saved_batch(first, codes[batch])
             if saved is None:
                 saved = self._search(np.asarray(starts[batch]), codes[batch])
+                raise_if_received()  # before the batch is saved as done
                 self._save_batch(first, codes[batch], saved)
             results.append(saved)
             if self._log is not None:

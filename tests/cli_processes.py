@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 # two noise levels, a few steps each: the Part 2 run the resume, --jobs and Part 2 output tests share
-PART2 = ["part2", "--quick", "--noise", "0.7", "0.5", "--epochs", "3", "--steps-per-epoch", "6",
+PART2 = ["part2", "--quick", "--noise", "0.7", "0.5", "--epochs", "2", "--steps-per-epoch", "6",
          "--attacker-epochs", "2", "--seed", "4", "--reproducible-noise"]  # a secret key differs per process
 
 # TensorFlow on one thread: the same sums in the same order in every process, so a Part 2 run

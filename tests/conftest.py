@@ -5,8 +5,9 @@ builds the records from the archives itself, and the finished quick runs several
 Under pytest-xdist (README's ``-n 2``) the workers of one session share the cache and the Part 1
 run (the first worker to need one makes it, under a file lock, the others read it), and the tests
 of the Part 2 run and of the reproduce run each go to one worker (`pytest_collection_modifyitems`),
-which makes its run once. A worker runs TensorFlow on its default threads, as one pytest process
-does, so that every number a test compares with a child process's comes out the same either way.
+which makes its run once; the workers take the tests in the order of `_start_order`. A worker runs
+TensorFlow on its default threads, as one pytest process does, so that every number a test compares
+with a child process's comes out the same either way.
 """
 
 from __future__ import annotations
@@ -30,12 +31,25 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "omniglot"
 
 
+def _start_order(item) -> int:
+    """Under xdist: the reproduce run's tests first (their worker prepares the dataset on the way),
+    then the tests that need no data (the other worker runs them meanwhile instead of waiting for
+    the records), then the Part 2 run's tests, then the rest."""
+    if "quick_reproduce" in item.fixturenames:
+        return 0
+    if "data_dir" not in item.fixturenames:
+        return 1
+    return 2 if "part2_quick_run" in item.fixturenames else 3
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     for item in items:
         for name in ONE_WORKER_FIXTURES:
             if name in item.fixturenames:
                 item.add_marker(pytest.mark.xdist_group(name))
+    if WORKER is not None:
+        items.sort(key=_start_order)  # stable: the files' own order within each rank
 
 
 def _session_folder(tmp_path_factory, name: str) -> Path:

@@ -89,14 +89,14 @@ def test_bad_dp_settings_are_refused(kwargs, message):
 
 def test_part2_quick_command_writes_every_output(tmp_path, data_dir, part2_quick_run):
     out, printed = part2_quick_run.out, part2_quick_run.printed
-    assert "DP noise 0.5 epoch 3/3" in printed and "epsilon (2020 accounting, post)" in printed
+    assert "DP noise 0.5 epoch 2/2" in printed and "epsilon (2020 accounting, post)" in printed
     metrics = json.loads((out / runs.METRICS).read_text())
     assert set(metrics["noise_levels"]) == {"0.7", "0.5"}
     assert [row["noise_multiplier"] for row in metrics["epsilon"]] == [0.7, 0.5]
     assert "batch statistics" in metrics["guarantees"] and "Poisson" in metrics["epsilon_caveat"]
     for noise in ("0.7", "0.5"):
         level = metrics["noise_levels"][noise]
-        assert level["target"]["steps"] == 3 * 6 and level["target"]["seconds_per_step"] > 0
+        assert level["target"]["steps"] == 2 * 6 and level["target"]["seconds_per_step"] > 0
         assert level["epsilon"] < level["epsilon_2020"]
         assert 0.0 < level["test"]["test_mse"] < 1.0
         folder = out / f"noise_{noise}"

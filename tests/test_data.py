@@ -186,13 +186,34 @@ def test_damaged_archive_bytes_are_named_before_preparation_and_a_good_copy_then
     assert str(small1.resolve()) in " ".join(json.loads((Path(session_cache) / VERIFIED).read_text()))
 
 
+def _smaller_archives(data_dir: str, folder: Path, drawers: int = 2) -> dict[str, data.Archive]:
+    """Copies of the four archives that keep the drawings of the first ``drawers`` of the 20 drawers
+    of every character (a tenth of the images: tfds prepares them in seconds; tfds needs every
+    character for its labels), and the `data.ARCHIVES` that names them."""
+    folder.mkdir()
+    archives = {}
+    for key, archive in ARCHIVES.items():
+        with zipfile.ZipFile(Path(data_dir) / archive.filename) as source, \
+                zipfile.ZipFile(folder / archive.filename, "w") as copy:
+            kept = [name for name in source.namelist()
+                    if name.endswith(".png") and int(name.removesuffix(".png").split("_")[-1]) <= drawers]
+            for name in kept:
+                copy.writestr(name, source.read(name))
+        archives[key] = data.Archive(archive.filename, len(kept), fingerprint(folder / archive.filename)[0])
+    return archives
+
+
 def test_a_preparation_killed_half_way_is_redone_by_the_next_runs_started_together(tmp_path, data_dir,
                                                                                     monkeypatch):
-    cache = tmp_path / "cache"
-    prepare = f"from omniglot_inversion import data; data.omniglot_builder({data_dir!r})"
+    archives = _smaller_archives(data_dir, tmp_path / "archives")
+    folder, cache = str(tmp_path / "archives"), tmp_path / "cache"
+    prepare = ("import json, sys; from omniglot_inversion import data; "
+               "data.ARCHIVES = {key: data.Archive(*fields) for key, fields in json.loads(sys.argv[1]).items()}; "
+               f"data.omniglot_builder({folder!r})")
+    fields = json.dumps({key: [a.filename, a.num_images, a.fingerprint] for key, a in archives.items()})
 
     def start(stderr=subprocess.DEVNULL):
-        return subprocess.Popen([sys.executable, "-c", prepare], env={**os.environ, CACHE_DIR_ENV: str(cache)},
+        return subprocess.Popen([sys.executable, "-c", prepare, fields], env={**os.environ, CACHE_DIR_ENV: str(cache)},
                                 stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
     process = start()
@@ -200,17 +221,19 @@ def test_a_preparation_killed_half_way_is_redone_by_the_next_runs_started_togeth
     try:  # kill it once tfds has begun writing records
         while not list(cache.glob("omniglot/incomplete*/*.tfrecord*")):
             assert process.poll() is None and time.monotonic() < deadline, "preparation ended before the kill"
-            time.sleep(0.05)
+            time.sleep(0.01)
     finally:
         process.kill()
         process.wait()
     monkeypatch.setenv(CACHE_DIR_ENV, str(cache))
-    builder = data.OfflineOmniglot(archives=data.check_archive_dir(data_dir), data_dir=str(data.default_cache_dir()))
+    monkeypatch.setattr(data, "ARCHIVES", archives)
+    builder = data.OfflineOmniglot(archives=data.check_archive_dir(folder), data_dir=str(data.default_cache_dir()))
     assert not builder.is_prepared()  # the half-written records are not taken for a dataset
     # two runs at once (as `--jobs` starts them): one prepares, the other waits for its records
     other = start(stderr=subprocess.PIPE)
-    sizes = {split: info.num_examples for split, info in data.omniglot_builder(data_dir).info.splits.items()}
+    sizes = {split: info.num_examples for split, info in data.omniglot_builder(folder).info.splits.items()}
     errors = other.communicate(timeout=300)[1]  # read while it runs: a full pipe would stall it
     assert other.returncode == 0, errors[-2000:]
-    assert sizes == {"train": 19_280, "test": 13_180, "small1": 2_720, "small2": 3_120}
-    assert _count(load_split("small2", data_dir)) == 3_120
+    assert sizes == {"train": archives["train"].num_images, "test": archives["eval"].num_images,
+                     "small1": archives["small1"].num_images, "small2": archives["small2"].num_images}
+    assert _count(load_split("small2", folder)) == archives["small2"].num_images

@@ -31,6 +31,7 @@ from omniglot_inversion import training
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.fast_dp import PATHS_SAMPLE, STATISTICS_SAMPLE, fast_dp_gradients
 from omniglot_inversion.files import read_json, write_json
+from omniglot_inversion.interrupts import raise_if_received
 
 keras = tf.keras
 
@@ -181,6 +182,9 @@ class _EpochLog(keras.callbacks.Callback):
         self._path = path
         self.rows: list[dict] = read_json(path, default=[]) if path else []
         self._on_epoch = on_epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_received()  # model.fit's training steps, as `training.fit` checks its own
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import AttackModel, TargetModel, data, interrupts, training
+from omniglot_inversion import AttackModel, TargetModel, data, interrupts, privacy, training
 from omniglot_inversion.errors import UsageError
 
 
@@ -80,11 +80,27 @@ class _SwallowingFinaliser:
         signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_ctrl_c_swallowed_by_a_finaliser_still_stops_the_training_at_its_next_step():
+def _fit_of_the_package(on_epoch, epochs):
+    """`training.fit`, the loop of every training but the optimizer engine's."""
     images = np.random.default_rng(0).uniform(size=(8, 4)).astype(np.float32)
     batches = tf.data.Dataset.from_tensor_slices((images, images)).batch(4)
     model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(4)])
+    training.fit(model, training.RECONSTRUCT, batches, epochs=epochs, on_epoch=on_epoch)
+
+
+def _fit_of_keras(on_epoch, epochs):
+    """``model.fit`` with the optimizer engine's epoch log (`privacy._EpochLog`)."""
+    rng = np.random.default_rng(0)
+    batches = tf.data.Dataset.from_tensor_slices((rng.uniform(size=(8, 4)).astype(np.float32),
+                                                  rng.integers(0, 3, size=8))).batch(4)
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["sparse_categorical_accuracy"])
+    model.fit(batches, epochs=epochs, verbose=0, callbacks=[privacy._EpochLog(on_epoch)])
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("fit", [_fit_of_the_package, _fit_of_keras])
+def test_ctrl_c_swallowed_by_a_finaliser_still_stops_the_training_at_its_next_step(fit):
     epochs_done = []
 
     def on_epoch(row):
@@ -92,8 +108,8 @@ def test_ctrl_c_swallowed_by_a_finaliser_still_stops_the_training_at_its_next_st
         _SwallowingFinaliser()  # made and dropped at once: its __del__ runs here
 
     with interrupts.handled(), pytest.raises(KeyboardInterrupt):
-        training.fit(model, training.RECONSTRUCT, batches, epochs=3, on_epoch=on_epoch)
+        fit(on_epoch, epochs=3)
     assert epochs_done == [1]  # the interrupt came after epoch 1; epoch 2 stopped at its first step
     # outside the CLI's block Python's own handler is back and nothing is left recorded
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    training.fit(model, training.RECONSTRUCT, batches, epochs=1)
+    fit(None, epochs=1)

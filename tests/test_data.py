@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import io
 import json
@@ -205,12 +206,12 @@ def _smaller_archives(data_dir: str, folder: Path, drawers: int = 2) -> dict[str
 
 def test_a_preparation_killed_half_way_is_redone_by_the_next_runs_started_together(tmp_path, data_dir,
                                                                                     monkeypatch):
-    archives = _smaller_archives(data_dir, tmp_path / "archives")
-    folder, cache = str(tmp_path / "archives"), tmp_path / "cache"
+    folder, cache = tmp_path / "archives", tmp_path / "cache"
+    archives = _smaller_archives(data_dir, folder)
     prepare = ("import json, sys; from omniglot_inversion import data; "
                "data.ARCHIVES = {key: data.Archive(*fields) for key, fields in json.loads(sys.argv[1]).items()}; "
-               f"data.omniglot_builder({folder!r})")
-    fields = json.dumps({key: [a.filename, a.num_images, a.fingerprint] for key, a in archives.items()})
+               f"data.omniglot_builder({str(folder)!r})")
+    fields = json.dumps({key: dataclasses.astuple(archive) for key, archive in archives.items()})
 
     def start(stderr=subprocess.DEVNULL):
         return subprocess.Popen([sys.executable, "-c", prepare, fields], env={**os.environ, CACHE_DIR_ENV: str(cache)},

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -84,6 +85,21 @@ def fingerprint(zip_path: str | os.PathLike) -> tuple[str, int]:
             if info.filename.endswith(".png")
         )
     return hashlib.sha256("\n".join(rows).encode()).hexdigest(), len(rows)
+
+
+@functools.cache
+def _fingerprint_of(path: str, version: tuple) -> tuple[str, int]:
+    return fingerprint(path)
+
+
+def _current_fingerprint(path: Path) -> tuple[str, int]:
+    """`fingerprint` of an archive file, read once per process for each version of the file (its
+    inode, size and change times: any write or replacement changes them): every split a run loads
+    checks the archives, and reading a zip directory of 19,280 entries takes a noticeable time."""
+    stat = path.stat()
+    return _fingerprint_of(os.fspath(path.resolve()), (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+
+
 VERIFIED = "verified_archives.json"
 
 
@@ -148,7 +164,7 @@ def check_archive_dir(archive_dir: str | os.PathLike) -> dict[str, Path]:
             problems.append(f"{archive.filename} is missing")
             continue
         try:
-            digest, count = fingerprint(path)
+            digest, count = _current_fingerprint(path)
         except (zipfile.BadZipFile, OSError) as err:
             problems.append(f"{archive.filename} is not a readable zip archive ({err})")
             continue

@@ -77,6 +77,15 @@ def defended_gradients(model: keras.Model, task: Task, training: bool | None) ->
     return gradients
 
 
+def _build_optimizer(optimizer: keras.optimizers.Optimizer, variables: list) -> None:
+    """Make ``optimizer``'s variables for ``variables`` now: a tf.function whose first call makes
+    variables is traced twice, and tracing is a large part of a short training's time."""
+    if hasattr(optimizer, "build"):
+        optimizer.build(variables)
+    else:  # a legacy Keras optimizer (the DP engines' Adam) has no public build
+        optimizer._create_all_weights(variables)
+
+
 def progress_bar(steps: int | None) -> keras.utils.Progbar | None:
     """A Keras progress bar over an epoch's ``steps`` (None: unknown) when the output is a
     terminal; None otherwise, so that a log file gets only the one line per epoch of ``on_epoch``."""
@@ -117,6 +126,8 @@ def fit(
     gradients = gradients or plain_gradients(model, task, training)
     train_loss, val_loss = keras.metrics.Mean(), keras.metrics.Mean()
     train_metric, val_metric = task.metric(), task.metric()
+    if model.built:  # an unbuilt model makes its variables, and the optimizer's, in the first trace
+        _build_optimizer(optimizer, model.trainable_variables)
 
     @tf.function
     def train_step(inputs, targets):

@@ -139,6 +139,16 @@ def test_incomplete_folder_names_each_problem(tmp_path, data_dir):
     assert "small1" not in message.split("incomplete:")[1].split("Put the")[0]
 
 
+def test_an_archive_rewritten_after_a_passed_check_is_checked_again(tmp_path, data_dir):
+    for archive in ARCHIVES.values():
+        (tmp_path / archive.filename).write_bytes((Path(data_dir) / archive.filename).read_bytes())
+    assert set(data.check_archive_dir(tmp_path)) == set(ARCHIVES)  # read once, then remembered
+    small1 = tmp_path / ARCHIVES["small1"].filename
+    small1.write_bytes((Path(data_dir) / ARCHIVES["small2"].filename).read_bytes())  # same file, other images
+    with pytest.raises(UsageError, match="images_background_small1.zip holds 3120 PNG images"):
+        data.check_archive_dir(tmp_path)
+
+
 def test_environment_variable_selects_the_folder(monkeypatch, tmp_path):
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "from-env"))
     assert data.resolve_archive_dir(None) == tmp_path / "from-env"

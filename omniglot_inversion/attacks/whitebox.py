@@ -78,6 +78,7 @@ class CodeSearch:
             return self._compiled[size]
         logits = tf.Variable(tf.zeros((size, *self.shape)), trainable=True)
         optimizer = tf.keras.optimizers.Adam(self.learning_rate)
+        optimizer.build([logits])  # its variables made here, so that `step` is traced once, not twice
         pixels = float(np.prod(self.shape))
 
         @tf.function

@@ -179,6 +179,8 @@ class _EpochLog(keras.callbacks.Callback):
 
     def __init__(self, on_epoch: Callable[[dict], None] | None, path: Path | None = None):
         super().__init__()
+        # its batch hook reads no logs, so Keras need not copy every step's logs to numpy for it
+        self._supports_tf_logs = True
         self._path = path
         self.rows: list[dict] = read_json(path, default=[]) if path else []
         self._on_epoch = on_epoch

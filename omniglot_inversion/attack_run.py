@@ -6,7 +6,8 @@ The folder gets ``reconstructions.npz`` (float32 ``originals`` and ``reconstruct
 metrics with intervals and the verdict), ``attack.png`` (the first 16 test images above their
 reconstructions), ``alphabets.png`` (MSE and top-1 per alphabet) and, for a decoder the attack
 trained, ``attacker_weights.h5``. Training and search keep per-epoch / per-batch checkpoints in
-``checkpoints/``, so an interrupted attack resumes; a finished one is not run again.
+``checkpoints/``, so an interrupted attack resumes; a finished one is not run again, even once its
+``reconstructions.npz`` is deleted (see `finished`).
 """
 
 from __future__ import annotations
@@ -175,12 +176,21 @@ def _keep_matching_checkpoints(folder: Path, spec: AttackSpec) -> None:
 
 
 def finished(folder: Path, spec: AttackSpec, num_images: int) -> dict | None:
-    """The recorded result in ``folder`` if it was made with ``spec`` on ``num_images`` images."""
+    """The recorded result in ``folder`` if it was made with ``spec`` on ``num_images`` images and
+    is still of use: scored as `scored` says, or with its reconstructions kept to be scored anew.
+    A scored attack needs no ``reconstructions.npz`` (tens of MB at full size), so that file can be
+    deleted to save space; it is needed again only when `SCORING_VERSION` changes."""
     result = read_json(folder / RESULT)
     if result and result.get("spec") == spec.record() and result.get("num_images") == num_images \
-            and (folder / RECONSTRUCTIONS).exists():
+            and (scored(folder, result) or (folder / RECONSTRUCTIONS).exists()):
         return result
     return None
+
+
+def scored(folder: Path, result: dict) -> bool:
+    """Whether ``result`` holds the metrics of this `SCORING_VERSION` and its figures are in ``folder``."""
+    return (result.get("scoring_version") == SCORING_VERSION and "metrics" in result and "figures" in result
+            and all((folder / name).exists() for name in result["figures"].values()))
 
 
 def load_reconstructions(folder: Path) -> np.ndarray:
@@ -208,7 +218,8 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
     An interrupted attack resumes from its checkpoints; a finished one made with the same settings
     on the same number of images is not run again: its record is returned as it is, or, when it was
     scored by another `SCORING_VERSION` or its figures are gone, its reconstructions are scored
-    anew (at full size a minute or two of bootstrap and SSIM, so not on every rerun).
+    anew (at full size a minute or two of bootstrap and SSIM, so not on every rerun); only when
+    they must be scored anew and ``reconstructions.npz`` is gone is the attack run again.
     ``pretrained``: a decoder already trained on small1 with the post's settings (a run's
     ``attacker_weights.h5``), used instead of training one when the surrogate is small1.
     ``surrogate``: the attacker's own images when they are not a surrogate set of Omniglot
@@ -217,8 +228,7 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
     """
     folder = Path(folder)
     done = finished(folder, spec, len(test.images))
-    if done is not None and done.get("scoring_version") == SCORING_VERSION \
-            and all((folder / name).exists() for name in done["figures"].values()):
+    if done is not None and scored(folder, done):
         log(f"{spec.label}: done before, kept ({folder / RESULT})")
         return done
     if surrogate is None:

@@ -10,7 +10,8 @@ holds instead of training one.
 
 Writes ``evaluation.json`` (a row per target x attack: metrics with intervals on all, seen and
 unseen alphabets, every baseline, the verdict on unseen alphabets), ``report.md``, one figure of
-reconstructions per target (originals, then each attack) and the per-alphabet figures.
+reconstructions per target (originals, then each attack; the images it shows are kept in each
+attack's ``shown.npz``) and the per-alphabet figures.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from omniglot_inversion.models import AttackModel
 EVALUATION = "evaluation.json"
 REPORT = "report.md"
 DEFAULT_ATTACKS = ("decoder", "decoder:background", "whitebox", "hybrid")
+SHOWN = "shown.npz"
 load_test_set = attack_run.load_test_set
 
 
@@ -112,6 +114,21 @@ def shown_indices(count: int, shown: int = runs.NUM_SHOWN) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(shown, count)).round().astype(int))
 
 
+def shown_reconstructions(folder: Path, shown: np.ndarray) -> np.ndarray:
+    """An attack's reconstructions of the test images ``shown`` in the figures. They are kept in
+    ``shown.npz`` beside the attack, so that the figures can be drawn again once its
+    ``reconstructions.npz`` is deleted to save space; while that file is there it is the source."""
+    path = folder / SHOWN
+    if not (folder / attack_run.RECONSTRUCTIONS).exists() and path.exists():
+        with np.load(path) as saved:
+            if np.array_equal(saved["indices"], shown):
+                return saved["reconstructions"]
+    reconstructions = attack_run.load_reconstructions(folder)[shown]
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, indices=shown, reconstructions=reconstructions)
+    return reconstructions
+
+
 def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, data_dir=None,
                   attacks: tuple[str, ...] = DEFAULT_ATTACKS, settings: dict | None = None,
                   disjoint: bool = False, limit: int | None = None, only: tuple[str, ...] = (),
@@ -144,7 +161,7 @@ def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, d
             rows.append({"target": target.label, "epsilon": target.epsilon,
                          "target_val_accuracy": target.val_accuracy, **result,
                          "folder": str(folder.relative_to(out))})
-            reconstructions.append(attack_run.load_reconstructions(folder)[shown])
+            reconstructions.append(shown_reconstructions(folder, shown))
         figure = f"reconstructions_{target.slug}.png"
         plots.save_attack_rows(test.images[shown], reconstructions, [spec.label for spec in specs], out / figure,
                                f"{target.label}: originals, then each attack")

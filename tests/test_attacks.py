@@ -150,6 +150,31 @@ def test_attack_command_writes_reconstructions_record_and_figure(tmp_path, data_
     assert (out / attack_run.RESULT).read_bytes() == before
 
 
+def test_a_scored_attack_needs_no_reconstructions_file_but_one_to_score_anew_does(tmp_path):
+    spec = attack_run.AttackSpec(method="whitebox")
+    figures = {"reconstructions": attack_run.FIGURE, "alphabets": attack_run.ALPHABET_FIGURE}
+    record = {"spec": spec.record(), "num_images": 5, "metrics": {}, "figures": figures,
+              "scoring_version": attack_run.SCORING_VERSION}
+    (tmp_path / attack_run.RESULT).write_text(json.dumps(record))
+    for name in figures.values():
+        (tmp_path / name).write_bytes(b"png")
+    assert attack_run.finished(tmp_path, spec, 5) == record and attack_run.scored(tmp_path, record)
+    assert attack_run.finished(tmp_path, spec, 6) is None
+    assert attack_run.finished(tmp_path, attack_run.AttackSpec(method="hybrid"), 5) is None
+    # scored by another version, or a figure gone: of use only while its reconstructions are kept
+    for changed, gone in ((dict(scoring_version=0), None), ({}, attack_run.ALPHABET_FIGURE)):
+        if gone:
+            (tmp_path / gone).unlink()
+        (tmp_path / attack_run.RESULT).write_text(json.dumps({**record, **changed}))
+        assert attack_run.finished(tmp_path, spec, 5) is None
+        (tmp_path / attack_run.RECONSTRUCTIONS).write_bytes(b"")
+        assert not attack_run.scored(tmp_path, attack_run.finished(tmp_path, spec, 5))
+        (tmp_path / attack_run.RECONSTRUCTIONS).unlink()
+    # the record written between saving the reconstructions and scoring them holds no metrics
+    (tmp_path / attack_run.RESULT).write_text(json.dumps({"spec": spec.record(), "num_images": 5}))
+    assert attack_run.finished(tmp_path, spec, 5) is None
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--method", "telepathy"], "invalid choice: 'telepathy'"),
     (["--limit", "0"], "must be at least 1"),

@@ -64,8 +64,12 @@ def test_evaluate_every_attack_against_a_part1_run_and_resume(tmp_path, part1_qu
     for figure in decoder["figures"].values():
         assert (out / figure).stat().st_size > 5_000
     # a second evaluation reuses every finished pair: remove one to see only it redone, and mark one
-    # as scored by another version of the scoring to see only its reconstructions scored anew
+    # as scored by another version of the scoring to see only its reconstructions scored anew; a
+    # scored pair needs no reconstructions.npz, and the figure of all attacks is drawn without it
     shutil.rmtree(out / whitebox["folder"])
+    (out / hybrid["folder"] / attack_run.RECONSTRUCTIONS).unlink()
+    figure = out / decoder["figures"]["all_attacks"]
+    figure.unlink()
     record = out / decoder["folder"] / attack_run.RESULT
     record.write_text(json.dumps({**json.loads(record.read_text()), "scoring_version": 0}))
     shipped = tmp_path / "shipped"
@@ -75,6 +79,7 @@ def test_evaluate_every_attack_against_a_part1_run_and_resume(tmp_path, part1_qu
     assert printed.count("done before, scored anew") == 1 and "decoder: done before, scored anew" in printed
     assert "whitebox: 40/40 images inverted" in printed
     assert json.loads(record.read_text())["scoring_version"] == attack_run.SCORING_VERSION
+    assert figure.stat().st_size > 5_000
     # shipped: the same rows, the command that made them
     rows = json.loads((shipped / "attack_suite" / EVALUATION).read_text())["rows"]
     evaluated = json.loads((out / EVALUATION).read_text())["rows"]

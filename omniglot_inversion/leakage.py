@@ -123,6 +123,10 @@ def shown_reconstructions(folder: Path, shown: np.ndarray) -> np.ndarray:
         with np.load(path) as saved:
             if np.array_equal(saved["indices"], shown):
                 return saved["reconstructions"]
+    if not (folder / attack_run.RECONSTRUCTIONS).exists():
+        raise UsageError(f"{folder} holds a scored attack without its {attack_run.RECONSTRUCTIONS} or a {SHOWN} of "
+                         f"the images this figure shows, so its figure cannot be drawn; delete "
+                         f"{folder / attack_run.RESULT} to run that attack again.")
     reconstructions = attack_run.load_reconstructions(folder)[shown]
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, indices=shown, reconstructions=reconstructions)

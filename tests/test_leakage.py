@@ -88,6 +88,21 @@ def test_evaluate_every_attack_against_a_part1_run_and_resume(tmp_path, part1_qu
     assert made == " ".join(["omniglot-inversion", *argv, "--ship", str(shipped)])
 
 
+def test_a_scored_attack_without_any_saved_reconstructions_names_the_pair_and_the_fix(tmp_path):
+    shown = np.arange(4)
+    images = np.random.default_rng(0).random((6, 3, 3, 1)).astype(np.float32)
+    np.savez_compressed(tmp_path / attack_run.RECONSTRUCTIONS, reconstructions=images)
+    assert np.array_equal(leakage.shown_reconstructions(tmp_path, shown), images[:4])
+    # with reconstructions.npz deleted, shown.npz (written above) is the source
+    (tmp_path / attack_run.RECONSTRUCTIONS).unlink()
+    assert np.array_equal(leakage.shown_reconstructions(tmp_path, shown), images[:4])
+    # other images to show, or no shown.npz either: a clear error, not a bare FileNotFoundError
+    for broken in (lambda: np.arange(5), lambda: (tmp_path / leakage.SHOWN).unlink() or shown):
+        indices = broken()
+        with pytest.raises(UsageError, match=f"{tmp_path}.*delete {tmp_path / attack_run.RESULT} to run"):
+            leakage.shown_reconstructions(tmp_path, indices)
+
+
 def test_evaluate_refuses_a_folder_without_a_run(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path), "--data-dir", str(tmp_path / "no-data")]) == 2
     assert "holds no finished Part 1 or Part 2 run" in capsys.readouterr().err

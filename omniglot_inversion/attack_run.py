@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omniglot_inversion import attacks, data, plots
+from omniglot_inversion import attacks, data, plots, training
 from omniglot_inversion.assessment import TestSet, assess
 from omniglot_inversion.attacks import whitebox
 from omniglot_inversion.errors import UsageError
@@ -140,7 +140,8 @@ def _build(spec: AttackSpec, folder: Path, pretrained: AttackModel | None, log) 
             f"({row['seconds']:.1f} s)")
     decoder = attacks.DecoderAttack(epochs=spec.decoder_epochs, batch_size=spec.batch_size, seed=spec.seed,
                                     attacker=pretrained if spec.surrogate == "small1" else None,
-                                    checkpoint_dir=folder / CHECKPOINTS / "decoder", on_epoch=report)
+                                    checkpoint_dir=folder / CHECKPOINTS / "decoder",
+                                    on_epoch=training.logged_epochs(report, spec.decoder_epochs))
     search = dict(iterations=spec.iterations, tv_weight=spec.tv_weight, learning_rate=spec.learning_rate,
                   start=spec.start, checkpoint_dir=folder / CHECKPOINTS / "search", log=log)
     return attacks.build_attack(spec.method, decoder=decoder, **({} if spec.method == "decoder" else search))

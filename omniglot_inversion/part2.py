@@ -132,8 +132,8 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
 
     history = privacy.train_dp(model, config.settings(noise_multiplier), target_data.train, val_ds=target_data.val,
                                epochs=config.epochs, steps_per_epoch=config.steps, engine=config.engine,
-                               on_epoch=report, seed=config.seed, checkpoint_dir=dp_checkpoint(folder),
-                               reproducible_noise=config.reproducible_noise)
+                               on_epoch=training.logged_epochs(report, config.epochs), seed=config.seed,
+                               checkpoint_dir=dp_checkpoint(folder), reproducible_noise=config.reproducible_noise)
     seconds = time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / DP_WEIGHTS) as tmp:

@@ -120,7 +120,7 @@ def _epoch_printer(log: Log, total: int, label: str) -> training.EpochCallback:
     def report(row: dict) -> None:
         numbers = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds"))
         log(f"{label} epoch {row['epoch']}/{total}  {numbers}  ({row['seconds']:.1f} s)")
-    return report
+    return training.logged_epochs(report, total)
 
 
 def _config_record(config) -> dict:

@@ -146,8 +146,9 @@ def train_target(config: SplitMLPConfig, train: Images, test: Images, out: Path,
     history = training.fit(
         model, training.CLASSIFY, batches, epochs=config.epochs, val_ds=validation,
         optimizer=keras.optimizers.Adam(config.learning_rate), checkpoint_dir=out / "checkpoints",
-        on_epoch=lambda row: log(f"target epoch {row['epoch']}/{config.epochs}  train_accuracy "
-                                 f"{row['train_accuracy']:.4f}  val_accuracy {row['val_accuracy']:.4f}"))
+        on_epoch=training.logged_epochs(
+            lambda row: log(f"target epoch {row['epoch']}/{config.epochs}  train_accuracy "
+                            f"{row['train_accuracy']:.4f}  val_accuracy {row['val_accuracy']:.4f}"), config.epochs))
     with atomic_path(out / STAGE) as tmp:
         mobile.save(tmp, save_format="h5")
     record = {"history": history, "val_accuracy": history[-1]["val_accuracy"], "num_train": len(train_x)}

@@ -86,9 +86,27 @@ def _build_optimizer(optimizer: keras.optimizers.Optimizer, variables: list) -> 
         optimizer._create_all_weights(variables)
 
 
+# a log file shows every epoch of a short training, and of a longer one the first, every tenth and the last
+LOGGED_EVERY = 10
+
+
+def logged_epochs(report: EpochCallback, total: int) -> EpochCallback:
+    """``report`` (an epoch's log line) for the epochs a log shows: on a terminal every epoch; in a
+    log file, of a training of more than `LOGGED_EVERY` epochs, the first, every `LOGGED_EVERY`-th
+    and the last, so that a full-size run's log stays a few hundred lines (the run's metrics.json
+    keeps every epoch's row)."""
+    if sys.stdout.isatty() or total <= LOGGED_EVERY:
+        return report
+
+    def thinned(row: dict) -> None:
+        if row["epoch"] == 1 or row["epoch"] % LOGGED_EVERY == 0 or row["epoch"] == total:
+            report(row)
+    return thinned
+
+
 def progress_bar(steps: int | None) -> keras.utils.Progbar | None:
     """A Keras progress bar over an epoch's ``steps`` (None: unknown) when the output is a
-    terminal; None otherwise, so that a log file gets only the one line per epoch of ``on_epoch``."""
+    terminal; None otherwise, so that a log file gets only the epoch lines of ``on_epoch`` (`logged_epochs`)."""
     if not sys.stdout.isatty():
         return None
     return keras.utils.Progbar(steps, unit_name="step")

@@ -72,6 +72,20 @@ def test_a_progress_bar_follows_the_steps_on_a_terminal_only(monkeypatch, termin
         assert shown == ""  # a log file gets only what on_epoch prints
 
 
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_log_file_shows_the_first_every_tenth_and_the_last_epoch_of_a_long_training(monkeypatch, terminal):
+    monkeypatch.setattr(sys, "stdout", _Terminal() if terminal else io.StringIO())
+    for total, in_a_file in ((25, [1, 10, 20, 25]), (30, [1, 10, 20, 30]), (training.LOGGED_EVERY, None)):
+        rows = [{"epoch": epoch} for epoch in range(1, total + 1)]
+        shown = []
+        report = training.logged_epochs(shown.append, total)
+        for row in rows:
+            report(row)
+        shown = [row["epoch"] for row in shown]
+        # a terminal, or a training of at most LOGGED_EVERY epochs, shows every epoch
+        assert shown == (list(range(1, total + 1)) if terminal or in_a_file is None else in_a_file)
+
+
 class _SwallowingFinaliser:
     """Ctrl-C handled inside a finaliser, as happens when the signal lands while the garbage
     collector runs a TensorFlow object's ``__del__``: Python prints the KeyboardInterrupt and goes on."""

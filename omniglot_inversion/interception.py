@@ -15,7 +15,9 @@ device. A file without it loads undefended.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import h5py
@@ -45,11 +47,27 @@ def cut_at_mobile_output(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, cut.output, name="intercepted")
 
 
+def save_hdf5_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """``model.save(path)`` as a Keras HDF5 model, without Keras's warnings on it. HDF5 is chosen
+    here: `load_intercepted` reads its arrays with h5py and runs no code. Keras warns at each such
+    save that the format is legacy, and again about the compiled metrics of a model it never
+    compiled: about 40 lines in a full-size run's log that say nothing to its reader."""
+    logger = tf.get_logger()
+    level = logger.level
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file", category=UserWarning)
+        logger.setLevel(logging.ERROR)
+        try:
+            model.save(path, save_format="h5")
+        finally:
+            logger.setLevel(level)
+
+
 def export_mobile_stage(model: keras.Model, path: str | os.PathLike) -> Path:
     """Cut ``model`` at ``mobile_output`` and save that stage as a Keras HDF5 model, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        cut_at_mobile_output(model).save(tmp, save_format="h5")
+        save_hdf5_model(cut_at_mobile_output(model), tmp)
     return path
 
 
@@ -57,7 +75,7 @@ def save_mobile_stage(model: TargetModel, path: str | os.PathLike) -> Path:
     """Save ``model``'s on-device stage as a Keras HDF5 model, with its defence as data, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        model.on_device_model.save(tmp, save_format="h5")
+        save_hdf5_model(model.on_device_model, tmp)
         if model.defence is not defences.NO_DEFENCE:
             with h5py.File(tmp, "a") as handle:
                 handle.attrs[DEFENCE_ATTRIBUTE] = json.dumps(model.defence.config())

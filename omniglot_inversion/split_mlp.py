@@ -36,6 +36,7 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.evaluation import interval_text
 from omniglot_inversion.files import atomic_path, read_json, record_settings, write_json
 from omniglot_inversion.image_sources import Images, fit_to_stage, load_images
+from omniglot_inversion.interception import save_hdf5_model
 from omniglot_inversion.user_stage import load_stage
 
 keras = tf.keras
@@ -150,7 +151,7 @@ def train_target(config: SplitMLPConfig, train: Images, test: Images, out: Path,
             lambda row: log(f"target epoch {row['epoch']}/{config.epochs}  train_accuracy "
                             f"{row['train_accuracy']:.4f}  val_accuracy {row['val_accuracy']:.4f}"), config.epochs))
     with atomic_path(out / STAGE) as tmp:
-        mobile.save(tmp, save_format="h5")
+        save_hdf5_model(mobile, tmp)
     record = {"history": history, "val_accuracy": history[-1]["val_accuracy"], "num_train": len(train_x)}
     write_json(out / "target.json", record)
     return record

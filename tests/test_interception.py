@@ -56,9 +56,10 @@ def test_saving_a_stage_writes_no_keras_warning_to_the_log(tmp_path):
             tf.keras.Sequential([tf.keras.Input((3,)), layers.Dense(2)]).save(tmp_path / "plain.h5", save_format="h5")
     finally:
         tf.get_logger().removeHandler(handler)
-    # the plain Keras save shows what is silenced; the package's save adds nothing
-    assert [str(warning.message)[:38] for warning in caught] == ["You are saving your model as an HDF5 f"]
-    assert [record.getMessage()[:27] for record in records] == ["Compiled the loaded model, "]
+    # the plain Keras save shows what is silenced (once each); the package's save adds none of it
+    # (other warnings that libraries raise meanwhile are not this test's business)
+    assert sum("as an HDF5 file" in str(warning.message) for warning in caught) == 1
+    assert sum("compiled metrics" in record.getMessage() for record in records) == 1
     assert load_intercepted(tmp_path / "intercepted.hdf5").mobile_step(_images(4)).shape == (4, 1, 1, 32)
 
 

@@ -26,9 +26,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # None when pytest runs in one process
 # dcor's numba functions cache their machine code beside the package; two workers compiling them at
 # once in a fresh install can leave a cache whose index names code it lacks, and every later process
-# then aborts in LLVM ("Symbol not found"). Each worker keeps a cache of its own.
-os.environ.setdefault("NUMBA_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"omniglot-inversion-numba-{WORKER or 'main'}"))
+# then aborts in LLVM ("Symbol not found"). Each worker keeps a cache of its own (set in the worker:
+# a value the controller set would be inherited by all of them).
+if WORKER is not None:
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"omniglot-inversion-numba-{WORKER}")
 
 # the session runs whose readers go to one worker, so that each is made once per session
 ONE_WORKER_FIXTURES = ("part2_quick_run", "quick_reproduce")

@@ -15,10 +15,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from omniglot_inversion import attacks, data, training  # noqa: E402
-from omniglot_inversion.files import write_json  # noqa: E402
-from omniglot_inversion.interception import load_intercepted  # noqa: E402
-from omniglot_inversion.models import AttackModel  # noqa: E402
+from omniglot_inversion import attacks, training  # noqa: E402
+from omniglot_inversion.io import data
+from omniglot_inversion.io.files import write_json  # noqa: E402
+from omniglot_inversion.network.interception import load_intercepted  # noqa: E402
+from omniglot_inversion.network.models import AttackModel  # noqa: E402
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
 

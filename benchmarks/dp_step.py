@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from omniglot_inversion import build_complete_model, training  # noqa: E402
-from omniglot_inversion.files import write_json  # noqa: E402
-from omniglot_inversion.privacy import DPSettings, dp_optimizer, fast_engine_gradients  # noqa: E402
+from omniglot_inversion.dp.engines import DPSettings, dp_optimizer, fast_engine_gradients  # noqa: E402
+from omniglot_inversion.io.files import write_json  # noqa: E402
 
 keras = tf.keras
 

@@ -20,14 +20,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def _worker(threads: int, steps: int, start, results) -> None:
     """Build the model and a fast DP step with ``threads`` threads (as a `part2 --jobs` worker),
     warm up, wait for ``start``, then time ``steps`` steps; put the seconds on ``results``."""
-    from omniglot_inversion.jobs import limit_threads
+    from omniglot_inversion.pipelines.jobs import limit_threads
 
     limit_threads(threads)
     import tensorflow as tf
     from dp_step import loop_step, synthetic_batch
 
     from omniglot_inversion import build_complete_model
-    from omniglot_inversion.privacy import DPSettings, fast_engine_gradients
+    from omniglot_inversion.dp.engines import DPSettings, fast_engine_gradients
 
     tf.keras.utils.set_random_seed(0)
     images, labels = synthetic_batch()
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per process")
     args = parser.parse_args()
 
-    from omniglot_inversion.files import write_json
+    from omniglot_inversion.io.files import write_json
 
     cores = os.cpu_count() or 1
     threads = max(1, cores // args.jobs)

@@ -1,52 +1,244 @@
-"""``omniglot-inversion``: the post's steps as subcommands. Parses options, calls runs, prints."""
+"""``omniglot-inversion``: the post's steps and the suite's experiments as subcommands.
+
+Each command is declared once, in `COMMANDS`: its help, its handler and its options. Options that
+several commands share are declared once, in `SHARED`, and a command that words one differently
+says only what differs (`Option.but`). Handlers parse nothing: they turn the parsed options into a
+pipeline's configuration, call it and print where it wrote.
+
+Importing this module imports no TensorFlow (the pipelines are imported by the handlers), so that
+``--help`` is instant and TensorFlow's C++ start-up lines stay off unless the user set
+``TF_CPP_MIN_LOG_LEVEL``. The choices and defaults below that come from modules which need
+TensorFlow are therefore written here; tests/test_cli.py checks them against those modules.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as _field
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from omniglot_inversion import interrupts  # noqa: E402
-from omniglot_inversion.attacks import METHODS, SURROGATES  # noqa: E402
-from omniglot_inversion.defences import DEFENCES  # noqa: E402
 from omniglot_inversion.errors import UsageError  # noqa: E402
-from omniglot_inversion.files import folder_lock  # noqa: E402
-from omniglot_inversion.leakage import DEFAULT_ATTACKS  # noqa: E402
+from omniglot_inversion.io.files import folder_lock  # noqa: E402
+
+# From modules that import TensorFlow (checked by tests/test_cli.py)
+METHODS = ("decoder", "whitebox", "hybrid")  # attacks.METHODS
+SURROGATES = ("small1", "background")  # attacks.SURROGATES
+DEFENCES = ("none", "gaussian", "laplace", "dropout", "nopeek", "nopeek+laplace")  # defences.DEFENCES
+DEFAULT_ATTACKS = ("decoder", "decoder:background", "whitebox", "hybrid")  # attack_suite.DEFAULT_ATTACKS
+ENGINES = ("fast", "optimizer")  # dp.engines.CLI_ENGINES
+WHITEBOX = dict(iterations=100, tv_weight=1.0, learning_rate=0.1, starts=("mean", "paper"))  # attacks.whitebox
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number(kind: type, test: Callable, wording: str) -> Callable[[str], int | float]:
+    """An argparse type: ``kind`` of the text, refused with ``wording`` unless ``test`` holds."""
+    def parse(text: str):
+        value = kind(text)
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{wording}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
+    return parse
 
 
-def _add_part1_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="run folder (created if missing)")
-    _add_common_options(parser)
-    parser.add_argument("--epochs", type=_positive_int, help="target epochs (post: 10)")
-    parser.add_argument("--keras-training-mode", action="store_true",
-                        help="call the target with training=True while training (batch norm on batch "
-                        "statistics, dropout on); the post's loop runs it in inference mode")
+_positive_int = _number(int, lambda value: value >= 1, "must be at least 1")
+_non_negative_int = _number(int, lambda value: value >= 0, "must be at least 0")
+_positive_float = _number(float, lambda value: value > 0, "must be positive")
+_non_negative_float = _number(float, lambda value: value >= 0, "must be at least 0")
 
 
-def _add_defence_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--defence", choices=list(DEFENCES), default="none",
-                        help="defence at the cut while the target trains and after: gaussian or laplace noise on "
-                        "the code, dropout on the code at inference too, nopeek (distance-correlation penalty), "
-                        "nopeek+laplace (NoPeek with Laplacian noise of relative scale 0.5) (default: none)")
-    parser.add_argument("--strength", type=float,
-                        help="the defence's strength: noise standard deviation relative to the code's (0-10], "
-                        "dropout rate (0-0.95], NoPeek weight (0-100]")
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: the flags and keyword arguments of `add_argument`."""
+
+    flags: tuple[str, ...]
+    settings: dict = _field(default_factory=dict)
+
+    def but(self, **changes) -> Option:
+        """This option with some settings changed (another help text, not required, ...)."""
+        return dataclasses.replace(self, settings={**self.settings, **changes})
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(*self.flags, **self.settings)
+
+
+def option(*flags: str, **settings) -> Option:
+    return Option(flags, settings)
+
+
+_DATA_DIR = "folder with the four Omniglot archives (default: $OMNIGLOT_DIR, else download through tfds)"
+
+# The options several commands share, each declared once.
+SHARED = {
+    "out": option("--out", required=True, type=Path, help="run folder (created if missing)"),
+    "data-dir": option("--data-dir", help=_DATA_DIR),
+    "seed": option("--seed", type=int, default=0, help="random seed (default 0)"),
+    "quick": option("--quick", action="store_true", help="small sizes for a smoke run (about a minute)"),
+    "overwrite": option("--overwrite", action="store_true", help="replace a run already in --out"),
+    "resume": option("--resume", action="store_true",
+                     help="continue an interrupted run in --out (same options): completed steps are kept, an "
+                     "interrupted training continues from its last finished epoch"),
+    "jobs": option("--jobs", type=_positive_int, default=1, help="trainings at once (default 1)"),
+    "ship": option("--ship", type=Path, metavar="FOLDER",
+                   help="then copy the results into FOLDER (e.g. saved_models) and list them in its manifest.json"),
+    "limit": option("--limit", type=_positive_int, help="first N small2 images only (smoke runs)"),
+    "attacker-epochs": option("--attacker-epochs", type=_positive_int, help="attacker epochs (post: 100)"),
+    "batch-size": option("--batch-size", type=_positive_int, help="batch size (post: 32)"),
+}
+RUN_FOLDER = (SHARED["overwrite"], SHARED["resume"])
+_QUICK_ATTACK = SHARED["quick"].but(help="small sizes: 256 surrogate images, 64 test images")
+
+PART1 = (
+    SHARED["out"], SHARED["data-dir"], SHARED["seed"], SHARED["quick"], SHARED["attacker-epochs"],
+    SHARED["batch-size"],
+    option("--epochs", type=_positive_int, help="target epochs (post: 10)"),
+    option("--keras-training-mode", action="store_true",
+           help="call the target with training=True while training (batch norm on batch statistics, dropout on); "
+           "the post's loop runs it in inference mode"),
+)
+DEFENCE = (
+    option("--defence", choices=DEFENCES, default="none",
+           help="defence at the cut while the target trains and after: gaussian or laplace noise on the code, "
+           "dropout on the code at inference too, nopeek (distance-correlation penalty), nopeek+laplace (NoPeek "
+           "with Laplacian noise of relative scale 0.5) (default: none)"),
+    option("--strength", type=float,
+           help="the defence's strength: noise standard deviation relative to the code's (0-10], dropout rate "
+           "(0-0.95], NoPeek weight (0-100]"),
+)
+WHITEBOX_SEARCH = (
+    option("--iterations", type=_non_negative_int, default=WHITEBOX["iterations"],
+           help=f"white-box / hybrid: Adam steps of the image search (default {WHITEBOX['iterations']})"),
+    option("--tv-weight", type=_non_negative_float, default=WHITEBOX["tv_weight"],
+           help=f"white-box / hybrid: weight of the total-variation prior (default {WHITEBOX['tv_weight']})"),
+    option("--learning-rate", type=_positive_float, default=WHITEBOX["learning_rate"],
+           help=f"white-box / hybrid: Adam learning rate on the image logits (default {WHITEBOX['learning_rate']})"),
+    option("--start", choices=WHITEBOX["starts"], default="mean",
+           help="white-box: start image, the mean surrogate image (default) or blank paper"),
+)
+PART2 = (
+    SHARED["out"], SHARED["data-dir"], SHARED["seed"], SHARED["quick"], SHARED["attacker-epochs"],
+    SHARED["batch-size"],
+    option("--noise", type=float, nargs="+", help="noise multipliers (post: 0.7 0.5 0.3)"),
+    option("--engine", choices=ENGINES, default="fast",
+           help="DP engine: 'fast' (per-example clip factors from batch passes, clipped sum through the batch "
+           "statistics, their derivatives estimated from a few examples; default) or 'optimizer' (TensorFlow "
+           "Privacy's DPKerasAdamOptimizer with model.fit, as the post; ~40x a plain step)"),
+    option("--reproducible-noise", action="store_true",
+           help="draw the DP noise from the seed instead of a secret key (anyone who knows the seed can then "
+           "remove it: for engine comparisons and tests only)"),
+    option("--strict", action="store_true",
+           help="strict variant: group instead of batch normalisation (no statistics shared between examples)"),
+    option("--clip", type=_positive_float, help="l2 norm clip (post: 1.0)"),
+    option("--learning-rate", type=_positive_float, help="Adam learning rate (post: 0.005)"),
+    option("--microbatches", type=_positive_int, help="microbatches per batch (post: batch size)"),
+    option("--epochs", type=_positive_int, help="DP epochs (post: 20)"),
+    option("--steps-per-epoch", type=_positive_int, help="steps per epoch (post: ceil(13180 / 32))"),
+    option("--delta", type=_positive_float, help="delta for epsilon (post: 1e-5)"),
+    SHARED["jobs"].but(help="noise levels trained at once, each in its own process with (cores / jobs) threads "
+                       "(default 1; on a 2-core CPU, --jobs 3 runs the post's three levels about 1.2x faster)"),
+    *RUN_FOLDER,
+)
+EPSILON = (
+    option("--noise", type=_positive_float, nargs="+", default=[0.7, 0.5, 0.3],
+           help="noise multipliers (default: the post's 0.7 0.5 0.3)"),
+    option("--n", type=_positive_int, default=13_180, help="training set size (post: 13180)"),
+    SHARED["batch-size"].but(default=32, help="batch size (default 32)"),
+    option("--epochs", type=_positive_float, default=20, help="epochs (default 20)"),
+    option("--delta", type=_positive_float, default=1e-5, help="delta (default 1e-5)"),
+    SHARED["out"].but(required=False, help="folder to write epsilon.json and epsilon.csv into"),
+    option("--statement", action="store_true",
+           help="also print TensorFlow Privacy's full privacy statement per noise level"),
+)
+ATTACK = (
+    option("--intercepted", required=True, type=Path,
+           help="the on-device stage: the post's (HDF5), or any Keras HDF5 / .keras model of built-in layers"),
+    SHARED["out"].but(help="folder for attack.json, reconstructions.npz, attack.png"),
+    option("--method", choices=METHODS, default="decoder",
+           help="decoder (the post's inverse network), whitebox (search for the image with the intercepted code) "
+           "or hybrid (the search started from the decoder's guess)"),
+    option("--surrogate", choices=SURROGATES, default="small1",
+           help="the attacker's own images: small1 (the post) or background (the 30 background alphabets without "
+           "small2's, so every test alphabet is unseen)"),
+    option("--surrogate-images", metavar="SRC",
+           help="the attacker's own images for a stage of any shape: a folder of image files (subfolders as "
+           "labels), an .npz with 'images' (and 'labels'), or tfds:NAME[:SPLIT]; with --test-images"),
+    option("--test-images", metavar="SRC", help="the images whose codes are inverted (same kinds of source)"),
+    SHARED["limit"].but(help="invert the first N test images (default: all; small2 has 3,120)"),
+    SHARED["data-dir"], SHARED["seed"], _QUICK_ATTACK,
+    SHARED["attacker-epochs"].but(help="decoder epochs (default: 100 on small1 as the post, 20 on background)"),
+    *WHITEBOX_SEARCH, *RUN_FOLDER,
+)
+EVALUATE = (
+    option("runs", nargs="+", type=Path, help="run folders (Part 1, Part 2) or a shipped-models folder"),
+    SHARED["out"].but(required=False, help="folder for evaluation.json, figures, report.md (default: first run)"),
+    option("--attacks", nargs="+", default=list(DEFAULT_ATTACKS), metavar="METHOD[:SURROGATE]",
+           help=f"attacks to run, a method of {', '.join(METHODS)} with an optional surrogate set "
+           f"({', '.join(SURROGATES)}; default small1) (default: {' '.join(DEFAULT_ATTACKS)})"),
+    SHARED["data-dir"],
+    option("--disjoint", action="store_true",
+           help="test only on small2's alphabets that small1 lacks (no image the attacker trained on)"),
+    SHARED["limit"],
+    option("--targets", nargs="+", default=[], metavar="LABEL",
+           help="attack only the targets of these labels, e.g. 'noise 0.5' (default: every target found)"),
+    _QUICK_ATTACK,
+    SHARED["attacker-epochs"].but(help="epochs of decoders trained here (default: 100 on small1, 20 on background)"),
+    SHARED["seed"].but(help="seed of the attacks, the bootstrap and the shuffled baseline"),
+    SHARED["ship"].but(help="then copy the evaluation into FOLDER/attack_suite (e.g. saved_models), replacing the "
+                       "rows of the targets evaluated here, and name its command in FOLDER/manifest.json"),
+    *WHITEBOX_SEARCH,
+)
+FRONTIER = (
+    SHARED["out"].but(help="sweep folder (a killed sweep resumes from it)"),
+    SHARED["quick"].but(help="Part 1's small sizes, 64 test images, 20 for the white-box"),
+    SHARED["jobs"].but(help="grid points trained at once (default 1)"),
+    option("--dp-run", type=Path, help="a Part 2 run folder or saved_models/: its DP targets join the table"),
+    option("--grid", nargs="+", metavar="DEFENCE[:STRENGTH]",
+           help="grid points instead of the default grid (none, and three strengths of each defence), e.g. none "
+           "laplace:0.5 dropout:0.3"),
+    SHARED["data-dir"],
+    SHARED["seed"].but(help="seed of the targets and the attacks (default 0)"),
+    SHARED["ship"].but(help="once the sweep is finished, copy its results and defended stages into FOLDER (e.g. "
+                       "saved_models) and list them in its manifest.json"),
+)
+SPLIT_MLP = (
+    SHARED["out"].but(help="run folder (a killed run resumes from it)"),
+    option("--data", choices=("digits", "mnist"), default="digits",
+           help="digits: scikit-learn's bundled digits, Omniglot's background alphabets as the attacker's images "
+           "(offline, default); mnist: MNIST with EMNIST letters (online, tfds)"),
+    SHARED["quick"].but(help="small sizes: 2 epochs, 256 attacker's images, 40 test images"),
+    SHARED["data-dir"],
+    SHARED["seed"].but(help="seed of the target and the attacks (default 0)"),
+)
+REPRODUCE = (
+    SHARED["out"].but(help="folder of the whole run (a killed run resumes from it)"),
+    SHARED["jobs"].but(help="noise levels and grid points at once (default 1)"),
+    SHARED["quick"].but(help="every step at its small sizes (a smoke run)"),
+    SHARED["data-dir"],
+    SHARED["seed"].but(help="seed of every step (default 0)"),
+    SHARED["ship"].but(help="then copy the complete targets, stages, attackers and frontier into FOLDER (e.g. "
+                       "saved_models) with its manifest.json"),
+)
+REPORT = (option("folder", type=Path, help="a folder made by omniglot-inversion reproduce"),)
+MEMBERSHIP = (
+    option("runs", nargs="+", type=Path, help="run folders (Part 1 and/or Part 2)"),
+    SHARED["out"].but(help="folder for membership.json and membership_roc.png"),
+    SHARED["data-dir"],
+    SHARED["limit"].but(help="at most N members and N non-members (smoke runs)"),
+    SHARED["seed"].but(help="seed of the member sample and the bootstrap"),
+)
 
 
 def _part1_config(args: argparse.Namespace):
-    from omniglot_inversion.runs import QUICK, Part1Config
+    from omniglot_inversion.pipelines.part1 import QUICK, Part1Config
 
     values = dict(QUICK) if args.quick else {}
     for field in ("epochs", "attacker_epochs", "batch_size"):
@@ -58,101 +250,36 @@ def _part1_config(args: argparse.Namespace):
 
 
 def _run_part1_step(args: argparse.Namespace) -> None:
-    from omniglot_inversion import runs
+    from omniglot_inversion.pipelines import part1, run_folder
 
     config = _part1_config(args)
     if args.command == "part1":
-        runs.run_part1(config, args.out, overwrite=args.overwrite, resume=args.resume)
-        print(f"Part 1 done: {args.out / runs.METRICS}")
+        part1.run_part1(config, args.out, overwrite=args.overwrite, resume=args.resume)
+        print(f"Part 1 done: {args.out / run_folder.METRICS}")
         return
     if args.command == "train-target":
-        out = runs.prepare_run_folder(args.out, config, overwrite=args.overwrite, resume=args.resume)
-        with runs.recorded_state(out):
-            if "target" in runs.done_steps(out):
+        out = run_folder.prepare_run_folder(args.out, config, overwrite=args.overwrite, resume=args.resume)
+        with run_folder.recorded_state(out):
+            if "target" in run_folder.done_steps(out):
                 print("target: done before, kept")
             else:
-                runs.train_target_step(config, out)
+                part1.train_target_step(config, out)
         return
-    step = {"train-attacker": runs.train_attacker_step, "reconstruct": runs.reconstruct_step}[args.command]
+    step = {"train-attacker": part1.train_attacker_step, "reconstruct": part1.reconstruct_step}[args.command]
     step(config, args.out)
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR, "
-                        "else download through tfds)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run (about a minute)")
-    parser.add_argument("--attacker-epochs", type=_positive_int, help="attacker epochs (post: 100)")
-    parser.add_argument("--batch-size", type=_positive_int, help="batch size (post: 32)")
-
-
-def _add_part2_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="run folder (created if missing)")
-    _add_common_options(parser)
-    parser.add_argument("--noise", type=float, nargs="+", help="noise multipliers (post: 0.7 0.5 0.3)")
-    parser.add_argument("--engine", choices=("fast", "optimizer"), default="fast",
-                        help="DP engine: 'fast' (per-example clip factors from batch passes, clipped sum through "
-                        "the batch statistics, their derivatives estimated from a few examples; default) or "
-                        "'optimizer' (TensorFlow Privacy's DPKerasAdamOptimizer with model.fit, as the post; "
-                        "~40x a plain step)")
-    parser.add_argument("--reproducible-noise", action="store_true",
-                        help="draw the DP noise from the seed instead of a secret key (anyone who knows the seed "
-                        "can then remove it: for engine comparisons and tests only)")
-    parser.add_argument("--strict", action="store_true",
-                        help="strict variant: group instead of batch normalisation (no statistics shared "
-                        "between examples)")
-    parser.add_argument("--clip", type=_positive_float, help="l2 norm clip (post: 1.0)")
-    parser.add_argument("--learning-rate", type=_positive_float, help="Adam learning rate (post: 0.005)")
-    parser.add_argument("--microbatches", type=_positive_int, help="microbatches per batch (post: batch size)")
-    parser.add_argument("--epochs", type=_positive_int, help="DP epochs (post: 20)")
-    parser.add_argument("--steps-per-epoch", type=_positive_int, help="steps per epoch (post: ceil(13180 / 32))")
-    parser.add_argument("--delta", type=_positive_float, help="delta for epsilon (post: 1e-5)")
-    parser.add_argument("--jobs", type=_positive_int, default=1,
-                        help="noise levels trained at once, each in its own process with (cores / jobs) threads "
-                        "(default 1; on a 2-core CPU, --jobs 3 runs the post's three levels about 1.2x faster)")
-    _add_run_folder_options(parser)
-
-
-def _add_run_folder_options(parser: argparse.ArgumentParser, resume: bool = True) -> None:
-    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    if resume:
-        parser.add_argument("--resume", action="store_true",
-                            help="continue an interrupted run in --out (same options): completed steps are kept, "
-                            "an interrupted training continues from its last finished epoch")
-
-
 def _run_part2(args: argparse.Namespace) -> None:
-    from omniglot_inversion import part2
+    from omniglot_inversion.pipelines import part2
 
     values = dict(part2.QUICK) if args.quick else {}
     names = {"noise": "noise_multipliers", "clip": "l2_norm_clip", "learning_rate": "learning_rate",
              "microbatches": "num_microbatches", "epochs": "epochs", "steps_per_epoch": "steps_per_epoch",
              "delta": "delta", "attacker_epochs": "attacker_epochs", "batch_size": "batch_size"}
-    for option, field in names.items():
-        value = getattr(args, option)
+    for flag, field in names.items():
+        value = getattr(args, flag)
         if value is not None:
-            values[field] = tuple(value) if option == "noise" else value
+            values[field] = tuple(value) if flag == "noise" else value
     config = part2.Part2Config(seed=args.seed, data_dir=args.data_dir, engine=args.engine,
                                normalization="group" if args.strict else "batch",
                                reproducible_noise=args.reproducible_noise, **values)
@@ -161,8 +288,8 @@ def _run_part2(args: argparse.Namespace) -> None:
 
 
 def _run_epsilon(args: argparse.Namespace) -> None:
-    from omniglot_inversion import accounting
-    from omniglot_inversion.part2 import write_epsilon_table
+    from omniglot_inversion.dp import accounting
+    from omniglot_inversion.pipelines.part2 import write_epsilon_table
 
     rows = accounting.epsilon_table(args.noise, n=args.n, batch_size=args.batch_size, epochs=args.epochs,
                                     delta=args.delta)
@@ -178,7 +305,7 @@ def _run_epsilon(args: argparse.Namespace) -> None:
 
 def _attack_settings(args: argparse.Namespace) -> dict:
     """The `attack_run.AttackSpec` fields that `attack` and `evaluate` take from their options."""
-    from omniglot_inversion.attack_run import QUICK_SURROGATE_IMAGES
+    from omniglot_inversion.pipelines.attack_run import QUICK_SURROGATE_IMAGES
 
     return dict(epochs=args.attacker_epochs, iterations=args.iterations, tv_weight=args.tv_weight,
                 learning_rate=args.learning_rate, start=args.start, seed=args.seed,
@@ -186,7 +313,7 @@ def _attack_settings(args: argparse.Namespace) -> dict:
 
 
 def _test_limit(args: argparse.Namespace) -> int | None:
-    from omniglot_inversion.attack_run import QUICK_TEST_IMAGES
+    from omniglot_inversion.pipelines.attack_run import QUICK_TEST_IMAGES
 
     return args.limit or (QUICK_TEST_IMAGES if args.quick else None)
 
@@ -194,7 +321,9 @@ def _test_limit(args: argparse.Namespace) -> int | None:
 def _own_images(args: argparse.Namespace, stage):
     """The attacker's own images and the test set from ``--surrogate-images`` / ``--test-images``,
     fitted to ``stage``'s input (`attack_run.own_sets`)."""
-    from omniglot_inversion import attack_run, attacks, image_sources
+    from omniglot_inversion import attacks
+    from omniglot_inversion.io import image_sources
+    from omniglot_inversion.pipelines import attack_run
 
     if not (args.surrogate_images and args.test_images):
         raise UsageError("--surrogate-images and --test-images go together: the attacker's own images, and the "
@@ -206,8 +335,9 @@ def _own_images(args: argparse.Namespace, stage):
 
 
 def _run_attack(args: argparse.Namespace) -> None:
-    from omniglot_inversion import attack_run, data
-    from omniglot_inversion.user_stage import load_stage
+    from omniglot_inversion.io import data
+    from omniglot_inversion.network.user_stage import load_stage
+    from omniglot_inversion.pipelines import attack_run
 
     own_source = args.surrogate_images or args.test_images
     spec = attack_run.AttackSpec(method=args.method, surrogate=args.surrogate, **_attack_settings(args),
@@ -227,23 +357,9 @@ def _run_attack(args: argparse.Namespace) -> None:
           f"{args.out / attack_run.FIGURE}")
 
 
-def _add_attack_options(parser: argparse.ArgumentParser) -> None:
-    from omniglot_inversion.attacks import whitebox
-
-    parser.add_argument("--iterations", type=_non_negative_int, default=whitebox.ITERATIONS,
-                        help=f"white-box / hybrid: Adam steps of the image search (default {whitebox.ITERATIONS})")
-    parser.add_argument("--tv-weight", type=_non_negative_float, default=whitebox.TV_WEIGHT,
-                        help=f"white-box / hybrid: weight of the total-variation prior (default {whitebox.TV_WEIGHT})")
-    parser.add_argument("--learning-rate", type=_positive_float, default=whitebox.LEARNING_RATE,
-                        help=f"white-box / hybrid: Adam learning rate on the image logits "
-                        f"(default {whitebox.LEARNING_RATE})")
-    parser.add_argument("--start", choices=whitebox.STARTS, default="mean",
-                        help="white-box: start image, the mean surrogate image (default) or blank paper")
-
-
 def _run_evaluate(args: argparse.Namespace) -> None:
-    from omniglot_inversion import attack_run
-    from omniglot_inversion.leakage import EVALUATION, REPORT, evaluate_runs
+    from omniglot_inversion.pipelines import attack_run
+    from omniglot_inversion.pipelines.attack_suite import EVALUATION, REPORT, evaluate_runs
 
     for label in args.attacks:
         attack_run.parse_label(label)  # refuse an unknown attack before anything runs
@@ -252,14 +368,15 @@ def _run_evaluate(args: argparse.Namespace) -> None:
                   disjoint=args.disjoint, limit=_test_limit(args), only=tuple(args.targets))
     print(f"written: {Path(out) / EVALUATION}, {Path(out) / REPORT} and figures")
     if args.ship is not None:
-        from omniglot_inversion.export import ATTACK_SUITE, export_attack_suite
+        from omniglot_inversion.pipelines.shipping import ATTACK_SUITE, export_attack_suite
 
         export_attack_suite(out, args.ship, shlex.join(["omniglot-inversion", *args.argv]))
         print(f"shipped into {args.ship / ATTACK_SUITE}: {EVALUATION}, {REPORT} and figures")
 
 
 def _run_frontier(args: argparse.Namespace) -> None:
-    from omniglot_inversion import data, frontier
+    from omniglot_inversion.io import data
+    from omniglot_inversion.pipelines import frontier
 
     grid = tuple(frontier.parse_point(text) for text in args.grid) if args.grid else frontier.DEFAULT_GRID
     config = frontier.FrontierConfig(grid=grid, quick=args.quick, seed=args.seed, data_dir=args.data_dir)
@@ -267,14 +384,15 @@ def _run_frontier(args: argparse.Namespace) -> None:
     frontier.run_frontier(config, args.out, jobs=args.jobs, dp_run=args.dp_run)
     print(f"written: {args.out / frontier.RESULT}, {args.out / frontier.TABLE}, {args.out / frontier.FIGURE}")
     if args.ship is not None:
-        from omniglot_inversion.export import MANIFEST, export_frontier
+        from omniglot_inversion.pipelines.run_folder import MANIFEST
+        from omniglot_inversion.pipelines.shipping import export_frontier
 
         export_frontier(args.out, args.ship, frontier.command(config, args.out, args.dp_run))
         print(f"shipped into {args.ship}: {frontier.RESULT}, {frontier.FIGURE}, the defended stages, {MANIFEST}")
 
 
 def _run_split_mlp(args: argparse.Namespace) -> None:
-    from omniglot_inversion.split_mlp import REPORT, RESULT, SplitMLPConfig, run_split_mlp
+    from omniglot_inversion.pipelines.split_mlp import REPORT, RESULT, SplitMLPConfig, run_split_mlp
 
     settings = dict(source=args.data, seed=args.seed, data_dir=args.data_dir)
     config = SplitMLPConfig.quick(**settings) if args.quick else SplitMLPConfig(**settings)
@@ -283,174 +401,82 @@ def _run_split_mlp(args: argparse.Namespace) -> None:
 
 
 def _run_reproduce(args: argparse.Namespace) -> None:
-    from omniglot_inversion.reproduce import ReproduceConfig, run_reproduce
+    from omniglot_inversion.pipelines.reproduce import ReproduceConfig, run_reproduce
 
     run_reproduce(ReproduceConfig(quick=args.quick, seed=args.seed, data_dir=args.data_dir), args.out, jobs=args.jobs,
                   ship_to=args.ship)
 
 
 def _run_report(args: argparse.Namespace) -> None:
-    from omniglot_inversion.report import write_report
+    from omniglot_inversion.pipelines.report import write_report
 
     print(f"written: {write_report(args.folder)}")
 
 
 def _run_membership(args: argparse.Namespace) -> None:
-    from omniglot_inversion.membership_run import FIGURE, RESULT, run_membership
+    from omniglot_inversion.pipelines.membership_audit import FIGURE, RESULT, run_membership
 
     run_membership(args.runs, args.out, data_dir=args.data_dir, seed=args.seed, limit=args.limit)
     print(f"written: {args.out / RESULT}, {args.out / FIGURE}")
 
 
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one line of help, what runs it and the options it takes."""
+
+    name: str
+    help: str
+    handler: Callable[[argparse.Namespace], None]
+    options: tuple[Option, ...]
+
+
+COMMANDS = (
+    Command("part1", "Part 1 end to end: train the target, train the attacker, reconstruct small2",
+            _run_part1_step, PART1 + RUN_FOLDER + DEFENCE),
+    Command("train-target", "train the split target model (10 epochs) into a run folder",
+            _run_part1_step, PART1 + RUN_FOLDER + DEFENCE),
+    Command("train-attacker", "train an attacker against the run folder's target (100 epochs on small1)",
+            _run_part1_step, PART1),
+    Command("reconstruct", "reconstruct small2 with the run folder's attacker; figure and test MSE",
+            _run_part1_step, PART1),
+    Command("part2", "Part 2 end to end: DP-trained targets per noise level, epsilon table, interception, attacks",
+            _run_part2, PART2),
+    Command("epsilon", "epsilon table of DP-SGD: TensorFlow Privacy 0.9.0 and the post's 2020 accounting side by side",
+            _run_epsilon, EPSILON),
+    Command("attack", "invert small2's codes through an intercepted on-device stage (Keras HDF5): the post's "
+            "decoder, He et al.'s white-box search, or both", _run_attack, ATTACK),
+    Command("evaluate", "every attack against every target in Part 1 / Part 2 run folders or saved_models/: "
+            "metrics, baselines, seen and unseen alphabets, verdicts, report", _run_evaluate, EVALUATE),
+    Command("frontier", "the target trained under each defence at the cut (noise, dropout, NoPeek) and strength, "
+            "DP-SGD's targets beside them, each attacked: accuracy against leakage in frontier.json, .csv and .png",
+            _run_frontier, FRONTIER),
+    Command("split-mlp", "the lecture's split MLP (784-500 on the device, 500-500-10 on the server) trained on "
+            "digits, its 500-number code attacked by every method with an attacker's own handwriting of another "
+            "kind", _run_split_mlp, SPLIT_MLP),
+    Command("reproduce", "the whole post and the suite in one folder: Part 1, Part 2 at the three noise levels, "
+            "every attack, the defences' frontier, the membership audit, the split MLP, then report.md (resumable)",
+            _run_reproduce, REPRODUCE),
+    Command("report", "rewrite FOLDER/report.md and its figures from the JSON files of a reproduce folder",
+            _run_report, REPORT),
+    Command("membership", "membership inference on the complete targets of Part 1 / Part 2 run folders: "
+            "loss-threshold attack, AUC, advantage, TPR at low FPR, empirical epsilon lower bound next to the "
+            "accountant's", _run_membership, MEMBERSHIP),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``omniglot-inversion`` command."""
+    """The argument parser of the ``omniglot-inversion`` command, one subparser per `COMMANDS` entry."""
     parser = argparse.ArgumentParser(
         prog="omniglot-inversion",
         description="Model inversion attack on a split network trained on Omniglot, and differential "
         "privacy as a defence (a port of the RStudio AI Blog post, 2020).",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    helps = {
-        "part1": "Part 1 end to end: train the target, train the attacker, reconstruct small2",
-        "train-target": "train the split target model (10 epochs) into a run folder",
-        "train-attacker": "train an attacker against the run folder's target (100 epochs on small1)",
-        "reconstruct": "reconstruct small2 with the run folder's attacker; figure and test MSE",
-    }
-    for name, text in helps.items():
-        sub = commands.add_parser(name, help=text, description=text)
-        _add_part1_options(sub)
-        if name in ("part1", "train-target"):
-            _add_run_folder_options(sub)
-            _add_defence_options(sub)
-        sub.set_defaults(handler=_run_part1_step)
-
-    text = "Part 2 end to end: DP-trained targets per noise level, epsilon table, interception, attacks"
-    sub = commands.add_parser("part2", help=text, description=text)
-    _add_part2_options(sub)
-    sub.set_defaults(handler=_run_part2)
-
-    text = "epsilon table of DP-SGD: TensorFlow Privacy 0.9.0 and the post's 2020 accounting side by side"
-    sub = commands.add_parser("epsilon", help=text, description=text)
-    sub.add_argument("--noise", type=_positive_float, nargs="+", default=[0.7, 0.5, 0.3],
-                     help="noise multipliers (default: the post's 0.7 0.5 0.3)")
-    sub.add_argument("--n", type=_positive_int, default=13_180, help="training set size (post: 13180)")
-    sub.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
-    sub.add_argument("--epochs", type=_positive_float, default=20, help="epochs (default 20)")
-    sub.add_argument("--delta", type=_positive_float, default=1e-5, help="delta (default 1e-5)")
-    sub.add_argument("--out", type=Path, help="folder to write epsilon.json and epsilon.csv into")
-    sub.add_argument("--statement", action="store_true",
-                     help="also print TensorFlow Privacy's full privacy statement per noise level")
-    sub.set_defaults(handler=_run_epsilon)
-
-    text = ("invert small2's codes through an intercepted on-device stage (Keras HDF5): the post's decoder, "
-            "He et al.'s white-box search, or both")
-    sub = commands.add_parser("attack", help=text, description=text)
-    sub.add_argument("--intercepted", required=True, type=Path,
-                     help="the on-device stage: the post's (HDF5), or any Keras HDF5 / .keras model of built-in layers")
-    sub.add_argument("--out", required=True, type=Path, help="folder for attack.json, reconstructions.npz, attack.png")
-    sub.add_argument("--method", choices=METHODS, default="decoder",
-                     help="decoder (the post's inverse network), whitebox (search for the image with the "
-                     "intercepted code) or hybrid (the search started from the decoder's guess)")
-    sub.add_argument("--surrogate", choices=SURROGATES, default="small1",
-                     help="the attacker's own images: small1 (the post) or background (the 30 background "
-                     "alphabets without small2's, so every test alphabet is unseen)")
-    sub.add_argument("--surrogate-images", metavar="SRC",
-                     help="the attacker's own images for a stage of any shape: a folder of image files (subfolders "
-                     "as labels), an .npz with 'images' (and 'labels'), or tfds:NAME[:SPLIT]; with --test-images")
-    sub.add_argument("--test-images", metavar="SRC", help="the images whose codes are inverted (same kinds of source)")
-    sub.add_argument("--limit", type=_positive_int,
-                     help="invert the first N test images (default: all; small2 has 3,120)")
-    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR, "
-                     "else download through tfds)")
-    sub.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sub.add_argument("--quick", action="store_true", help="small sizes: 256 surrogate images, 64 test images")
-    sub.add_argument("--attacker-epochs", type=_positive_int,
-                     help="decoder epochs (default: 100 on small1 as the post, 20 on background)")
-    _add_attack_options(sub)
-    _add_run_folder_options(sub)
-    sub.set_defaults(handler=_run_attack)
-
-    text = ("every attack against every target in Part 1 / Part 2 run folders or saved_models/: metrics, "
-            "baselines, seen and unseen alphabets, verdicts, report")
-    sub = commands.add_parser("evaluate", help=text, description=text)
-    sub.add_argument("runs", nargs="+", type=Path, help="run folders (Part 1, Part 2) or a shipped-models folder")
-    sub.add_argument("--out", type=Path, help="folder for evaluation.json, figures, report.md (default: first run)")
-    sub.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS), metavar="METHOD[:SURROGATE]",
-                     help=f"attacks to run, a method of {', '.join(METHODS)} with an optional surrogate set "
-                     f"({', '.join(SURROGATES)}; default small1) (default: {' '.join(DEFAULT_ATTACKS)})")
-    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
-    sub.add_argument("--disjoint", action="store_true",
-                     help="test only on small2's alphabets that small1 lacks (no image the attacker trained on)")
-    sub.add_argument("--limit", type=_positive_int, help="first N small2 images only (smoke runs)")
-    sub.add_argument("--targets", nargs="+", default=[], metavar="LABEL",
-                     help="attack only the targets of these labels, e.g. 'noise 0.5' (default: every target found)")
-    sub.add_argument("--quick", action="store_true", help="small sizes: 256 surrogate images, 64 test images")
-    sub.add_argument("--attacker-epochs", type=_positive_int,
-                     help="epochs of decoders trained here (default: 100 on small1, 20 on background)")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the attacks, the bootstrap and the shuffled baseline")
-    sub.add_argument("--ship", type=Path, metavar="FOLDER",
-                     help="then copy the evaluation into FOLDER/attack_suite (e.g. saved_models), replacing the rows "
-                     "of the targets evaluated here, and name its command in FOLDER/manifest.json")
-    _add_attack_options(sub)
-    sub.set_defaults(handler=_run_evaluate)
-
-    text = ("the target trained under each defence at the cut (noise, dropout, NoPeek) and strength, DP-SGD's "
-            "targets beside them, each attacked: accuracy against leakage in frontier.json, .csv and .png")
-    sub = commands.add_parser("frontier", help=text, description=text)
-    sub.add_argument("--out", required=True, type=Path, help="sweep folder (a killed sweep resumes from it)")
-    sub.add_argument("--quick", action="store_true", help="Part 1's small sizes, 64 test images, 20 for the white-box")
-    sub.add_argument("--jobs", type=_positive_int, default=1, help="grid points trained at once (default 1)")
-    sub.add_argument("--dp-run", type=Path, help="a Part 2 run folder or saved_models/: its DP targets join the table")
-    sub.add_argument("--grid", nargs="+", metavar="DEFENCE[:STRENGTH]",
-                     help="grid points instead of the default grid (none, and three strengths of each defence), "
-                     "e.g. none laplace:0.5 dropout:0.3")
-    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the targets and the attacks (default 0)")
-    sub.add_argument("--ship", type=Path, metavar="FOLDER",
-                     help="once the sweep is finished, copy its results and defended stages into FOLDER "
-                     "(e.g. saved_models) and list them in its manifest.json")
-    sub.set_defaults(handler=_run_frontier)
-
-    text = ("the lecture's split MLP (784-500 on the device, 500-500-10 on the server) trained on digits, its "
-            "500-number code attacked by every method with an attacker's own handwriting of another kind")
-    sub = commands.add_parser("split-mlp", help=text, description=text)
-    sub.add_argument("--out", required=True, type=Path, help="run folder (a killed run resumes from it)")
-    sub.add_argument("--data", choices=("digits", "mnist"), default="digits",
-                     help="digits: scikit-learn's bundled digits, Omniglot's background alphabets as the attacker's "
-                     "images (offline, default); mnist: MNIST with EMNIST letters (online, tfds)")
-    sub.add_argument("--quick", action="store_true",
-                     help="small sizes: 2 epochs, 256 attacker's images, 40 test images")
-    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the target and the attacks (default 0)")
-    sub.set_defaults(handler=_run_split_mlp)
-
-    text = ("the whole post and the suite in one folder: Part 1, Part 2 at the three noise levels, every attack, "
-            "the defences' frontier, the membership audit, the split MLP, then report.md (resumable)")
-    sub = commands.add_parser("reproduce", help=text, description=text)
-    sub.add_argument("--out", required=True, type=Path, help="folder of the whole run (a killed run resumes from it)")
-    sub.add_argument("--jobs", type=_positive_int, default=1, help="noise levels and grid points at once (default 1)")
-    sub.add_argument("--quick", action="store_true", help="every step at its small sizes (a smoke run)")
-    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
-    sub.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
-    sub.add_argument("--ship", type=Path, metavar="FOLDER",
-                     help="then copy the complete targets, stages, attackers and frontier into FOLDER "
-                     "(e.g. saved_models) with its manifest.json")
-    sub.set_defaults(handler=_run_reproduce)
-
-    text = "rewrite FOLDER/report.md and its figures from the JSON files of a reproduce folder"
-    sub = commands.add_parser("report", help=text, description=text)
-    sub.add_argument("folder", type=Path, help="a folder made by omniglot-inversion reproduce")
-    sub.set_defaults(handler=_run_report)
-
-    text = ("membership inference on the complete targets of Part 1 / Part 2 run folders: loss-threshold attack, "
-            "AUC, advantage, TPR at low FPR, empirical epsilon lower bound next to the accountant's")
-    sub = commands.add_parser("membership", help=text, description=text)
-    sub.add_argument("runs", nargs="+", type=Path, help="run folders (Part 1 and/or Part 2)")
-    sub.add_argument("--out", required=True, type=Path, help="folder for membership.json and membership_roc.png")
-    sub.add_argument("--data-dir", help="folder with the four Omniglot archives (default: $OMNIGLOT_DIR)")
-    sub.add_argument("--limit", type=_positive_int, help="at most N members and N non-members (smoke runs)")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the member sample and the bootstrap")
-    sub.set_defaults(handler=_run_membership)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        for choice in command.options:
+            choice.add_to(sub)
+        sub.set_defaults(handler=command.handler)
     return parser
 
 

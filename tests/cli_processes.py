@@ -14,8 +14,8 @@ PART2 = ["part2", "--quick", "--noise", "0.7", "0.5", "--epochs", "2", "--steps-
 # TensorFlow on one thread: the same sums in the same order in every process, so a Part 2 run
 # killed and resumed, or trained two levels at once (--jobs 2, one thread each), repeats one
 # uninterrupted run to the last bit (on two threads Adam's first steps make the last bits visible)
-ONE_THREAD = ("import sys; from omniglot_inversion import cli, jobs; jobs.limit_threads(1); "
-              "sys.exit(cli.main(sys.argv[1:]))")
+ONE_THREAD = ("import sys; from omniglot_inversion import cli; from omniglot_inversion.pipelines import jobs; "
+              "jobs.limit_threads(1); sys.exit(cli.main(sys.argv[1:]))")
 
 
 def command(args: list[str], out: Path, data_dir: str) -> list[str]:

@@ -70,7 +70,7 @@ def _session_folder(tmp_path_factory, name: str) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
-    from omniglot_inversion.data import CACHE_DIR_ENV
+    from omniglot_inversion.io.data import CACHE_DIR_ENV
 
     previous = os.environ.get(CACHE_DIR_ENV)
     # the workers prepare it together as runs started together do (`data.omniglot_builder`)
@@ -84,7 +84,7 @@ def _session_cache(tmp_path_factory):
 
 def data_must_be_present() -> bool:
     """In CI, or when the archive folder is named explicitly, missing data is a failure, not a skip."""
-    from omniglot_inversion.data import DATA_DIR_ENV
+    from omniglot_inversion.io.data import DATA_DIR_ENV
 
     return bool(os.environ.get("CI")) or bool(os.environ.get(DATA_DIR_ENV))
 
@@ -93,8 +93,8 @@ def data_must_be_present() -> bool:
 def data_dir() -> str:
     """The archive folder ($OMNIGLOT_DIR, else ../shared/data/omniglot). Unusable: the tests that
     need it fail with the data error in CI or when $OMNIGLOT_DIR is set, else skip with it."""
-    from omniglot_inversion.data import DATA_DIR_ENV, check_archive_dir
     from omniglot_inversion.errors import UsageError
+    from omniglot_inversion.io.data import DATA_DIR_ENV, check_archive_dir
 
     folder = os.environ.get(DATA_DIR_ENV) or str(DEFAULT_DATA_DIR)
     try:

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from omniglot_inversion import accounting, cli
+from omniglot_inversion import cli
+from omniglot_inversion.dp import accounting
 from omniglot_inversion.errors import UsageError
 
 

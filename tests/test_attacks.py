@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omniglot_inversion import attack_run, attacks, cli, data
-from omniglot_inversion.assessment import TestSet, verdict
-from omniglot_inversion.interception import load_intercepted
-from omniglot_inversion.models import AttackModel
+from omniglot_inversion import attacks, cli
+from omniglot_inversion.io import data
+from omniglot_inversion.measure.assessment import TestSet, verdict
+from omniglot_inversion.network.interception import load_intercepted
+from omniglot_inversion.network.models import AttackModel
+from omniglot_inversion.pipelines import attack_run
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
 STAGE = SAVED / "part1_mobile_stage.h5"

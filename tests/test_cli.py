@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -6,8 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omniglot_inversion import cli, privacy, runs
+from omniglot_inversion import cli
+from omniglot_inversion.dp import engines
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.io import data
+from omniglot_inversion.network import training
+from omniglot_inversion.network.models import AttackModel
+from omniglot_inversion.pipelines import part1, run_folder
 
 
 def test_part1_quick_writes_weights_metrics_and_figure(part1_quick_run, data_dir):
@@ -18,32 +24,32 @@ def test_part1_quick_writes_weights_metrics_and_figure(part1_quick_run, data_dir
     # not a terminal: one line per epoch and a few for the steps, no progress bar
     lines = printed.splitlines()
     assert sum(" epoch " in line for line in lines) == 2 + 5 and len(lines) < 2 + 5 + 10
-    metrics = json.loads((out / runs.METRICS).read_text())
+    metrics = json.loads((out / run_folder.METRICS).read_text())
     assert metrics["config"]["seed"] == 0 and metrics["config"]["epochs"] == 2 and metrics["state"] == "finished"
     assert len(metrics["target"]["history"]) == 2 and len(metrics["attacker"]["history"]) == 5
     assert 0.0 <= metrics["target"]["val_accuracy"] <= 1.0
     assert 0.0 < metrics["test"]["test_mse"] < 1.0
     assert metrics["versions"]["tensorflow"] == "2.15.1"
-    for name in (runs.TARGET_WEIGHTS, runs.MOBILE_STAGE, runs.ATTACKER_WEIGHTS):
+    for name in (run_folder.TARGET_WEIGHTS, run_folder.MOBILE_STAGE, run_folder.ATTACKER_WEIGHTS):
         assert (out / name).stat().st_size > 100_000
-    figure = np.asarray(Image.open(out / runs.FIGURE))
+    figure = np.asarray(Image.open(out / run_folder.FIGURE))
     assert figure.shape[1] > figure.shape[0] > 100
     assert not list(out.glob(".*partial*"))
     # the saved weights reload into fresh models and reproduce the recorded test MSE
-    target = runs.load_target(out)
-    images = runs.data.as_arrays(runs.data.load_split("small2", data_dir, limit=64))[0]
-    attacker = runs.AttackModel()
-    attacker.load_weights(out / runs.ATTACKER_WEIGHTS)
-    guesses = runs.training.reconstruct(attacker, target.mobile_step, images)
+    target = part1.load_target(out)
+    images = data.as_arrays(data.load_split("small2", data_dir, limit=64))[0]
+    attacker = AttackModel()
+    attacker.load_weights(out / run_folder.ATTACKER_WEIGHTS)
+    guesses = training.reconstruct(attacker, target.mobile_step, images)
     assert abs(float(np.mean((guesses - images) ** 2)) - metrics["test"]["test_mse"]) < 1e-6
 
 
 def test_existing_run_is_refused_without_overwrite(tmp_path, capsys):
     # refused before the data are looked at: no archives needed
-    (tmp_path / runs.METRICS).write_text("{}")
+    (tmp_path / run_folder.METRICS).write_text("{}")
     assert cli.main(["part1", "--quick", "--out", str(tmp_path), "--data-dir", str(tmp_path / "no-data")]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert (tmp_path / runs.METRICS).read_text() == "{}"
+    assert (tmp_path / run_folder.METRICS).read_text() == "{}"
 
 
 def test_step_without_its_input_names_the_missing_step(tmp_path, capsys):
@@ -70,33 +76,77 @@ def test_epochs_below_one_are_refused_by_the_command_and_the_api(tmp_path, capsy
     assert exit_info.value.code == 2
     assert "must be at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(UsageError, match="epochs must be at least 1, got 0"):
-        runs.Part1Config(epochs=0)
+        part1.Part1Config(epochs=0)
     assert not (tmp_path / "run").exists()
 
 
-def test_engine_choices_are_the_privacy_modules_cli_engines(capsys):
-    # the CLI keeps a literal tuple so that `--help` does not import TensorFlow
+def test_the_clis_own_copies_of_choices_and_defaults_match_the_package():
+    """The CLI writes out the choices and defaults of modules that import TensorFlow (so that its
+    import starts none); they are the package's."""
+    from omniglot_inversion import attacks, defences
+    from omniglot_inversion.attacks import whitebox
+    from omniglot_inversion.pipelines import attack_suite
+
+    assert cli.METHODS == attacks.METHODS and cli.SURROGATES == attacks.SURROGATES
+    assert cli.DEFENCES == tuple(defences.DEFENCES) and cli.DEFAULT_ATTACKS == attack_suite.DEFAULT_ATTACKS
+    assert cli.ENGINES == engines.CLI_ENGINES
+    assert cli.WHITEBOX == dict(iterations=whitebox.ITERATIONS, tv_weight=whitebox.TV_WEIGHT,
+                                learning_rate=whitebox.LEARNING_RATE, starts=whitebox.STARTS)
+
+
+def test_help_prints_only_the_help_and_starts_no_tensorflow():
+    environment = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    for argv in (["--help"], ["part2", "--help"], ["evaluate", "--help"]):
+        result = subprocess.run([sys.executable, "-m", "omniglot_inversion.cli", *argv], capture_output=True,
+                                text=True, timeout=60, env=environment)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert result.stdout.startswith("usage: omniglot-inversion")
+    loaded = subprocess.run([sys.executable, "-c", "import sys, omniglot_inversion.cli; "
+                             "print(sorted({'tensorflow', 'keras', 'numpy'} & set(sys.modules)))"],
+                            capture_output=True, text=True, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+def test_each_command_takes_the_shared_options_as_declared_once():
     parser = cli.build_parser()
-    assert parser.parse_args(["part2", "--out", "run"]).engine == "fast" == privacy.CLI_ENGINES[0]
-    for engine in privacy.CLI_ENGINES:
+    by_name = {command.name: command for command in cli.COMMANDS}
+    assert set(by_name) == set(parser._subparsers._group_actions[0].choices)
+    for command in cli.COMMANDS:
+        for shared in cli.SHARED.values():
+            taken = [choice for choice in command.options if choice.flags == shared.flags]
+            assert len(taken) <= 1, f"{command.name} takes {shared.flags} twice"
+            if taken:  # same type and action as the shared declaration; only help, default, required differ
+                for key in ("type", "action"):
+                    assert taken[0].settings.get(key) == shared.settings.get(key), (command.name, shared.flags)
+    seeded = parser.parse_args(["frontier", "--out", "sweep", "--seed", "3", "--jobs", "2"])
+    assert (seeded.seed, seeded.jobs, seeded.quick, seeded.data_dir) == (3, 2, False, None)
+    assert parser.parse_args(["epsilon"]).out is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["frontier", "--seed", "3"])  # --out is required where it names the run folder
+
+
+def test_engine_choices_are_the_privacy_modules_cli_engines(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(["part2", "--out", "run"]).engine == "fast" == engines.CLI_ENGINES[0]
+    for engine in engines.CLI_ENGINES:
         assert parser.parse_args(["part2", "--out", "run", "--engine", engine]).engine == engine
     for engine in ("fast-exact", "no-such-engine"):  # the tests' reference engine is no CLI choice
         with pytest.raises(SystemExit):
             parser.parse_args(["part2", "--out", "run", "--engine", engine])
     listed = capsys.readouterr().err.split("choose from ")[1].split(")")[0]
-    assert tuple(name.strip(" '") for name in listed.split(",")) == privacy.CLI_ENGINES
-    assert set(privacy.CLI_ENGINES) <= set(privacy.ENGINES)
+    assert tuple(name.strip(" '") for name in listed.split(",")) == engines.CLI_ENGINES
+    assert set(engines.CLI_ENGINES) <= set(engines.ENGINES)
 
 
 def test_train_target_refuses_its_folder_then_resume_keeps_the_trained_target(tmp_path, data_dir, capsys):
     argv = ["train-target", "--quick", "--epochs", "1", "--out", str(tmp_path), "--data-dir", data_dir]
     assert cli.main(argv) == 0
-    weights = (tmp_path / runs.TARGET_WEIGHTS).read_bytes()
+    weights = (tmp_path / run_folder.TARGET_WEIGHTS).read_bytes()
     assert cli.main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert cli.main([*argv, "--resume"]) == 0
     assert "target: done before, kept" in capsys.readouterr().out
-    assert (tmp_path / runs.TARGET_WEIGHTS).read_bytes() == weights
+    assert (tmp_path / run_folder.TARGET_WEIGHTS).read_bytes() == weights
     assert cli.main([*argv[:-4], "--epochs", "2", "--out", str(tmp_path), "--data-dir", data_dir, "--resume"]) == 2
     assert "epochs=1 there, 2 here" in capsys.readouterr().err
 
@@ -106,18 +156,18 @@ def test_a_failed_step_is_recorded_and_resume_continues_after_the_last_finished_
     def broken(config, out, log):
         raise RuntimeError("disk full")
 
-    steps = dict(runs.PART1_STEPS)
-    monkeypatch.setattr(runs, "PART1_STEPS", (("target", steps["target"]), ("attacker", broken),
+    steps = dict(part1.PART1_STEPS)
+    monkeypatch.setattr(part1, "PART1_STEPS", (("target", steps["target"]), ("attacker", broken),
                                               ("test", steps["test"])))
     argv = ["part1", "--quick", "--epochs", "1", "--attacker-epochs", "1", "--out", str(tmp_path),
             "--data-dir", data_dir]
     with pytest.raises(RuntimeError, match="disk full"):
         cli.main(argv)
-    metrics = json.loads((tmp_path / runs.METRICS).read_text())
+    metrics = json.loads((tmp_path / run_folder.METRICS).read_text())
     assert metrics["state"] == "failed" and metrics["error"] == "RuntimeError: disk full"
     assert "target" in metrics and "attacker" not in metrics
-    monkeypatch.setattr(runs, "PART1_STEPS", tuple(steps.items()))
+    monkeypatch.setattr(part1, "PART1_STEPS", tuple(steps.items()))
     assert cli.main([*argv, "--resume"]) == 0
     assert "target: done before, kept" in capsys.readouterr().out
-    metrics = json.loads((tmp_path / runs.METRICS).read_text())
+    metrics = json.loads((tmp_path / run_folder.METRICS).read_text())
     assert metrics["state"] == "finished" and "error" not in metrics and "test" in metrics

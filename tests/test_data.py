@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omniglot_inversion import cli, data
-from omniglot_inversion.data import ARCHIVES, CACHE_DIR_ENV, VERIFIED, as_arrays, fingerprint, load_split
+from omniglot_inversion import cli
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.io import data
+from omniglot_inversion.io.data import ARCHIVES, CACHE_DIR_ENV, VERIFIED, as_arrays, fingerprint, load_split
 
 
 def _count(ds) -> int:
@@ -218,7 +219,7 @@ def test_a_preparation_killed_half_way_is_redone_by_the_next_runs_started_togeth
                                                                                     monkeypatch):
     folder, cache = tmp_path / "archives", tmp_path / "cache"
     archives = _smaller_archives(data_dir, folder)
-    prepare = ("import json, sys; from omniglot_inversion import data; "
+    prepare = ("import json, sys; from omniglot_inversion.io import data; "
                "data.ARCHIVES = {key: data.Archive(*fields) for key, fields in json.loads(sys.argv[1]).items()}; "
                f"data.omniglot_builder({str(folder)!r})")
     fields = json.dumps({key: dataclasses.astuple(archive) for key, archive in archives.items()})

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import attacks, cli, defences, export, frontier, load_intercepted, reproduce, runs
+from omniglot_inversion import attacks, cli, defences, load_intercepted
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.interception import DEFENCE_ATTRIBUTE, save_mobile_stage
-from omniglot_inversion.models import TargetModel
+from omniglot_inversion.network.interception import DEFENCE_ATTRIBUTE, save_mobile_stage
+from omniglot_inversion.network.models import TargetModel
+from omniglot_inversion.pipelines import frontier, reproduce, run_folder, shipping
 
 DRAWS = (4000, 1, 1, 32)  # 128,000 code entries
 
@@ -211,7 +212,7 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir, quick_re
             top1 = attack[group]["top1"]
             assert top1["low"] <= top1["mean"] <= top1["high"]
     assert row["defence"]["name"] == "laplace" and row["defence"]["code_std"] > 0
-    stage = load_intercepted(out / "targets" / "laplace_1" / runs.MOBILE_STAGE)
+    stage = load_intercepted(out / "targets" / "laplace_1" / run_folder.MOBILE_STAGE)
     assert stage.defence.strength == 1.0 and stage.defence.code_std == row["defence"]["code_std"]
     table = (out / frontier.TABLE).read_text().splitlines()
     assert len(table) == 3  # the header, the defended target, the DP target
@@ -228,12 +229,12 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir, quick_re
     # the command that remakes the sweep
     ship = tmp_path / "ship"
     ship.mkdir()
-    (ship / export.MANIFEST).write_text(json.dumps({"files": {"part1_mobile_stage.h5": {"run": "part1"}}}))
-    manifest = export.export_frontier(out, ship, frontier.command(config, out))
+    (ship / run_folder.MANIFEST).write_text(json.dumps({"files": {"part1_mobile_stage.h5": {"run": "part1"}}}))
+    manifest = shipping.export_frontier(out, ship, frontier.command(config, out))
     stage_file = ship / "defended_laplace_1_mobile_stage.h5"
-    assert stage_file.read_bytes() == (out / "targets" / "laplace_1" / runs.MOBILE_STAGE).read_bytes()
+    assert stage_file.read_bytes() == (out / "targets" / "laplace_1" / run_folder.MOBILE_STAGE).read_bytes()
     entry = manifest["files"][stage_file.name]
-    assert entry["sha256"] == export.sha256(stage_file) and "part1_mobile_stage.h5" in manifest["files"]
+    assert entry["sha256"] == run_folder.sha256(stage_file) and "part1_mobile_stage.h5" in manifest["files"]
     assert "--defence laplace --strength 1" in entry["command"] and entry["metrics"]["defence"] == row["defence"]
     assert manifest["frontier"]["command"] == (f"omniglot-inversion frontier --out {out} --seed 0 --quick "
                                                "--grid laplace:1")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from omniglot_inversion import evaluation
+from omniglot_inversion.measure import evaluation
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:

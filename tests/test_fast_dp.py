@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import build_complete_model, data, training
-from omniglot_inversion.errors import UsageError
-from omniglot_inversion.fast_dp import (
+from omniglot_inversion import build_complete_model
+from omniglot_inversion.dp.engines import DPSettings, dp_optimizer
+from omniglot_inversion.dp.fast_engine import (
     PATHS_SAMPLE,
     STATISTICS_SAMPLE,
     _per_example_pass,
@@ -18,7 +18,9 @@ from omniglot_inversion.fast_dp import (
     per_example_gradients,
     privatize,
 )
-from omniglot_inversion.privacy import DPSettings, dp_optimizer
+from omniglot_inversion.errors import UsageError
+from omniglot_inversion.io import data
+from omniglot_inversion.network import training
 
 keras = tf.keras
 layers = keras.layers

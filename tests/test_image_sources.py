@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.image_sources import fit_to_stage, load_images
+from omniglot_inversion.io.image_sources import fit_to_stage, load_images
 
 
 def _png(path, pixels: np.ndarray) -> None:

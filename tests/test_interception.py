@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from omniglot_inversion import build_complete_model
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.interception import cut_at_mobile_output, export_mobile_stage, load_intercepted
+from omniglot_inversion.network.interception import cut_at_mobile_output, export_mobile_stage, load_intercepted
 
 keras = tf.keras
 layers = keras.layers

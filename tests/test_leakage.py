@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omniglot_inversion import attack_run, attacks, cli, export, leakage, runs
+from omniglot_inversion import attacks, cli
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.leakage import EVALUATION, REPORT, find_targets, load_test_set
+from omniglot_inversion.pipelines import attack_run, attack_suite, run_folder, shipping
+from omniglot_inversion.pipelines.attack_suite import EVALUATION, REPORT, find_targets, load_test_set
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
 
@@ -48,7 +49,7 @@ def test_evaluate_every_attack_against_a_part1_run_and_resume(tmp_path, part1_qu
     assert [row["label"] for row in result["rows"]] == ["decoder", "whitebox", "hybrid:background"]
     decoder, whitebox, hybrid = result["rows"]
     # the run's own attacker is the post's decoder; the background set's decoder is trained here
-    assert decoder["pretrained_decoder"].endswith(runs.ATTACKER_WEIGHTS)
+    assert decoder["pretrained_decoder"].endswith(run_folder.ATTACKER_WEIGHTS)
     assert hybrid["pretrained_decoder"] is None and hybrid["options"]["decoder"]["epochs"] == 1
     for row in result["rows"]:
         metrics = row["metrics"]
@@ -92,15 +93,15 @@ def test_a_scored_attack_without_any_saved_reconstructions_names_the_pair_and_th
     shown = np.arange(4)
     images = np.random.default_rng(0).random((6, 3, 3, 1)).astype(np.float32)
     np.savez_compressed(tmp_path / attack_run.RECONSTRUCTIONS, reconstructions=images)
-    assert np.array_equal(leakage.shown_reconstructions(tmp_path, shown), images[:4])
+    assert np.array_equal(attack_suite.shown_reconstructions(tmp_path, shown), images[:4])
     # with reconstructions.npz deleted, shown.npz (written above) is the source
     (tmp_path / attack_run.RECONSTRUCTIONS).unlink()
-    assert np.array_equal(leakage.shown_reconstructions(tmp_path, shown), images[:4])
+    assert np.array_equal(attack_suite.shown_reconstructions(tmp_path, shown), images[:4])
     # other images to show, or no shown.npz either: a clear error, not a bare FileNotFoundError
-    for broken in (lambda: np.arange(5), lambda: (tmp_path / leakage.SHOWN).unlink() or shown):
+    for broken in (lambda: np.arange(5), lambda: (tmp_path / attack_suite.SHOWN).unlink() or shown):
         indices = broken()
         with pytest.raises(UsageError, match=f"{tmp_path}.*delete {tmp_path / attack_run.RESULT} to run"):
-            leakage.shown_reconstructions(tmp_path, indices)
+            attack_suite.shown_reconstructions(tmp_path, indices)
 
 
 def test_evaluate_refuses_a_folder_without_a_run(tmp_path, capsys):
@@ -132,7 +133,7 @@ def test_headline_table_names_the_strongest_attacks_and_marks_what_an_evaluation
             _row("non-private", "hybrid", None, unseen=(0.13, 0.004, 0.015), seen=(0.1, 0.602, 0.7), mean_image=0.07),
             _row("noise 0.7", "hybrid", 3.391, unseen=(0.067, 0.002, 0.008), seen=(0.06, 0.07, 0.1), mean_image=0.07)]
     rows[0]["target_val_accuracy"] = 0.7589
-    table = leakage.headline_table({"rows": rows})
+    table = attack_suite.headline_table({"rows": rows})
     # unseen: a top-1 tie between the background decoder and the hybrid goes to the higher top-5
     assert table[2] == ("| non-private | 0.759 | 0.004 / 0.015 (hybrid) | 0.602 (hybrid) | 0.453 | "
                         "0.0610 (decoder:background; 0.0652) |")
@@ -165,11 +166,11 @@ def test_shipping_evaluations_one_target_at_a_time_merges_them(quick_reproduce, 
         only_dp(data)
         data["rows"][-1]["metrics"]["attack"]["top1"] = {"mean": 0.5, "low": 0.4, "high": 0.6}
 
-    export.export_attack_suite(_evaluation_copy(source, tmp_path / "dp", only_dp), shipped, "first")
+    shipping.export_attack_suite(_evaluation_copy(source, tmp_path / "dp", only_dp), shipped, "first")
     assert {row["target"] for row in json.loads((shipped / "attack_suite" / EVALUATION).read_text())["rows"]} == {
         "noise 0.7"}
-    export.export_attack_suite(source, shipped, "both")
-    export.export_attack_suite(_evaluation_copy(source, tmp_path / "changed", changed_hybrid), shipped, "again")
+    shipping.export_attack_suite(source, shipped, "both")
+    shipping.export_attack_suite(_evaluation_copy(source, tmp_path / "changed", changed_hybrid), shipped, "again")
     result = json.loads((shipped / "attack_suite" / EVALUATION).read_text())
     # the non-private rows from the second shipping stay (first, as in the manifest), noise 0.7's are replaced
     assert [(row["target"], row["label"]) for row in result["rows"]] == [
@@ -190,14 +191,14 @@ def test_shipping_evaluations_one_target_at_a_time_merges_them(quick_reproduce, 
 def test_shipping_refuses_an_evaluation_of_other_test_images_and_writes_nothing(quick_reproduce, tmp_path):
     out, _ = quick_reproduce
     source, shipped = out / "attack_suite", tmp_path / "shipped"
-    export.export_attack_suite(source, shipped, "first")
+    shipping.export_attack_suite(source, shipped, "first")
     before = {path: path.read_bytes() for path in shipped.rglob("*") if path.is_file()}
 
     def fewer_images(data):
         data["num_images"] = 10
 
     with pytest.raises(UsageError, match="other num_images .* `first`"):
-        export.export_attack_suite(_evaluation_copy(source, tmp_path / "fewer", fewer_images), shipped, "second")
+        shipping.export_attack_suite(_evaluation_copy(source, tmp_path / "fewer", fewer_images), shipped, "second")
     assert {path: path.read_bytes() for path in shipped.rglob("*") if path.is_file()} == before
     with pytest.raises(UsageError, match="holds no finished evaluation"):
-        export.export_attack_suite(tmp_path / "nothing", shipped, "third")
+        shipping.export_attack_suite(tmp_path / "nothing", shipped, "third")

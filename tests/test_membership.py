@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import cli, membership
-from omniglot_inversion.membership_run import FIGURE, RESULT
+from omniglot_inversion import cli
+from omniglot_inversion.measure import membership
+from omniglot_inversion.pipelines.membership_audit import FIGURE, RESULT
 
 
 def test_epsilon_lower_bound_of_a_known_pair():

@@ -2,7 +2,7 @@ import numpy as np
 import tensorflow as tf
 
 from omniglot_inversion import AttackModel, TargetModel, build_complete_model
-from omniglot_inversion.models import MOBILE_OUTPUT
+from omniglot_inversion.network.models import MOBILE_OUTPUT
 
 
 def _count(variables) -> int:

@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import attack_run, build_complete_model, cli, part2, privacy, runs, training
+from omniglot_inversion import build_complete_model, cli
+from omniglot_inversion.dp import engines
+from omniglot_inversion.dp.engines import DPSettings, train_dp
+from omniglot_inversion.dp.fast_engine import fast_dp_gradients
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.fast_dp import fast_dp_gradients
-from omniglot_inversion.privacy import DPSettings, train_dp
+from omniglot_inversion.network import training
+from omniglot_inversion.pipelines import attack_run, part2, run_folder
 
 
 def _random_batches(batches: int, batch_size: int = 32) -> tf.data.Dataset:
@@ -73,7 +76,7 @@ def test_fast_exact_engine_is_the_fast_engine_without_sampling():
     exact = weights_after_one_step("fast-exact")
     np.testing.assert_array_equal(exact, weights_after_one_step(statistics_sample=None, paths_sample=None))
     assert not np.array_equal(exact, weights_after_one_step("fast"))
-    assert "whole batch" in privacy.guarantee("fast-exact", "batch")
+    assert "whole batch" in engines.guarantee("fast-exact", "batch")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -90,7 +93,7 @@ def test_bad_dp_settings_are_refused(kwargs, message):
 def test_part2_quick_command_writes_every_output(tmp_path, data_dir, part2_quick_run):
     out, printed = part2_quick_run.out, part2_quick_run.printed
     assert "DP noise 0.5 epoch 2/2" in printed and "epsilon (2020 accounting, post)" in printed
-    metrics = json.loads((out / runs.METRICS).read_text())
+    metrics = json.loads((out / run_folder.METRICS).read_text())
     assert set(metrics["noise_levels"]) == {"0.7", "0.5"}
     assert [row["noise_multiplier"] for row in metrics["epsilon"]] == [0.7, 0.5]
     assert "batch statistics" in metrics["guarantees"] and "Poisson" in metrics["epsilon_caveat"]
@@ -100,7 +103,7 @@ def test_part2_quick_command_writes_every_output(tmp_path, data_dir, part2_quick
         assert level["epsilon"] < level["epsilon_2020"]
         assert 0.0 < level["test"]["test_mse"] < 1.0
         folder = out / f"noise_{noise}"
-        for name in (part2.DP_WEIGHTS, runs.MOBILE_STAGE, runs.ATTACKER_WEIGHTS, runs.FIGURE):
+        for name in (part2.DP_WEIGHTS, run_folder.MOBILE_STAGE, run_folder.ATTACKER_WEIGHTS, run_folder.FIGURE):
             assert (folder / name).stat().st_size > 1000
     assert (out / "epsilon.csv").exists() and (out / "epsilon.json").exists()
     # evaluate finds each noise level's target, titles it with its epsilon, and draws the
@@ -114,7 +117,7 @@ def test_part2_quick_command_writes_every_output(tmp_path, data_dir, part2_quick
         level = metrics["noise_levels"][row["target"].removeprefix("noise ")]
         assert row["epsilon"] == level["epsilon"] and row["target_val_accuracy"] == level["target"]["val_accuracy"]
         assert set(row["metrics"]["seen_unseen"]) == {"unseen"}
-        assert row["pretrained_decoder"].endswith(runs.ATTACKER_WEIGHTS)
+        assert row["pretrained_decoder"].endswith(run_folder.ATTACKER_WEIGHTS)
     assert evaluated["test_set"] == "small2 without small1's alphabets" and evaluated["num_images"] < 60
     assert (evaluation_out / evaluated["privacy_utility_figures"]["decoder"]).stat().st_size > 5_000
     report = (evaluation_out / "report.md").read_text()
@@ -129,7 +132,7 @@ def test_part2_quick_command_writes_every_output(tmp_path, data_dir, part2_quick
         assert row["members"] == row["non_members"] == 40 and row["empirical_epsilon"]["delta"] == 1e-5
     # the intercepted file of a DP run feeds the standalone attack command
     attack_out = tmp_path / "attack"
-    code = cli.main(["attack", "--quick", "--intercepted", str(out / "noise_0.7" / runs.MOBILE_STAGE),
+    code = cli.main(["attack", "--quick", "--intercepted", str(out / "noise_0.7" / run_folder.MOBILE_STAGE),
                      "--out", str(attack_out), "--data-dir", data_dir, "--attacker-epochs", "1", "--limit", "8"])
     assert code == 0
     record = json.loads((attack_out / attack_run.RESULT).read_text())
@@ -162,7 +165,7 @@ def test_optimizer_engine_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(8, 105, 105, 1)).astype(np.float32)
     batches = tf.data.Dataset.from_tensors((images, rng.integers(0, 50, size=8))).repeat()
-    original = privacy._EpochLog.on_epoch_end
+    original = engines._EpochLog.on_epoch_end
 
     def crash_after_second_epoch(self, epoch, logs=None):
         original(self, epoch, logs)
@@ -177,11 +180,11 @@ def test_optimizer_engine_resumes_from_its_last_epoch(tmp_path, monkeypatch):
         return rows, np.concatenate([w.numpy().ravel() for w in model.weights])
 
     uninterrupted_rows, uninterrupted = run(None)
-    monkeypatch.setattr(privacy._EpochLog, "on_epoch_end", crash_after_second_epoch)
+    monkeypatch.setattr(engines._EpochLog, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path)
     first_rows = json.loads((tmp_path / "epochs.json").read_text())
-    monkeypatch.setattr(privacy._EpochLog, "on_epoch_end", original)
+    monkeypatch.setattr(engines._EpochLog, "on_epoch_end", original)
     rows, resumed = run(tmp_path)
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     assert rows[0] == first_rows[0]  # epoch 1 was not trained again
@@ -205,11 +208,11 @@ def test_default_noise_is_secret_and_reproducible_noise_repeats(tmp_path, monkey
     # in what the training writes, here its checkpoints) ends elsewhere
     secret = _dp_weights(2, reproducible=False)
     key = 0x5EC2E7_0DD_BA11
-    monkeypatch.setattr(privacy.secrets, "randbits", lambda bits: key)
+    monkeypatch.setattr(engines.secrets, "randbits", lambda bits: key)
     folder = tmp_path / "checkpoints"
     assert not np.array_equal(secret, _dp_weights(2, reproducible=False, checkpoint_dir=folder))
     patterns = [str(key).encode(), key.to_bytes(8, "little"), key.to_bytes(8, "big"), hex(key).encode()]
     written = [path for path in folder.rglob("*") if path.is_file()]
     assert written and not [p for p in written if any(pattern in p.read_bytes() for pattern in patterns)]
-    assert "never written" in privacy.guarantee("fast", "batch") and "optimizer" in privacy.ENGINES
-    assert "no differential privacy" in privacy.guarantee("optimizer", "batch", reproducible_noise=True)
+    assert "never written" in engines.guarantee("fast", "batch") and "optimizer" in engines.ENGINES
+    assert "no differential privacy" in engines.guarantee("optimizer", "batch", reproducible_noise=True)

@@ -6,7 +6,8 @@ import io
 import json
 import shutil
 
-from omniglot_inversion import cli, report
+from omniglot_inversion import cli
+from omniglot_inversion.pipelines import report
 
 SECTIONS = ("## Part 1", "## Part 2", "## Attacks on the code", "## Defences at the cut", "## Membership inference",
             "## The split MLP")

@@ -16,8 +16,9 @@ import h5py
 import pytest
 from cli_processes import PART2, command, run
 
-from omniglot_inversion import attack_run, cli, runs
-from omniglot_inversion.checkpoints import STATE
+from omniglot_inversion import cli
+from omniglot_inversion.io.checkpoints import STATE
+from omniglot_inversion.pipelines import attack_run, run_folder
 
 
 def _kill_after_epoch(args: list[str], out: Path, data_dir: str, state: Path, epoch: int,
@@ -75,29 +76,30 @@ def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, c
         assert cli.main([*PART1, "--resume", "--out", str(resumed), "--data-dir", data_dir]) == 2
         assert "Another run (process" in capsys.readouterr().err
 
-    _kill_after_epoch(PART1, resumed, data_dir, resumed / runs.CHECKPOINTS / "target" / STATE, epoch=1,
+    _kill_after_epoch(PART1, resumed, data_dir, resumed / run_folder.CHECKPOINTS / "target" / STATE, epoch=1,
                       while_running=second_run_is_refused)
     _assert_no_partial_files(resumed)
-    assert not (resumed / runs.TARGET_WEIGHTS).exists()  # the step was cut short: nothing under its name
-    assert json.loads((resumed / runs.METRICS).read_text())["state"] == "running"  # a kill cannot say more
+    assert not (resumed / run_folder.TARGET_WEIGHTS).exists()  # the step was cut short: nothing under its name
+    assert json.loads((resumed / run_folder.METRICS).read_text())["state"] == "running"  # a kill cannot say more
     run([*PART1, "--resume"], resumed, data_dir)  # the killed run's lock is not stuck
-    expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (whole, resumed))
+    expected, got = (json.loads((folder / run_folder.METRICS).read_text()) for folder in (whole, resumed))
     for section in ("target", "attacker", "test"):
         assert _numbers(got[section]) == pytest.approx(_numbers(expected[section]), rel=1e-6)
-    assert not (resumed / runs.CHECKPOINTS).exists() or not any((resumed / runs.CHECKPOINTS).rglob("*.index"))
+    checkpoints = resumed / run_folder.CHECKPOINTS
+    assert not checkpoints.exists() or not any(checkpoints.rglob("*.index"))
     _assert_no_partial_files(resumed)
 
 
 def test_killed_part2_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, part2_quick_run):
     whole, resumed = part2_quick_run.out, tmp_path / "resumed"
     # cut the second noise level's DP training short: the first level is complete by then
-    state = resumed / "noise_0.5" / runs.CHECKPOINTS / "dp_target" / STATE
+    state = resumed / "noise_0.5" / run_folder.CHECKPOINTS / "dp_target" / STATE
     _kill_after_epoch(PART2, resumed, data_dir, state, epoch=1)
     _assert_no_partial_files(resumed)
-    done = json.loads((resumed / runs.METRICS).read_text())["noise_levels"]
+    done = json.loads((resumed / run_folder.METRICS).read_text())["noise_levels"]
     assert set(done["0.7"]) >= {"target", "attacker", "test"} and "target" not in done.get("0.5", {})
     run([*PART2, "--resume"], resumed, data_dir)
-    expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (whole, resumed))
+    expected, got = (json.loads((folder / run_folder.METRICS).read_text()) for folder in (whole, resumed))
     assert _numbers(got["noise_levels"]) == pytest.approx(_numbers(expected["noise_levels"]), rel=1e-6)
     _assert_no_partial_files(resumed)
 
@@ -107,7 +109,7 @@ def test_levels_run_in_parallel_give_the_sequential_metrics(tmp_path, data_dir, 
     the wall times matches a one-process run on one thread."""
     sequential, parallel = part2_quick_run.out, tmp_path / "parallel"
     run([*PART2, "--jobs", "2"], parallel, data_dir)
-    expected, got = (json.loads((folder / runs.METRICS).read_text()) for folder in (sequential, parallel))
+    expected, got = (json.loads((folder / run_folder.METRICS).read_text()) for folder in (sequential, parallel))
     assert set(got["noise_levels"]) == {"0.7", "0.5"}
     assert _numbers(got["noise_levels"]) == pytest.approx(_numbers(expected["noise_levels"]), rel=1e-6)
     for noise in ("0.7", "0.5"):
@@ -119,7 +121,7 @@ def test_levels_run_in_parallel_give_the_sequential_metrics(tmp_path, data_dir, 
 def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / runs.METRICS).write_text(json.dumps({"config": {"seed": 1, "epochs": 2}}))
+    (out / run_folder.METRICS).write_text(json.dumps({"config": {"seed": 1, "epochs": 2}}))
     assert cli.main(["part1", "--quick", "--epochs", "3", "--seed", "1", "--out", str(out), "--data-dir",
                      str(tmp_path / "no-data"), "--resume"]) == 2
     error = capsys.readouterr().err
@@ -136,7 +138,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, data_dir):
     argv = command(["part1", "--quick", "--epochs", "6"], out, data_dir)  # interrupted mid-training
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env={**os.environ})
-    state = out / runs.CHECKPOINTS / "target" / STATE
+    state = out / run_folder.CHECKPOINTS / "target" / STATE
     deadline = time.monotonic() + 500
     while not state.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -155,12 +157,12 @@ def test_overwrite_replaces_every_file_of_a_finished_part2_run(tmp_path, data_di
     old_weights = (level / "dp_model_weights.h5").read_bytes()
     (out / "notes-of-the-old-run.txt").write_text("old")
     run([*quick, "--seed", "4", "--overwrite"], out, data_dir)
-    metrics = json.loads((out / runs.METRICS).read_text())
+    metrics = json.loads((out / run_folder.METRICS).read_text())
     assert metrics["config"]["seed"] == 4
     # the level was trained again: other weights, and its record is the new run's
     assert (level / "dp_model_weights.h5").read_bytes() != old_weights
     assert metrics["noise_levels"]["0.7"] == json.loads((level / "level.json").read_text())
-    assert not (out / "notes-of-the-old-run.txt").exists() and not (out / runs.REPLACED).exists()
+    assert not (out / "notes-of-the-old-run.txt").exists() and not (out / run_folder.REPLACED).exists()
     assert not (out / "noise_0.5").exists()  # the old run's second level went with it
     _assert_no_partial_files(out)
 
@@ -168,10 +170,10 @@ def test_overwrite_replaces_every_file_of_a_finished_part2_run(tmp_path, data_di
 def test_overwrite_that_fails_to_start_loses_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / runs.METRICS).write_text('{"config": {}}')
+    (out / run_folder.METRICS).write_text('{"config": {}}')
     assert cli.main(["part1", "--quick", "--overwrite", "--out", str(out), "--data-dir", str(tmp_path / "no")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert (out / runs.METRICS).read_text() == '{"config": {}}' and not (out / runs.REPLACED).exists()
+    assert (out / run_folder.METRICS).read_text() == '{"config": {}}' and not (out / run_folder.REPLACED).exists()
 
 
 def test_killed_attack_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, capsys):

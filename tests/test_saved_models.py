@@ -12,13 +12,14 @@ import pytest
 import tensorflow as tf
 
 from omniglot_inversion import AttackModel
-from omniglot_inversion.data import as_arrays, load_split
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.export import ATTACK_SUITE, MANIFEST, sha256
-from omniglot_inversion.frontier import DEFAULT_GRID, RESULT, slug
-from omniglot_inversion.interception import cut_at_mobile_output, load_intercepted
-from omniglot_inversion.leakage import EVALUATION, find_targets, headline_table
-from omniglot_inversion.models import NUM_ALPHABETS
+from omniglot_inversion.io.data import as_arrays, load_split
+from omniglot_inversion.network.interception import cut_at_mobile_output, load_intercepted
+from omniglot_inversion.network.models import NUM_ALPHABETS
+from omniglot_inversion.pipelines.attack_suite import EVALUATION, find_targets, headline_table
+from omniglot_inversion.pipelines.frontier import DEFAULT_GRID, RESULT, slug
+from omniglot_inversion.pipelines.run_folder import MANIFEST, sha256
+from omniglot_inversion.pipelines.shipping import ATTACK_SUITE
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
 RUNS = ("part1", "dp_noise_0.7", "dp_noise_0.5", "dp_noise_0.3")
@@ -124,7 +125,7 @@ def test_each_shipped_defended_stage_answers_like_its_device():
 
 
 def test_each_shipped_target_holds_the_shipped_mobile_stage():
-    from omniglot_inversion.membership_run import find_audit_targets
+    from omniglot_inversion.pipelines.membership_audit import find_audit_targets
 
     images = np.random.default_rng(1).uniform(size=(4, 105, 105, 1)).astype(np.float32)
     targets = find_audit_targets(SAVED)
@@ -178,8 +179,8 @@ def test_shipped_attackers_reproduce_the_recorded_small1_mse(manifest, data_dir)
 
 
 def test_export_refuses_runs_that_are_not_finished(tmp_path):
-    from omniglot_inversion.export import export_models
-    from omniglot_inversion.files import write_json
+    from omniglot_inversion.io.files import write_json
+    from omniglot_inversion.pipelines.shipping import export_models
 
     part1, part2 = tmp_path / "part1", tmp_path / "part2"
     write_json(part1 / "metrics.json", {"config": {}, "target": {}})
@@ -192,9 +193,10 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
     import shutil
 
     from omniglot_inversion import TargetModel, build_complete_model
-    from omniglot_inversion.export import export_models, package_commit
-    from omniglot_inversion.files import write_json
-    from omniglot_inversion.membership_run import find_audit_targets
+    from omniglot_inversion.io.files import write_json
+    from omniglot_inversion.pipelines.membership_audit import find_audit_targets
+    from omniglot_inversion.pipelines.run_folder import package_commit
+    from omniglot_inversion.pipelines.shipping import export_models
 
     def run_folder(folder, name):
         folder.mkdir(parents=True)

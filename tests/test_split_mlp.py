@@ -4,9 +4,9 @@ attacked by every method, the table written, a rerun resumed."""
 import numpy as np
 import pytest
 
-from omniglot_inversion import split_mlp
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.user_stage import load_stage
+from omniglot_inversion.network.user_stage import load_stage
+from omniglot_inversion.pipelines import split_mlp
 
 
 def test_the_network_is_the_lectures():

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from omniglot_inversion import AttackModel, TargetModel, data, interrupts, privacy, training
+from omniglot_inversion import AttackModel, TargetModel, interrupts
+from omniglot_inversion.dp import engines
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.io import data
+from omniglot_inversion.network import training
 
 
 def test_short_target_run_lowers_the_loss(data_dir):
@@ -103,13 +106,13 @@ def _fit_of_the_package(on_epoch, epochs):
 
 
 def _fit_of_keras(on_epoch, epochs):
-    """``model.fit`` with the optimizer engine's epoch log (`privacy._EpochLog`)."""
+    """``model.fit`` with the optimizer engine's epoch log (`engines._EpochLog`)."""
     rng = np.random.default_rng(0)
     batches = tf.data.Dataset.from_tensor_slices((rng.uniform(size=(8, 4)).astype(np.float32),
                                                   rng.integers(0, 3, size=8))).batch(4)
     model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3, activation="softmax")])
     model.compile(loss="sparse_categorical_crossentropy", metrics=["sparse_categorical_accuracy"])
-    model.fit(batches, epochs=epochs, verbose=0, callbacks=[privacy._EpochLog(on_epoch)])
+    model.fit(batches, epochs=epochs, verbose=0, callbacks=[engines._EpochLog(on_epoch)])
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

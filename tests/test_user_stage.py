@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from omniglot_inversion import TargetModel
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.user_stage import layer_classes, load_stage
+from omniglot_inversion.network.user_stage import layer_classes, load_stage
 
 keras = tf.keras
 REPO_STAGE = "saved_models/part1_mobile_stage.h5"
@@ -126,7 +126,8 @@ def _sources(folder, shape=(28, 28)) -> tuple[str, str]:
 def test_attack_command_on_a_users_stage_and_images(tmp_path, capsys):
     import json
 
-    from omniglot_inversion import attack_run, cli
+    from omniglot_inversion import cli
+    from omniglot_inversion.pipelines import attack_run
 
     _vector_stage().save(tmp_path / "mlp.h5", save_format="h5")
     own, test = _sources(tmp_path, shape=(40, 40))  # resized to the stage's 28 x 28, flattened

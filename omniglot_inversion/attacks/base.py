@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from omniglot_inversion import training
-from omniglot_inversion.data import IMAGE_SHAPE
 from omniglot_inversion.defences import NO_DEFENCE, Defence
+from omniglot_inversion.io.data import IMAGE_SHAPE
+from omniglot_inversion.network import training
 
 # images -> codes; accepts and ignores ``training``, so it can stand where a ``mobile_step`` does
 Stage = Callable[..., tf.Tensor]

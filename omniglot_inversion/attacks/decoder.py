@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 
-from omniglot_inversion import training
 from omniglot_inversion.attacks.base import BATCH, InversionAttack, code_shape, input_shape, stage_function
-from omniglot_inversion.models import AttackModel, build_decoder
+from omniglot_inversion.network import training
+from omniglot_inversion.network.models import AttackModel, build_decoder
 
 POST_EPOCHS = 100
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omniglot_inversion import data
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.io import data
 
 SURROGATES = ("small1", "background")
 TEST_SPLIT = "small2"

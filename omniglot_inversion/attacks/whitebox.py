@@ -25,9 +25,9 @@ import tensorflow as tf
 
 from omniglot_inversion.attacks.base import InversionAttack, Stage, clean_stage, defence_of, input_shape, query
 from omniglot_inversion.defences import NO_DEFENCE, Defence
-from omniglot_inversion.files import atomic_path
-from omniglot_inversion.image_sources import square_side
 from omniglot_inversion.interrupts import raise_if_received
+from omniglot_inversion.io.files import atomic_path
+from omniglot_inversion.io.image_sources import square_side
 
 ITERATIONS = 100
 TV_WEIGHT = 1.0

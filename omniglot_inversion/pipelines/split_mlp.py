@@ -31,13 +31,15 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from omniglot_inversion import attack_run, data, training
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.evaluation import interval_text
-from omniglot_inversion.files import atomic_path, read_json, record_settings, write_json
-from omniglot_inversion.image_sources import Images, fit_to_stage, load_images
-from omniglot_inversion.interception import save_hdf5_model
-from omniglot_inversion.user_stage import load_stage
+from omniglot_inversion.io import data
+from omniglot_inversion.io.files import atomic_path, read_json, record_settings, write_json
+from omniglot_inversion.io.image_sources import Images, fit_to_stage, load_images
+from omniglot_inversion.measure.evaluation import interval_text
+from omniglot_inversion.network import training
+from omniglot_inversion.network.interception import save_hdf5_model
+from omniglot_inversion.network.user_stage import load_stage
+from omniglot_inversion.pipelines import attack_run
 
 keras = tf.keras
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omniglot_inversion import frontier, leakage, membership_run, plots, runs, split_mlp
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.evaluation import interval_text
-from omniglot_inversion.files import atomic_path, read_json
+from omniglot_inversion.io.files import atomic_path, read_json
+from omniglot_inversion.measure import plots
+from omniglot_inversion.measure.evaluation import interval_text
+from omniglot_inversion.pipelines import attack_suite, frontier, membership_audit, run_folder, split_mlp
 
 REPORT = "report.md"
 RECORD = "reproduce.json"
@@ -40,9 +41,9 @@ def _section(title: str, path: Path, step: str) -> tuple[list[str], dict | None]
 
 def _part1(folder: Path) -> list[str]:
     lines = ["## Part 1: the non-private target and the post's attacker", ""]
-    metrics = read_json(folder / runs.METRICS)
+    metrics = read_json(folder / run_folder.METRICS)
     if metrics is None or "test" not in metrics:
-        return lines + _missing("part1", folder / runs.METRICS)
+        return lines + _missing("part1", folder / run_folder.METRICS)
     history = {row["epoch"]: row for row in metrics["target"]["history"]}
     lines += ["| | this run | post |", "| --- | --- | --- |"]
     for epoch, (train, val) in POST_TARGET.items():
@@ -56,17 +57,17 @@ def _part1(folder: Path) -> list[str]:
             lines.append(f"| attacker MSE on small1, epoch {epoch} | {attacker[epoch]['train_mse']:.4f} | {mse:.4f} |")
     lines += [f"| attacker MSE on small2 ({metrics['test']['num_images']} images, clipped) | "
               f"{metrics['test']['test_mse']:.4f} | not reported |", "",
-              f"![Part 1 reconstructions]({FOLDERS['part1']}/{runs.FIGURE})", ""]
+              f"![Part 1 reconstructions]({FOLDERS['part1']}/{run_folder.FIGURE})", ""]
     return lines
 
 
 def _part2(folder: Path) -> list[str]:
     lines = ["## Part 2: DP-SGD at the post's noise levels", ""]
-    metrics = read_json(folder / runs.METRICS)
+    metrics = read_json(folder / run_folder.METRICS)
     levels = (metrics or {}).get("noise_levels", {})
     done = {key: level for key, level in levels.items() if "test" in level}
     if not done:
-        return lines + _missing("part2", folder / runs.METRICS)
+        return lines + _missing("part2", folder / run_folder.METRICS)
     lines += [f"Engine `{metrics['config']['engine']}`, noise from {metrics.get('noise_source', 'the seed')}.", "",
               "| noise | epsilon (now / 2020 accounting) | post's epsilon | final train accuracy | post | "
               "validation accuracy | attacker MSE small1 / small2 |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -83,13 +84,13 @@ def _part2(folder: Path) -> list[str]:
 
 
 def _attack_suite(folder: Path, out: Path) -> list[str]:
-    lines, result = _section("Attacks on the code", folder / leakage.EVALUATION, "attack_suite")
+    lines, result = _section("Attacks on the code", folder / attack_suite.EVALUATION, "attack_suite")
     if result is None:
         return lines
     chance = result["chance"]
     lines += [f"{result['num_images']} test images ({result['test_set']}); chance top-1 {chance['top1']:.4f}, "
               f"top-5 {chance['top5']:.4f}. Unseen: alphabets the attacker's own images lack.", "",
-              *leakage.headline_table(result), "",
+              *attack_suite.headline_table(result), "",
               "| target | attack | unseen: MSE | unseen: top-1 | unseen: top-5 | seen: top-1 | code error | "
               "verdict on unseen alphabets |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
@@ -100,9 +101,9 @@ def _attack_suite(folder: Path, out: Path) -> list[str]:
                      f"{interval_text(seen['top1']) if seen else '(none seen)'} | "
                      f"{interval_text(row['metrics']['code_error'])} | "
                      f"{verdict['text'] if verdict else '-'} |")
-    lines += ["", f"Every metric, baseline and figure: [{FOLDERS['attack_suite']}/{leakage.REPORT}]"
-              f"({FOLDERS['attack_suite']}/{leakage.REPORT}).", ""]
-    for label, name in leakage.save_privacy_utility_figures(result["rows"], out).items():
+    lines += ["", f"Every metric, baseline and figure: [{FOLDERS['attack_suite']}/{attack_suite.REPORT}]"
+              f"({FOLDERS['attack_suite']}/{attack_suite.REPORT}).", ""]
+    for label, name in attack_suite.save_privacy_utility_figures(result["rows"], out).items():
         lines += [f"Privacy and utility, {label}:", "", f"![privacy and utility]({name})", ""]
     return lines
 
@@ -135,7 +136,7 @@ def _frontier(folder: Path, out: Path) -> list[str]:
 
 
 def _membership(folder: Path, out: Path) -> list[str]:
-    lines, result = _section("Membership inference: what DP-SGD bounds", folder / membership_run.RESULT, "membership")
+    lines, result = _section("Membership inference: what DP-SGD bounds", folder / membership_audit.RESULT, "membership")
     if result is None:
         return lines
     lines += ["Loss-threshold attack; members: training records, non-members: validation records, as many of "

@@ -1,6 +1,6 @@
 """TensorFlow Privacy's Gaussian sum query with its noise drawn from the fast engines' stream.
 
-TF Privacy draws DP noise from TensorFlow's global generator, the fast engines (`fast_dp`) from a
+TF Privacy draws DP noise from TensorFlow's global generator, the fast engines (`fast_engine`) from a
 stateless generator keyed by ``(noise_seed, step)``. `SeededGaussianSumQuery` makes
 ``DPKerasAdamOptimizer`` add exactly the fast engines' noise, so that the engines can be compared
 on identical noise (a paired comparison: same data, same initial weights, same noise).
@@ -12,11 +12,11 @@ import dp_accounting
 import tensorflow as tf
 from tensorflow_privacy.privacy.dp_query.gaussian_query import GaussianSumQuery
 
-from omniglot_inversion.fast_dp import add_noise, noise_seed_at
+from omniglot_inversion.dp.fast_engine import add_noise, noise_seed_at
 
 
 class SeededGaussianSumQuery(GaussianSumQuery):
-    """`GaussianSumQuery` whose noise at optimizer step ``step`` is `fast_dp.add_noise`'s draw for
+    """`GaussianSumQuery` whose noise at optimizer step ``step`` is `fast_engine.add_noise`'s draw for
     ``noise_seed_at(noise_seed, step)``: the noise a fast engine seeded ``noise_seed`` adds then.
 
     ``step`` is the optimizer's ``iterations`` variable, read when the noise is drawn (before the

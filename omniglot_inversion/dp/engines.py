@@ -1,6 +1,6 @@
 """DP-SGD training of the post's complete model (Part 2), by one of two engines.
 
-Engine ``fast`` (default): the per-example engine of `fast_dp` in the package's loop; it sums the
+Engine ``fast`` (default): the per-example engine of `fast_engine` in the package's loop; it sums the
 clipped gradients through the batch statistics, estimating the statistics' derivatives from a few
 examples. ``fast-exact``, the same with every derivative over the whole batch, is the reference
 the tests hold ``fast`` to (an API choice, not a CLI one).
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from omniglot_inversion import training
+from omniglot_inversion.dp.fast_engine import PATHS_SAMPLE, STATISTICS_SAMPLE, fast_dp_gradients
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.fast_dp import PATHS_SAMPLE, STATISTICS_SAMPLE, fast_dp_gradients
-from omniglot_inversion.files import read_json, write_json
 from omniglot_inversion.interrupts import raise_if_received
+from omniglot_inversion.io.files import read_json, write_json
+from omniglot_inversion.network import training
 
 keras = tf.keras
 
@@ -58,7 +58,7 @@ _GUARANTEES = {
         "of standard deviation l2_norm_clip * noise_multiplier added, divided by the microbatch count."
     ),
     "fast": (
-        "Engine 'fast': per-example gradients from batch passes (omniglot_inversion.fast_dp; batch "
+        "Engine 'fast': per-example gradients from batch passes (omniglot_inversion.dp.fast_engine; batch "
         "statistics held except each batch norm's own, whose batch sums are estimated from "
         f"{STATISTICS_SAMPLE} examples of the batch) give each microbatch's clip factor "
         "min(1, l2_norm_clip / norm); the summed gradient is that of the clip-weighted loss through the "
@@ -76,7 +76,7 @@ _GUARANTEES = {
         "l2_norm_clip * noise_multiplier added, divided by the microbatch count."
     ),
 }
-# where every engine's noise comes from (`noise_key`; `fast_dp.add_noise` draws it from the key and the step)
+# where every engine's noise comes from (`noise_key`; `fast_engine.add_noise` draws it from the key and the step)
 _NOISE_SOURCE = {
     False: (" The noise is drawn from a key taken from the operating system's entropy for this process, kept "
             "in memory and never written (a resumed run draws a fresh key): what the run writes does not let "
@@ -153,7 +153,7 @@ def dp_optimizer(settings: DPSettings, noise_seed: int | None = None):
         learning_rate=settings.learning_rate,
     )
     if noise_seed is not None:
-        from omniglot_inversion.seeded_noise import SeededGaussianSumQuery
+        from omniglot_inversion.dp.seeded_noise import SeededGaussianSumQuery
 
         # the optimizer takes no query argument; it reads this attribute at every step
         optimizer._dp_sum_query = SeededGaussianSumQuery(settings.l2_norm_clip, settings.noise_multiplier,
@@ -226,7 +226,7 @@ def train_dp(
 
     ``engine="optimizer"`` compiles the model with TensorFlow Privacy's DPKerasAdamOptimizer and runs
     ``model.fit``, as the post does; ``engine="fast"`` (and ``"fast-exact"``) run the package's
-    loop with the engine of `fast_dp` (same aggregation, same Adam; the clipped gradients summed
+    loop with the engine of `fast_engine` (same aggregation, same Adam; the clipped gradients summed
     through the batch statistics, ``fast-exact`` without sampling). All draw ``steps_per_epoch``
     batches per epoch from one iterator, and every engine draws its noise from `noise_key` and the
     step (the optimizer through `seeded_noise.SeededGaussianSumQuery`): a secret key by default, so

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from omniglot_inversion.checkpoints import EpochCheckpoint
-from omniglot_inversion.data import IMAGE_SHAPE, check_images
 from omniglot_inversion.interrupts import raise_if_received
+from omniglot_inversion.io.checkpoints import EpochCheckpoint
+from omniglot_inversion.io.data import IMAGE_SHAPE, check_images
 
 keras = tf.keras
 

@@ -23,15 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from omniglot_inversion import attack_run, evaluation, plots, runs
-from omniglot_inversion.assessment import VERDICT_METRICS
 from omniglot_inversion.attacks import load_surrogate
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.evaluation import interval_text
-from omniglot_inversion.export import MANIFEST, run_label
-from omniglot_inversion.files import atomic_path, read_json, write_json
-from omniglot_inversion.interception import load_intercepted
-from omniglot_inversion.models import AttackModel
+from omniglot_inversion.io.files import atomic_path, read_json, write_json
+from omniglot_inversion.measure import evaluation, plots
+from omniglot_inversion.measure.assessment import VERDICT_METRICS
+from omniglot_inversion.measure.evaluation import interval_text
+from omniglot_inversion.network.interception import load_intercepted
+from omniglot_inversion.network.models import AttackModel
+from omniglot_inversion.pipelines import attack_run, part1, run_folder
+from omniglot_inversion.pipelines.run_folder import MANIFEST, run_label
 
 EVALUATION = "evaluation.json"
 REPORT = "report.md"
@@ -82,18 +83,18 @@ def find_targets(folder: str | os.PathLike) -> list[Target]:
     folder = Path(folder)
     if (folder / MANIFEST).exists():
         return _shipped_targets(folder)
-    metrics = read_json(folder / runs.METRICS, default={})
-    if (folder / runs.TARGET_WEIGHTS).exists():
-        return [Target("non-private", runs.load_target(folder), folder / runs.ATTACKER_WEIGHTS, None,
+    metrics = read_json(folder / run_folder.METRICS, default={})
+    if (folder / run_folder.TARGET_WEIGHTS).exists():
+        return [Target("non-private", part1.load_target(folder), folder / run_folder.ATTACKER_WEIGHTS, None,
                        metrics.get("target", {}).get("val_accuracy"))]
-    targets = [Target(f"noise {noise}", load_intercepted(folder / f"noise_{noise}" / runs.MOBILE_STAGE),
-                      folder / f"noise_{noise}" / runs.ATTACKER_WEIGHTS, level["epsilon"],
+    targets = [Target(f"noise {noise}", load_intercepted(folder / f"noise_{noise}" / run_folder.MOBILE_STAGE),
+                      folder / f"noise_{noise}" / run_folder.ATTACKER_WEIGHTS, level["epsilon"],
                       level["target"]["val_accuracy"])
                for noise, level in metrics.get("noise_levels", {}).items()]
     if not targets:
-        raise UsageError(f"{folder} holds no finished Part 1 or Part 2 run (no {runs.TARGET_WEIGHTS} and no noise "
-                         f"level in {runs.METRICS}) and no {MANIFEST}; run `omniglot-inversion part1` or `part2` "
-                         "into it first.")
+        raise UsageError(f"{folder} holds no finished Part 1 or Part 2 run (no {run_folder.TARGET_WEIGHTS} and no "
+                         f"noise level in {run_folder.METRICS}) and no {MANIFEST}; run `omniglot-inversion part1` or "
+                         "`part2` into it first.")
     return targets
 
 
@@ -109,7 +110,7 @@ def select_targets(targets: list[Target], only: tuple[str, ...]) -> list[Target]
     return [target for target in targets if target.label in only]
 
 
-def shown_indices(count: int, shown: int = runs.NUM_SHOWN) -> np.ndarray:
+def shown_indices(count: int, shown: int = run_folder.NUM_SHOWN) -> np.ndarray:
     """Evenly spaced test images for the figures, so that every alphabet of small2 appears."""
     return np.unique(np.linspace(0, count - 1, min(shown, count)).round().astype(int))
 

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from omniglot_inversion import data, membership, plots, runs
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.export import MANIFEST, run_label, sha256
-from omniglot_inversion.files import read_json, write_json
-from omniglot_inversion.models import TargetModel, build_complete_model
-from omniglot_inversion.part2 import DP_WEIGHTS
+from omniglot_inversion.io import data
+from omniglot_inversion.io.files import read_json, write_json
+from omniglot_inversion.measure import membership, plots
+from omniglot_inversion.network.models import TargetModel, build_complete_model
+from omniglot_inversion.pipelines import part1, run_folder
+from omniglot_inversion.pipelines.part2 import DP_WEIGHTS
+from omniglot_inversion.pipelines.run_folder import MANIFEST, run_label, sha256
 
 RESULT = "membership.json"
 FIGURE = "membership_roc.png"
@@ -59,12 +61,12 @@ def find_audit_targets(folder: str | os.PathLike) -> list[AuditTarget]:
         targets = _shipped_audit_targets(folder)
         if targets:
             return targets
-    metrics = read_json(folder / runs.METRICS, default={})
+    metrics = read_json(folder / run_folder.METRICS, default={})
     config = metrics.get("config", {})
     sizes = dict(train_size=config.get("train_size", data.TARGET_TRAIN_SIZE), val_size=config.get("val_size"))
-    if (folder / runs.TARGET_WEIGHTS).exists():
-        return [AuditTarget("non-private", runs.load_target(folder), delta=1e-5, epsilon=None,
-                            weights=folder / runs.TARGET_WEIGHTS, **sizes)]
+    if (folder / run_folder.TARGET_WEIGHTS).exists():
+        return [AuditTarget("non-private", part1.load_target(folder), delta=1e-5, epsilon=None,
+                            weights=folder / run_folder.TARGET_WEIGHTS, **sizes)]
     targets = []
     for noise, level in metrics.get("noise_levels", {}).items():
         weights = folder / f"noise_{noise}" / DP_WEIGHTS
@@ -75,9 +77,9 @@ def find_audit_targets(folder: str | os.PathLike) -> list[AuditTarget]:
         targets.append(AuditTarget(f"noise {noise}", model, delta=config.get("delta", 1e-5),
                                    epsilon=level.get("epsilon"), weights=weights, **sizes))
     if not targets:
-        raise UsageError(f"{folder} holds no trained complete target (no {runs.TARGET_WEIGHTS}, no noise level with "
-                         f"{DP_WEIGHTS}, no complete target in a {MANIFEST}); run `omniglot-inversion part1` or "
-                         "`part2` into it first.")
+        raise UsageError(f"{folder} holds no trained complete target (no {run_folder.TARGET_WEIGHTS}, "
+                         f"no noise level with {DP_WEIGHTS}, no complete target in a {MANIFEST}); run "
+                         "`omniglot-inversion part1` or `part2` into it first.")
     return targets
 
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from omniglot_inversion.files import atomic_path
+from omniglot_inversion.io.files import atomic_path
 
 
 def save_reconstruction_grid(

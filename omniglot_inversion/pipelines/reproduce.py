@@ -14,10 +14,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omniglot_inversion import attack_run, frontier, leakage, membership_run, part2, report, runs, split_mlp
-from omniglot_inversion.data import check_data_source
-from omniglot_inversion.files import record_settings, write_json
-from omniglot_inversion.jobs import check_jobs
+from omniglot_inversion.io.data import check_data_source
+from omniglot_inversion.io.files import record_settings, write_json
+from omniglot_inversion.pipelines import (
+    attack_run,
+    attack_suite,
+    frontier,
+    membership_audit,
+    part1,
+    part2,
+    report,
+    run_folder,
+    split_mlp,
+)
+from omniglot_inversion.pipelines.jobs import check_jobs
 
 SETTINGS = "reproduce_config.json"
 QUICK_GRID = (("laplace", 1.0),)
@@ -47,7 +57,8 @@ def _attack_settings(config: ReproduceConfig) -> dict:
 def steps(config: ReproduceConfig, out: Path, jobs: int, log):
     """The steps in order, as (name, function of no arguments)."""
     folders = {name: out / folder for name, folder in report.FOLDERS.items()}
-    part1_config = runs.Part1Config(seed=config.seed, data_dir=config.data_dir, **(runs.QUICK if config.quick else {}))
+    sizes = part1.QUICK if config.quick else {}
+    part1_config = part1.Part1Config(seed=config.seed, data_dir=config.data_dir, **sizes)
     part2_config = part2.Part2Config(seed=config.seed, data_dir=config.data_dir,
                                      **(part2.QUICK if config.quick else {}))
     grid = QUICK_GRID if config.quick else frontier.DEFAULT_GRID
@@ -59,26 +70,26 @@ def steps(config: ReproduceConfig, out: Path, jobs: int, log):
     limit = attack_run.QUICK_TEST_IMAGES if config.quick else None
     # cheap steps first, the two long sweeps last (each resumes where a killed run stopped)
     return [
-        ("part1", lambda: runs.run_part1(part1_config, folders["part1"], resume=True, log=log)),
+        ("part1", lambda: part1.run_part1(part1_config, folders["part1"], resume=True, log=log)),
         ("part2", lambda: part2.run_part2(part2_config, folders["part2"], resume=True, jobs=jobs, log=log)),
-        ("membership", lambda: membership_run.run_membership(
+        ("membership", lambda: membership_audit.run_membership(
             [folders["part1"], folders["part2"]], folders["membership"], data_dir=config.data_dir, seed=config.seed,
             limit=limit, log=log)),
         ("split_mlp", lambda: split_mlp.run_split_mlp(mlp_config, folders["split_mlp"], log=log)),
         ("frontier", lambda: frontier.run_frontier(frontier_config, folders["frontier"], jobs=jobs,
                                                    dp_run=folders["part2"], log=log)),
-        ("attack_suite", lambda: leakage.evaluate_runs(
+        ("attack_suite", lambda: attack_suite.evaluate_runs(
             [folders["part1"], folders["part2"]], folders["attack_suite"], data_dir=config.data_dir,
-            attacks=QUICK_ATTACKS if config.quick else leakage.DEFAULT_ATTACKS, settings=_attack_settings(config),
+            attacks=QUICK_ATTACKS if config.quick else attack_suite.DEFAULT_ATTACKS, settings=_attack_settings(config),
             limit=limit, log=log)),
     ]
 
 
 def ship(out: Path, folder: str | os.PathLike, command: str) -> dict:
     """Copy a finished reproduce folder's targets, stages, attackers, frontier and attack suite into
-    ``folder`` (`export.export_models`, `export.export_frontier`, `export.export_attack_suite`);
+    ``folder`` (`ship.export_models`, `ship.export_frontier`, `ship.export_attack_suite`);
     returns the manifest."""
-    from omniglot_inversion.export import export_attack_suite, export_frontier, export_models
+    from omniglot_inversion.pipelines.shipping import export_attack_suite, export_frontier, export_models
 
     export_models(out / report.FOLDERS["part1"], out / report.FOLDERS["part2"], folder, command)
     export_frontier(out / report.FOLDERS["frontier"], folder, command)
@@ -88,7 +99,7 @@ def ship(out: Path, folder: str | os.PathLike, command: str) -> dict:
 def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, jobs: int = 1,
                   ship_to: str | os.PathLike | None = None, log=print) -> dict:
     """Every step into ``out`` (each resuming what it holds), then ``report.md``, then with
-    ``ship_to`` the shipped files there (`ship`); returns the record written to
+    ``ship_to`` the shipped files there (`shipping`); returns the record written to
     ``reproduce.json`` (the command, versions, seconds of each step this time)."""
     check_jobs(jobs)
     check_data_source(config.data_dir)  # nothing is written when the archives are missing
@@ -103,7 +114,7 @@ def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, jobs: int 
         seconds[name] = time.perf_counter() - begun
     seconds["total"] = time.perf_counter() - started
     command = config.command(out, jobs) + ("" if ship_to is None else f" --ship {os.fspath(ship_to)}")
-    record = {"command": command, "versions": runs.versions(), "seconds": seconds}
+    record = {"command": command, "versions": run_folder.versions(), "seconds": seconds}
     write_json(out / report.RECORD, record)
     report.write_report(out)
     if ship_to is not None:

@@ -12,8 +12,8 @@ import math
 
 import tensorflow as tf
 
-from omniglot_inversion.data import IMAGE_SHAPE, NUM_ALPHABETS
 from omniglot_inversion.defences import NO_DEFENCE, Defence
+from omniglot_inversion.io.data import IMAGE_SHAPE, NUM_ALPHABETS
 
 keras = tf.keras
 layers = tf.keras.layers

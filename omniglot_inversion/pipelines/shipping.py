@@ -12,53 +12,31 @@ the shipped mobile stage, recomputed here from the shipped files so that a test 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from omniglot_inversion import data, training
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.files import atomic_path, read_json, write_json
-from omniglot_inversion.interception import load_intercepted
-from omniglot_inversion.models import AttackModel
-from omniglot_inversion.part2 import DP_WEIGHTS
-from omniglot_inversion.runs import ATTACKER_WEIGHTS, FIGURE, METRICS, MOBILE_STAGE, TARGET_WEIGHTS, versions
-
-MANIFEST = "manifest.json"
-DATA_NOTE = "with OMNIGLOT_DIR set to the folder of the four Omniglot archives (or --data-dir)"
-
-
-def sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def run_label(run: str) -> str:
-    """The target label of a shipped run: ``non-private`` for ``part1``, ``noise 0.7`` for
-    ``dp_noise_0.7``, as the run folders' targets are labelled."""
-    return "non-private" if run == "part1" else run.replace("dp_noise_", "noise ")
-
-
-def package_commit() -> str | None:
-    """The git commit of the package's source (``+modified`` when its tracked files differ from
-    it), or None outside a git checkout."""
-    source = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        changed = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "."],
-                                 capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("+modified" if changed else "")
+from omniglot_inversion.io import data
+from omniglot_inversion.io.files import atomic_path, read_json, write_json
+from omniglot_inversion.network import training
+from omniglot_inversion.network.interception import load_intercepted
+from omniglot_inversion.network.models import AttackModel
+from omniglot_inversion.pipelines.part2 import DP_WEIGHTS
+from omniglot_inversion.pipelines.run_folder import (
+    ATTACKER_WEIGHTS,
+    DATA_NOTE,
+    FIGURE,
+    MANIFEST,
+    METRICS,
+    MOBILE_STAGE,
+    TARGET_WEIGHTS,
+    package_commit,
+    sha256,
+    versions,
+)
 
 
 def part1_command(config: dict, out: str) -> str:
@@ -198,7 +176,7 @@ def export_frontier(sweep: str | os.PathLike, out: str | os.PathLike, command: s
     carries its defence; the undefended point is Part 1's own target, shipped as ``part1``). The
     manifest gains one entry per stage and a ``frontier`` entry naming ``command``; the entries
     already there are kept. Returns the manifest."""
-    from omniglot_inversion import frontier
+    from omniglot_inversion.pipelines import frontier
 
     sweep, out = Path(sweep), Path(out)
     result = read_json(sweep / frontier.RESULT)
@@ -236,22 +214,22 @@ _SAME_EVALUATION = ("settings", "test_set", "num_images", "shown_images", "confi
 
 
 def export_attack_suite(evaluation: str | os.PathLike, out: str | os.PathLike, command: str) -> dict:
-    """Ship a finished evaluation (`leakage.evaluate_runs`) into ``out/attack_suite/``: its
+    """Ship a finished evaluation (`attack_suite.evaluate_runs`) into ``out/attack_suite/``: its
     ``evaluation.json`` and ``report.md``, each target's figure of reconstructions and the
     privacy-utility figures. The rows of the targets evaluated here replace the ones shipped before
     and the other targets' rows stay, so that the targets of a long suite can be evaluated and
     shipped one at a time; an evaluation of other test images or settings than the shipped one is
     refused before anything is written. The manifest's ``attack_suite`` entry names, per target, the
     command and commit that made its rows. Returns the manifest."""
-    from omniglot_inversion import leakage
+    from omniglot_inversion.pipelines import attack_suite
 
     evaluation, out = Path(evaluation), Path(out)
-    result = read_json(evaluation / leakage.EVALUATION)
+    result = read_json(evaluation / attack_suite.EVALUATION)
     if result is None:
-        raise UsageError(f"{evaluation} holds no finished evaluation ({leakage.EVALUATION}); run "
+        raise UsageError(f"{evaluation} holds no finished evaluation ({attack_suite.EVALUATION}); run "
                          "`omniglot-inversion evaluate` into it first.")
     folder = out / ATTACK_SUITE
-    shipped = read_json(folder / leakage.EVALUATION)
+    shipped = read_json(folder / attack_suite.EVALUATION)
     manifest = read_json(out / MANIFEST, default={})
     if shipped is not None:
         differ = [key for key in _SAME_EVALUATION if shipped[key] != result[key]]
@@ -276,15 +254,15 @@ def export_attack_suite(evaluation: str | os.PathLike, out: str | os.PathLike, c
     merged = {**result, "folders": sorted({*(shipped or {}).get("folders", []), *result["folders"]}),
               "attacks": list(dict.fromkeys(labels)), "rows": rows}
     merged.pop("privacy_utility_figures", None)
-    figures = leakage.save_privacy_utility_figures(rows, folder)
+    figures = attack_suite.save_privacy_utility_figures(rows, folder)
     if figures:
         merged["privacy_utility_figures"] = figures
-    write_json(folder / leakage.EVALUATION, merged)
-    with atomic_path(folder / leakage.REPORT) as tmp:
-        tmp.write_text(leakage.report_markdown(merged))
+    write_json(folder / attack_suite.EVALUATION, merged)
+    with atomic_path(folder / attack_suite.REPORT) as tmp:
+        tmp.write_text(attack_suite.report_markdown(merged))
     made = {"command": command, "commit": package_commit(), "versions": versions()}
     targets = {**manifest.get(ATTACK_SUITE, {}).get("targets", {}), **{target: made for target in sorted(evaluated)}}
-    manifest[ATTACK_SUITE] = {"folder": ATTACK_SUITE, "files": [leakage.EVALUATION, leakage.REPORT],
+    manifest[ATTACK_SUITE] = {"folder": ATTACK_SUITE, "files": [attack_suite.EVALUATION, attack_suite.REPORT],
                               "targets": targets}
     write_json(out / MANIFEST, manifest)
     return manifest

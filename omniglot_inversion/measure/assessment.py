@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omniglot_inversion import evaluation
+from omniglot_inversion.measure import evaluation
 
 # The metrics a verdict is read on: pixel error, structure, and re-identification.
 VERDICT_METRICS = ("mse", "ssim", "top1", "top5")

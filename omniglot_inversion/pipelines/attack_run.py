@@ -21,13 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from omniglot_inversion import attacks, data, plots, training
-from omniglot_inversion.assessment import TestSet, assess
+from omniglot_inversion import attacks
 from omniglot_inversion.attacks import whitebox
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.files import atomic_path, read_json, write_json
-from omniglot_inversion.image_sources import Images, fit_to_stage, square_side
-from omniglot_inversion.models import AttackModel
+from omniglot_inversion.io import data
+from omniglot_inversion.io.files import atomic_path, read_json, write_json
+from omniglot_inversion.io.image_sources import Images, fit_to_stage, square_side
+from omniglot_inversion.measure import plots
+from omniglot_inversion.measure.assessment import TestSet, assess
+from omniglot_inversion.network import training
+from omniglot_inversion.network.models import AttackModel
 
 RESULT = "attack.json"
 RECONSTRUCTIONS = "reconstructions.npz"

@@ -15,7 +15,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.files import read_json, write_json
+from omniglot_inversion.io.files import read_json, write_json
 
 STATE = "state.json"
 

@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import omniglot as tfds_omniglot
 
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.files import write_json
+from omniglot_inversion.io.files import write_json
 
 IMAGE_SHAPE = (105, 105, 1)
 NUM_ALPHABETS = 50

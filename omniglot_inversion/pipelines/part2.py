@@ -21,25 +21,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omniglot_inversion import accounting, data, privacy, training
-from omniglot_inversion.checkpoints import EpochCheckpoint
+from omniglot_inversion.dp import accounting, engines
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.files import atomic_path, read_json, write_json
-from omniglot_inversion.interception import export_mobile_stage, load_intercepted
-from omniglot_inversion.jobs import check_jobs, run_each
-from omniglot_inversion.models import build_complete_model
-from omniglot_inversion.runs import (
+from omniglot_inversion.io import data
+from omniglot_inversion.io.checkpoints import EpochCheckpoint
+from omniglot_inversion.io.files import atomic_path, read_json, write_json
+from omniglot_inversion.network import training
+from omniglot_inversion.network.interception import export_mobile_stage, load_intercepted
+from omniglot_inversion.network.models import build_complete_model
+from omniglot_inversion.pipelines.jobs import check_jobs, run_each
+from omniglot_inversion.pipelines.post_attack import RunConfig, attacker_checkpoint, test_attacker, train_attacker
+from omniglot_inversion.pipelines.run_folder import (
     CHECKPOINTS,
     METRICS,
     MOBILE_STAGE,
     Log,
-    RunConfig,
-    attacker_checkpoint,
     prepare_run_folder,
     recorded_state,
     save_step_metrics,
-    test_attacker,
-    train_attacker,
 )
 
 POST_NOISE_MULTIPLIERS = (0.7, 0.5, 0.3)
@@ -62,7 +61,7 @@ class Part2Config(RunConfig):
     steps_per_epoch: int | None = None  # None: ceil(accounting_n / batch_size), as the post
     accounting_n: int = 13_180
     delta: float = 1e-5
-    reproducible_noise: bool = False  # True: the DP noise is a function of the seed (privacy.noise_key)
+    reproducible_noise: bool = False  # True: the DP noise is a function of the seed (engines.noise_key)
 
     def __post_init__(self):
         super().__post_init__()
@@ -71,7 +70,7 @@ class Part2Config(RunConfig):
         if self.normalization not in ("batch", "group"):
             raise UsageError(f"normalization must be 'batch' (the post) or 'group' (strict), "
                              f"got {self.normalization!r}.")
-        privacy.guarantee(self.engine, self.normalization)  # refuses an unknown engine
+        engines.guarantee(self.engine, self.normalization)  # refuses an unknown engine
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise UsageError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}.")
         for noise in self.noise_multipliers:
@@ -83,8 +82,8 @@ class Part2Config(RunConfig):
         """Steps per epoch actually run."""
         return self.steps_per_epoch or math.ceil(self.accounting_n / self.batch_size)
 
-    def settings(self, noise_multiplier: float) -> privacy.DPSettings:
-        return privacy.DPSettings(noise_multiplier=noise_multiplier, l2_norm_clip=self.l2_norm_clip,
+    def settings(self, noise_multiplier: float) -> engines.DPSettings:
+        return engines.DPSettings(noise_multiplier=noise_multiplier, l2_norm_clip=self.l2_norm_clip,
                                   batch_size=self.batch_size, num_microbatches=self.num_microbatches,
                                   learning_rate=self.learning_rate)
 
@@ -130,7 +129,7 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
             f"{row['train_accuracy']:.4f}  val_accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.1f} s, "
             f"{row['seconds'] / config.steps:.3f} s/step)")
 
-    history = privacy.train_dp(model, config.settings(noise_multiplier), target_data.train, val_ds=target_data.val,
+    history = engines.train_dp(model, config.settings(noise_multiplier), target_data.train, val_ds=target_data.val,
                                epochs=config.epochs, steps_per_epoch=config.steps, engine=config.engine,
                                on_epoch=training.logged_epochs(report, config.epochs), seed=config.seed,
                                checkpoint_dir=dp_checkpoint(folder), reproducible_noise=config.reproducible_noise)
@@ -197,7 +196,7 @@ def _run_levels(config: Part2Config, out: Path, table: list[dict], jobs: int, lo
     metrics.update({"epsilon": table, "epsilon_caveat": accounting.POISSON_CAVEAT,
                     "noise_source": "the seed (reproducible)" if config.reproducible_noise else
                     "a secret key from the operating system's entropy, never written",
-                    "guarantees": privacy.guarantee(config.engine, config.normalization, config.reproducible_noise)})
+                    "guarantees": engines.guarantee(config.engine, config.normalization, config.reproducible_noise)})
     levels = metrics.setdefault("noise_levels", {})
     pending = []  # (noise multiplier, its key in levels) of the levels not complete
     for row in table:

@@ -26,8 +26,8 @@ import tensorflow as tf
 
 from omniglot_inversion import defences
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.files import atomic_path
-from omniglot_inversion.models import MOBILE_OUTPUT, TargetModel
+from omniglot_inversion.io.files import atomic_path
+from omniglot_inversion.network.models import MOBILE_OUTPUT, TargetModel
 
 keras = tf.keras
 

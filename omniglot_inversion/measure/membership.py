@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics
 
-from omniglot_inversion.evaluation import BOOTSTRAP_SAMPLES, CONFIDENCE
+from omniglot_inversion.measure.evaluation import BOOTSTRAP_SAMPLES, CONFIDENCE
 
 FPR_LEVELS = (0.001, 0.01)
 ROC_POINTS = 400  # points of the ROC curve kept in the results (for the figure)

@@ -50,7 +50,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.training import GradientFn, Task
+from omniglot_inversion.network.training import GradientFn, Task
 
 keras = tf.keras
 
@@ -487,7 +487,7 @@ def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variabl
     the clipped sum (`_statistics_paths`; None: all, and with ``statistics_sample`` None too the
     sum is exactly the gradient Keras's training step takes of the clip-weighted loss).
 
-    ``settings`` is a `privacy.DPSettings`; batches must hold exactly ``settings.batch_size``
+    ``settings`` is a `engines.DPSettings`; batches must hold exactly ``settings.batch_size``
     examples (a repeated dataset), as the optimizer path requires too. ``step`` (the optimizer's
     ``iterations``) and ``noise_seed`` seed each step's noise.
     """

@@ -18,12 +18,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from omniglot_inversion import attack_run, leakage, plots, runs
-from omniglot_inversion.assessment import TestSet
 from omniglot_inversion.defences import DEFENCES
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.files import atomic_path, record_settings, write_json
-from omniglot_inversion.jobs import check_jobs, run_each
+from omniglot_inversion.io.files import atomic_path, record_settings, write_json
+from omniglot_inversion.measure import plots
+from omniglot_inversion.measure.assessment import TestSet
+from omniglot_inversion.pipelines import attack_run, attack_suite, part1, run_folder
+from omniglot_inversion.pipelines.jobs import check_jobs, run_each
 
 RESULT = "frontier.json"
 TABLE = "frontier.csv"
@@ -85,18 +86,18 @@ class FrontierConfig:
         if self.whitebox_images < 1:
             raise UsageError(f"whitebox_images must be at least 1, got {self.whitebox_images}.")
 
-    def part1(self, defence: str, strength: float | None) -> runs.Part1Config:
+    def part1(self, defence: str, strength: float | None) -> part1.Part1Config:
         """The Part 1 run of one grid point."""
         if defence not in DEFENCES:
             raise UsageError(f"Unknown defence {defence!r} in the grid; choose among {', '.join(DEFENCES)}.")
-        sizes = runs.QUICK if self.quick else {}
-        return runs.Part1Config(seed=self.seed, data_dir=self.data_dir, defence=defence, strength=strength, **sizes)
+        sizes = part1.QUICK if self.quick else {}
+        return part1.Part1Config(seed=self.seed, data_dir=self.data_dir, defence=defence, strength=strength, **sizes)
 
     def specs(self) -> dict[str, attack_run.AttackSpec]:
         """Each scored attack with the sweep's settings (the decoder twice: all of small2, the subset)."""
         settings = dict(seed=self.seed)
         if self.quick:
-            settings.update(surrogate_limit=runs.QUICK["attacker_size"], iterations=QUICK_ITERATIONS)
+            settings.update(surrogate_limit=part1.QUICK["attacker_size"], iterations=QUICK_ITERATIONS)
         decoder = attack_run.parse_label(DECODER, **settings)
         return {DECODER: decoder, DECODER_ON_SUBSET: decoder, WHITEBOX: attack_run.parse_label(WHITEBOX, **settings)}
 
@@ -120,7 +121,7 @@ def strongest(attacks: dict, group: str) -> str:
     return max(COMPARED, key=lambda name: tuple(attacks[name][group][metric]["mean"] for metric in ("top1", "ssim")))
 
 
-def _attack_row(target: leakage.Target, folder: Path, config: FrontierConfig, log) -> dict:
+def _attack_row(target: attack_suite.Target, folder: Path, config: FrontierConfig, log) -> dict:
     """Both attacks against ``target``, their results in ``folder/attacks``: one frontier row."""
     tests, pretrained = _test_sets(config), target.attacker()
     row = {"target": target.label, "epsilon": target.epsilon, "val_accuracy": target.val_accuracy,
@@ -143,16 +144,16 @@ def _attack_row(target: leakage.Target, folder: Path, config: FrontierConfig, lo
 def defended_point(config: FrontierConfig, defence: str, strength: float | None, out: Path, log) -> dict:
     """Train (or resume) the target of one grid point as a Part 1 run, then attack it."""
     folder = out / "targets" / slug(defence, strength)
-    metrics = runs.run_part1(config.part1(defence, strength), folder, resume=True, log=log)
-    target = leakage.Target(slug(defence, strength), runs.load_target(folder), folder / runs.ATTACKER_WEIGHTS,
-                            None, metrics["target"]["val_accuracy"])
+    metrics = part1.run_part1(config.part1(defence, strength), folder, resume=True, log=log)
+    target = attack_suite.Target(slug(defence, strength), part1.load_target(folder),
+                                 folder / run_folder.ATTACKER_WEIGHTS, None, metrics["target"]["val_accuracy"])
     return {**_attack_row(target, folder, config, log), "strength": strength, "kind": "defence"}
 
 
 def dp_points(config: FrontierConfig, dp_run: Path, out: Path, log) -> list[dict]:
     """The DP-SGD targets of a Part 2 run (or of saved_models/), attacked the same way."""
     rows = []
-    for target in leakage.find_targets(dp_run):
+    for target in attack_suite.find_targets(dp_run):
         if target.epsilon is None:
             continue  # the non-private target of saved_models/ is the grid's "none" point
         row = _attack_row(target, out / "dp" / target.slug, config, log)
@@ -170,7 +171,7 @@ def run_frontier(config: FrontierConfig, out: str | os.PathLike, *, jobs: int = 
     check_jobs(jobs)
     out = Path(out)
     if dp_run is not None:
-        leakage.find_targets(dp_run)  # refuse a folder without targets before training anything
+        attack_suite.find_targets(dp_run)  # refuse a folder without targets before training anything
     out.mkdir(parents=True, exist_ok=True)
     record_settings(out / CONFIG, config.record(), "sweep")
     work = {slug(defence, strength): (config, defence, strength, out) for defence, strength in config.grid}

@@ -19,7 +19,7 @@ import h5py
 import tensorflow as tf
 
 from omniglot_inversion.errors import UsageError
-from omniglot_inversion.interception import load_intercepted
+from omniglot_inversion.network.interception import load_intercepted
 
 keras = tf.keras
 

@@ -1,0 +1,6 @@
+"""DP-SGD: the two engines behind one call (`engines`: TensorFlow Privacy's optimizer, as the
+post, and the package's `fast_engine`), noise drawn from a secret key or, for tests, from a seed
+(`seeded_noise`), and epsilon (`accounting`).
+
+May import `network`, `io` and `defences`; never attacks, measurement or pipelines.
+"""

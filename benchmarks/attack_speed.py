@@ -15,9 +15,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from omniglot_inversion import attacks, training  # noqa: E402
+from omniglot_inversion import attacks  # noqa: E402
 from omniglot_inversion.io import data
 from omniglot_inversion.io.files import write_json  # noqa: E402
+from omniglot_inversion.network import training  # noqa: E402
 from omniglot_inversion.network.interception import load_intercepted  # noqa: E402
 from omniglot_inversion.network.models import AttackModel  # noqa: E402
 

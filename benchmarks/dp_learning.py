@@ -20,10 +20,11 @@ import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from omniglot_inversion import build_complete_model, training  # noqa: E402
+from omniglot_inversion import build_complete_model  # noqa: E402
 from omniglot_inversion.dp.engines import DPSettings, train_dp  # noqa: E402
 from omniglot_inversion.io import data
 from omniglot_inversion.io.files import write_json  # noqa: E402
+from omniglot_inversion.network import training  # noqa: E402
 
 RUNS = (("fast", "batch"), ("fast-exact", "batch"), ("strict", "group"), ("optimizer", "batch"))
 

@@ -19,9 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from omniglot_inversion import build_complete_model, training  # noqa: E402
+from omniglot_inversion import build_complete_model  # noqa: E402
+from omniglot_inversion.dp import engines  # noqa: E402
 from omniglot_inversion.dp.engines import DPSettings, dp_optimizer, fast_engine_gradients  # noqa: E402
 from omniglot_inversion.io.files import write_json  # noqa: E402
+from omniglot_inversion.network import training  # noqa: E402
 
 keras = tf.keras
 
@@ -82,7 +84,7 @@ def main() -> None:
         engine = "fast" if name == "strict" else name.replace("_", "-")
         gradients = (training.plain_gradients(model, training.CLASSIFY, True) if name == "plain"
                      else fast_engine_gradients(engine, model, settings, tf.Variable(0, dtype=tf.int64)))
-        steps[name] = loop_step(model, gradients, keras.optimizers.legacy.Adam(0.005))
+        steps[name] = loop_step(model, gradients, engines.adam(0.005))
     seconds = _timed(steps, images, labels, args.repeats)
     seconds.update(_timed({"optimizer": _optimizer_step(build_complete_model(), settings)}, images, labels,
                           args.optimizer_repeats, warmup=1))

@@ -27,13 +27,14 @@ def _worker(threads: int, steps: int, start, results) -> None:
     from dp_step import loop_step, synthetic_batch
 
     from omniglot_inversion import build_complete_model
+    from omniglot_inversion.dp import engines
     from omniglot_inversion.dp.engines import DPSettings, fast_engine_gradients
 
     tf.keras.utils.set_random_seed(0)
     images, labels = synthetic_batch()
     model = build_complete_model()
     gradients = fast_engine_gradients("fast", model, DPSettings(noise_multiplier=0.7), tf.Variable(0, dtype=tf.int64))
-    step = loop_step(model, gradients, tf.keras.optimizers.legacy.Adam(0.005))
+    step = loop_step(model, gradients, engines.adam(0.005))
     for _ in range(3):
         step(images, labels)
     start.wait()

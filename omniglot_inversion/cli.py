@@ -17,13 +17,16 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import re
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
 
+_QUIET = "TF_CPP_MIN_LOG_LEVEL" not in os.environ  # a user who set it sees what TensorFlow says
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from omniglot_inversion import interrupts  # noqa: E402
@@ -480,6 +483,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# TensorFlow's C++ start-up lines, which TF_CPP_MIN_LOG_LEVEL no longer silences from TensorFlow
+# 2.19 on (tensorflow/tensorflow#100442): CPU features, oneDNN, CUDA and TensorRT not found
+_START_UP_LINES = re.compile(r"oneDNN|cuda|cuDNN|cuFFT|cuBLAS|cuInit|TensorRT|TF-TRT|cpu_feature_guard|"
+                             r"To enable the following instructions|absl::InitializeLog")
+
+
+def _start_tensorflow_quietly() -> None:
+    """Import TensorFlow and find its devices with the process's standard error (file descriptor 2,
+    where its C++ logging writes) set aside; then write back every line of it but the start-up
+    lines. Skipped where the user set TF_CPP_MIN_LOG_LEVEL."""
+    if not _QUIET or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # CUDA's probe, which logs too
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not _START_UP_LINES.search(line)]
+            sys.stderr.write("".join(kept))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and return exit status 2, Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
@@ -488,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     out = getattr(args, "out", None) or (args.runs[0] if args.command == "evaluate" else None)
     try:
+        _start_tensorflow_quietly()
         with interrupts.handled(), folder_lock(out) if out is not None else contextlib.nullcontext():
             args.handler(args)
     except UsageError as err:

@@ -38,6 +38,23 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "omniglot"
 
 
+def _tf_privacy_missing() -> str | None:
+    """Why the tests marked ``post`` (they compare with TensorFlow Privacy) cannot run here, or None."""
+    from omniglot_inversion.dp import engines
+    from omniglot_inversion.errors import UsageError
+
+    try:
+        engines.require_optimizer_engine()
+    except UsageError as err:
+        return str(err)
+    return None
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("post") is not None and (reason := _tf_privacy_missing()):
+        pytest.skip(f"compares with TensorFlow Privacy, the [post] extra: {reason}")
+
+
 def _start_order(item) -> int:
     """Under xdist: the reproduce run's tests first (their worker prepares the dataset on the way),
     then the tests that need no data (the other worker runs them meanwhile instead of waiting for

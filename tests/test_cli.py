@@ -107,6 +107,20 @@ def test_help_prints_only_the_help_and_starts_no_tensorflow():
     assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
 
 
+def test_a_run_prints_no_tensorflow_start_up_lines_unless_asked(tmp_path):
+    """A command that starts TensorFlow prints only its own lines; with TF_CPP_MIN_LOG_LEVEL set by
+    the user, TensorFlow's own start-up lines are theirs to see."""
+    environment = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "-m", "omniglot_inversion.cli", "reconstruct", "--out", str(tmp_path / "none")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [line for line in result.stderr.splitlines() if "error:" in line]
+    assert "target_weights.h5 does not exist" in result.stderr
+    asked = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                           env={**environment, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert len(asked.stderr.splitlines()) > 1  # TensorFlow's own lines (CPU features, oneDNN, CUDA)
+
+
 def test_each_command_takes_the_shared_options_as_declared_once():
     parser = cli.build_parser()
     by_name = {command.name: command for command in cli.COMMANDS}

@@ -1,6 +1,8 @@
 """The fast engine against TensorFlow Privacy's optimizer: same DP-SGD gradient where no layer
 mixes examples, close with batch norm, noise of the documented size."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -66,6 +68,7 @@ def _small_model_without_batch_norm() -> keras.Sequential:
     ])
 
 
+@pytest.mark.post
 @pytest.mark.parametrize("microbatches", [16, 4])
 def test_same_gradient_as_the_optimizer_without_cross_example_layers(microbatches):
     tf.keras.utils.set_random_seed(0)
@@ -82,6 +85,7 @@ def test_same_gradient_as_the_optimizer_without_cross_example_layers(microbatche
     assert np.all(clip_factors(microbatch_gradients(batch.gradients, microbatches), 0.05).numpy() < 1)
 
 
+@pytest.mark.post
 def test_seeded_optimizer_adds_the_fast_engines_noise():
     """With ``noise_seed`` the optimizer draws the fast engine's noise for that seed and step: the
     noised gradients agree to float tolerance; TF Privacy's own noise does not."""
@@ -104,12 +108,16 @@ def _real_batch(data_dir, size=32):
     return tf.constant(images), tf.constant(labels)
 
 
+@pytest.mark.post
 def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir):
-    """With four batch norms the engines differ by design (module docstring of fast_dp). Measured on
-    real batches of 32 at initialisation (seeds 0-2), cosine similarity of the noise-free DP update
-    with the optimizer's and norm ratio fast / optimizer: 'fast' with exact statistics sums (clipped
-    sum through the batch statistics) 0.998-0.999 and 0.93-0.95. The test holds the engine to
-    those ranges on seed 0 (0.9981 / 0.936 there)."""
+    """With four batch norms the engines differ by design (module docstring of fast_engine). Measured
+    on real batches of 32 at initialisation (seeds 0-2), cosine similarity of the noise-free DP
+    update with the optimizer's and norm ratio fast / optimizer, 'fast' with exact statistics sums
+    (clipped sum through the batch statistics): 0.9982-0.9987 and 0.934-0.951 with
+    TF_ENABLE_ONEDNN_OPTS=0. With oneDNN on (TensorFlow's CPU default) the optimizer's reference,
+    Keras 2's fused batch norm, departs from the batch-norm formula the engine computes, and the
+    cosine drops to 0.985-0.998 (0.9973 on seed 0; norm ratios 0.937-0.953). The test holds the
+    engine to those ranges on seed 0."""
     tf.keras.utils.set_random_seed(0)
     model = build_complete_model()
     images, labels = _real_batch(data_dir)
@@ -117,8 +125,23 @@ def test_close_to_the_optimizer_for_the_posts_model_with_batch_norm(data_dir):
     expected = _flat(_optimizer_gradients(model, settings, images, labels))
     got = _flat(_fast_gradients(model, settings, images, labels, statistics_sample=None, paths_sample=None))
     cosine = float(got @ expected / (np.linalg.norm(got) * np.linalg.norm(expected)))
-    assert cosine > 0.998
+    assert cosine > (0.998 if os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" else 0.997)
     assert 0.93 < np.linalg.norm(got) / np.linalg.norm(expected) < 0.95
+
+
+def _training_forward(model: keras.Sequential, images: tf.Tensor) -> tf.Tensor:
+    """The training-mode forward pass of a sequential model with batch norm on the batch's own
+    statistics, each batch norm by TensorFlow's two-pass moments. Keras 3's batch norm takes the
+    variance as E[x^2] - E[x]^2, which loses digits on post-relu inputs, so the reference for the
+    engine's sum is this one on both stacks (Keras 2's fused layer agrees with it)."""
+    hidden = images
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            mean, variance = tf.nn.moments(hidden, axes=list(range(len(hidden.shape) - 1)))
+            hidden = tf.nn.batch_normalization(hidden, mean, variance, layer.beta, layer.gamma, layer.epsilon)
+        else:
+            hidden = layer(hidden, training=True)
+    return hidden
 
 
 def test_sum_through_the_statistics_is_kerass_gradient_of_the_clip_weighted_loss(data_dir):
@@ -131,7 +154,7 @@ def test_sum_through_the_statistics_is_kerass_gradient_of_the_clip_weighted_loss
     per_example = per_example_gradients(model, training.CLASSIFY, images, labels)
     factors = clip_factors(microbatch_gradients(per_example.gradients, 32), 1.0)
     with tf.GradientTape() as tape:
-        losses = training.CLASSIFY.loss(labels, model(images, training=True))
+        losses = training.CLASSIFY.loss(labels, _training_forward(model, images))
     expected = tape.gradient(losses, model.trainable_variables, output_gradients=factors)
     settings = DPSettings(noise_multiplier=0.0, l2_norm_clip=1.0, batch_size=32)
     got = _fast_gradients(model, settings, images, labels, statistics_sample=None, paths_sample=None)
@@ -301,7 +324,7 @@ def test_a_batch_of_unknown_size_is_refused_and_the_training_step_pins_it():
     step = fast_dp_gradients(model, training.CLASSIFY, settings, tf.Variable(0))
     traced = tf.function(step, input_signature=[tf.TensorSpec([None, 105, 105, 1]), tf.TensorSpec([None], tf.int64)])
     gradients, _, _ = traced(images, labels)
-    # the reference is TensorFlow Privacy's optimizer (no batch norm here, so the two agree)
-    expected = _optimizer_gradients(model, settings, images, labels)
+    # the same step as on a batch of known size (which test_same_gradient_as_the_optimizer... checks)
+    expected, _, _ = step(images, labels)
     for ours, theirs in zip(gradients, expected, strict=True):
-        np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-7)

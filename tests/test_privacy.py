@@ -1,4 +1,5 @@
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ def _random_batches(batches: int, batch_size: int = 32) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(batch_size)
 
 
-@pytest.mark.parametrize("engine", ["optimizer", "fast"])
+@pytest.mark.parametrize("engine", [pytest.param("optimizer", marks=pytest.mark.post), "fast"])
 def test_a_few_dp_steps_run_and_change_the_weights(engine):
     tf.keras.utils.set_random_seed(0)
     model = build_complete_model()
@@ -32,6 +33,7 @@ def test_a_few_dp_steps_run_and_change_the_weights(engine):
     assert all(changed)
 
 
+@pytest.mark.post
 def test_seeded_optimizer_engine_follows_the_fast_engine_where_no_layer_mixes_examples():
     """Same seed, data and initial weights, and with ``seeded_noise`` the same noise: on a model
     without batch norm the two engines take the same DP-SGD steps, so after three steps the weights
@@ -67,7 +69,7 @@ def test_fast_exact_engine_is_the_fast_engine_without_sampling():
             train_dp(model, settings, _random_batches(1, 8), epochs=1, steps_per_epoch=1, engine=engine,
                      reproducible_noise=True)  # noise from seed 0, as the reference below
         else:
-            optimizer = tf.keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate)
+            optimizer = engines.adam(settings.learning_rate)
             training.fit(model, training.CLASSIFY, _random_batches(1, 8), epochs=1, steps_per_epoch=1,
                          optimizer=optimizer, gradients=fast_dp_gradients(model, training.CLASSIFY, settings,
                                                                           optimizer.iterations, 0, **samples))
@@ -156,6 +158,7 @@ def test_part2_refuses_negative_noise_before_writing(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.post
 def test_optimizer_engine_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     """model.fit with DPKerasAdamOptimizer, stopped by an error after its second epoch, continues at
     that epoch from the per-epoch backup and reports every epoch once. With seeded noise (keyed on
@@ -216,3 +219,14 @@ def test_default_noise_is_secret_and_reproducible_noise_repeats(tmp_path, monkey
     assert written and not [p for p in written if any(pattern in p.read_bytes() for pattern in patterns)]
     assert "never written" in engines.guarantee("fast", "batch") and "optimizer" in engines.ENGINES
     assert "no differential privacy" in engines.guarantee("optimizer", "batch", reproducible_noise=True)
+
+
+def test_optimizer_engine_without_tensorflow_privacy_names_the_extra(tmp_path, monkeypatch, capsys):
+    """Where TensorFlow Privacy does not import (absent, or a Keras 3 stack) engine 'optimizer' is
+    refused before anything is written, naming the [post] extra and the engine that needs none."""
+    monkeypatch.setitem(sys.modules, "tensorflow_privacy", None)  # import fails as if not installed
+    with pytest.raises(UsageError, match=r"\[post\] extra.*--engine fast"):
+        engines.require_optimizer_engine()
+    out = tmp_path / "run"
+    assert cli.main(["part2", "--quick", "--engine", "optimizer", "--out", str(out)]) == 2
+    assert "[post] extra" in capsys.readouterr().err and not out.exists()

@@ -7,6 +7,7 @@ import tensorflow as tf
 from omniglot_inversion import TargetModel
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.network.user_stage import layer_classes, load_stage
+from omniglot_inversion.network.weights import save_weights
 
 keras = tf.keras
 REPO_STAGE = "saved_models/part1_mobile_stage.h5"
@@ -69,7 +70,7 @@ def test_layer_classes_walk_nested_models():
 def test_missing_weights_only_and_foreign_files_are_clear_errors(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         load_stage(tmp_path / "none.h5")
-    _vector_stage().save_weights(tmp_path / "weights.h5")
+    save_weights(_vector_stage(), tmp_path / "weights.h5")
     with pytest.raises(UsageError, match="weights only"):
         load_stage(tmp_path / "weights.h5")
     (tmp_path / "text.h5").write_text("not a model")

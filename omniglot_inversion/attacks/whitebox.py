@@ -79,6 +79,8 @@ class CodeSearch:
         logits = tf.Variable(tf.zeros((size, *self.shape)), trainable=True)
         optimizer = tf.keras.optimizers.Adam(self.learning_rate)
         optimizer.build([logits])  # its variables made here, so that `step` is traced once, not twice
+        # its state as built: step count and moments 0 (on Keras 3 the learning rate is a variable too)
+        fresh = [variable.numpy() for variable in optimizer.variables]
         pixels = float(np.prod(self.shape))
 
         @tf.function
@@ -93,8 +95,8 @@ class CodeSearch:
 
         def run(starts: np.ndarray, codes: np.ndarray) -> np.ndarray:
             logits.assign(_logits(starts))
-            for variable in optimizer.variables:  # a fresh Adam state for each batch
-                variable.assign(tf.zeros_like(variable))
+            for variable, value in zip(optimizer.variables, fresh, strict=True):  # a fresh Adam for each batch
+                variable.assign(value)
             flat_codes = tf.constant(codes.reshape(size, -1), tf.float32)
             for _ in range(self.iterations):
                 step(flat_codes)

@@ -1,29 +1,35 @@
-"""Epsilon of DP-SGD training, two ways, side by side.
+"""Epsilon of DP-SGD training, two ways, side by side, computed with dp-accounting (the
+accountant TensorFlow Privacy itself calls, so the numbers are TensorFlow Privacy's on every stack,
+with or without it installed; tests/test_accounting.py compares them where it is).
 
-- ``epsilon``: what TensorFlow Privacy 0.9.0's ``compute_dp_sgd_privacy`` returns today (RDP of
-  the Poisson-subsampled Gaussian, converted with the tighter RDP -> (epsilon, delta) bound).
+- ``epsilon``: what TensorFlow Privacy 0.9.0's ``compute_dp_sgd_privacy`` returns (RDP of the
+  Poisson-subsampled Gaussian at its orders, converted with the tighter RDP -> (epsilon, delta)
+  bound of `dp_accounting.rdp.RdpAccountant`).
 - ``epsilon_2020``: what the same call returned in 2020, when the post was written: the same RDP
-  at the orders that version used, converted with the classic bound
+  at the same orders, converted with the classic bound
   ``epsilon = min_alpha RDP(alpha) - log(delta) / (alpha - 1)``.
 
 Both assume Poisson sampling of each batch; training that shuffles and takes fixed-size batches
-does not match that assumption (`statement` gives TensorFlow Privacy's own wording).
+does not match that assumption. `statement` gives the full account in TensorFlow Privacy's
+terms: also the epsilon with each example once per epoch, which assumes nothing about the order.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+import dp_accounting
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from omniglot_inversion.errors import UsageError
 
-# The RDP orders of tensorflow_privacy's compute_dp_sgd_privacy in 2020.
-ORDERS_2020 = [1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 4.5] + list(range(5, 64)) + [128, 256, 512]
+# The RDP orders of TensorFlow Privacy's compute_dp_sgd_privacy, in 2020 and in 0.9.0.
+ORDERS = [1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 4.5] + list(range(5, 64)) + [128, 256, 512]
 
 POISSON_CAVEAT = (
     "Epsilon assumes Poisson sampling of each batch; the training shuffles and takes fixed-size "
@@ -65,7 +71,7 @@ def steps_for(n: int, batch_size: int, epochs: float) -> int:
 
 def epsilon_2020(n: int, batch_size: int, noise_multiplier: float, epochs: float, delta: float) -> tuple[float, float]:
     """(epsilon, optimal order) as TensorFlow Privacy's ``compute_dp_sgd_privacy`` gave in 2020."""
-    orders = np.array(ORDERS_2020, dtype=float)
+    orders = np.array(ORDERS, dtype=float)
     # dp_accounting's RDP of one Poisson-subsampled Gaussian step (the computation TF Privacy used).
     rdp = steps_for(n, batch_size, epochs) * np.asarray(
         rdp_privacy_accountant._compute_rdp_poisson_subsampled_gaussian(batch_size / n, noise_multiplier, orders))
@@ -74,17 +80,19 @@ def epsilon_2020(n: int, batch_size: int, noise_multiplier: float, epochs: float
     return float(eps[best]), float(orders[best])
 
 
-def epsilon_now(n: int, batch_size: int, noise_multiplier: float, epochs: float, delta: float) -> tuple[float, float]:
-    """(epsilon, optimal order) from TensorFlow Privacy's ``compute_dp_sgd_privacy`` as installed."""
-    from absl import logging as absl_logging
-    from tensorflow_privacy import compute_dp_sgd_privacy
+def _poisson_steps(n: int, batch_size: int, noise_multiplier: float, epochs: float) -> dp_accounting.DpEvent:
+    """The training as TensorFlow Privacy's ``compute_dp_sgd_privacy`` models it: ``steps_for``
+    Gaussian steps, each on a Poisson sample of rate batch_size / n."""
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(batch_size / n, dp_accounting.GaussianDpEvent(noise_multiplier)),
+        steps_for(n, batch_size, epochs))
 
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)  # its deprecation notice is our caveat column
-    try:
-        eps, order = compute_dp_sgd_privacy(n, batch_size, noise_multiplier, epochs, delta)
-    finally:
-        absl_logging.set_verbosity(verbosity)
+
+def epsilon_now(n: int, batch_size: int, noise_multiplier: float, epochs: float, delta: float) -> tuple[float, float]:
+    """(epsilon, optimal order) as TensorFlow Privacy 0.9.0's ``compute_dp_sgd_privacy`` gives them."""
+    accountant = rdp_privacy_accountant.RdpAccountant(ORDERS).compose(
+        _poisson_steps(n, batch_size, noise_multiplier, epochs))
+    eps, order = accountant.get_epsilon_and_optimal_order(delta)
     return float(eps), float(order)
 
 
@@ -112,14 +120,46 @@ def epsilon_table(
     return rows
 
 
-def statement(n: int, batch_size: int, epochs: float, noise_multiplier: float, delta: float) -> str:
-    """TensorFlow Privacy's own account of the guarantee, sampling assumptions included."""
-    from tensorflow_privacy import compute_dp_sgd_privacy_statement
+def example_epsilons(n: int, batch_size: int, epochs: float, noise_multiplier: float, delta: float,
+                     used_microbatching: bool = True) -> dict[str, float]:
+    """Example-level epsilon (add-or-remove-one adjacency, every checkpoint released) as TensorFlow
+    Privacy 0.9.0's ``compute_dp_sgd_privacy_statement`` computes it: ``once_per_epoch`` assumes
+    only that each example is in one batch per epoch, ``poisson`` assumes Poisson sampling at rate
+    batch_size / n. ``used_microbatching`` doubles the sensitivity (halves the noise multiplier),
+    as that statement does by default."""
+    check_privacy_parameters(n, batch_size, epochs, delta)
+    noise = noise_multiplier / 2 if used_microbatching else noise_multiplier
+    rate = batch_size / n
 
-    return compute_dp_sgd_privacy_statement(
-        number_of_examples=n, batch_size=batch_size, num_epochs=epochs,
-        noise_multiplier=noise_multiplier, delta=delta,
-    )
+    def epsilon(event: dp_accounting.DpEvent, count: int) -> float:
+        composed = dp_accounting.SelfComposedDpEvent(count=count, event=event)
+        return float(rdp_privacy_accountant.RdpAccountant().compose(composed).get_epsilon(delta))
+
+    gaussian = dp_accounting.GaussianDpEvent(noise)
+    return {"once_per_epoch": epsilon(gaussian, math.ceil(epochs)),
+            "poisson": epsilon(dp_accounting.PoissonSampledDpEvent(rate, gaussian), math.ceil(epochs / rate))}
+
+
+def statement(n: int, batch_size: int, epochs: float, noise_multiplier: float, delta: float,
+              used_microbatching: bool = True) -> str:
+    """The guarantee in full, what it covers and what it assumes, with the numbers of TensorFlow
+    Privacy 0.9.0's ``compute_dp_sgd_privacy_statement`` (`example_epsilons`)."""
+    eps = example_epsilons(n, batch_size, epochs, noise_multiplier, delta, used_microbatching)
+    microbatching = "with microbatching (sensitivity doubled)" if used_microbatching else "without microbatching"
+    paragraphs = [
+        f"DP-SGD on {n} examples, {batch_size} per step, noise multiplier {noise_multiplier}, {epochs} epochs, "
+        f"{microbatching}; nothing bounds how many examples one person contributes.",
+        "The guarantee covers every checkpoint of the training, not only the final model.",
+        f"Example-level DP (add or remove one example) at delta = {delta}, RDP accounting (dp-accounting):",
+    ]
+    lines = [f"    epsilon, each example once per epoch in any order: {eps['once_per_epoch']:12.3f}",
+             f"    epsilon, Poisson sampling of each batch (*):       {eps['poisson']:12.3f}"]
+    notes = ["No person-level guarantee: it would need a bound on the examples per person.",
+             f"(*) Holds only for batches drawn by Poisson sampling at rate {batch_size}/{n}; the line above "
+             "it holds for shuffled fixed-size batches too."]
+    heading, covered, example_level = (textwrap.fill(text, width=100) for text in paragraphs)
+    blocks = [heading, covered, "\n".join([example_level, *lines]), *(textwrap.fill(text, width=100) for text in notes)]
+    return "\n\n".join(blocks) + "\n"
 
 
 def format_table(rows: list[dict]) -> str:

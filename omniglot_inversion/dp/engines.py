@@ -32,6 +32,7 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.interrupts import raise_if_received
 from omniglot_inversion.io.files import read_json, write_json
 from omniglot_inversion.network import training
+from omniglot_inversion.network.stack import KERAS_3, KERAS_VERSION
 
 keras = tf.keras
 
@@ -101,6 +102,25 @@ def guarantee(engine: str, normalization: str, reproducible_noise: bool = False)
             + (_BATCH_NORM_CAVEAT if normalization == "batch" else _STRICT))
 
 
+POST_EXTRA = (
+    "Engine 'optimizer' is TensorFlow Privacy's DPKerasAdamOptimizer, the post's; TensorFlow Privacy 0.9.0, its "
+    "last release, installs on Python 3.11 with TensorFlow 2.15 (Keras 2) only. Install the package's [post] extra "
+    "there (python3.11 -m venv .venv && .venv/bin/pip install -e '.[post]'), or use --engine fast, which needs "
+    "no TensorFlow Privacy."
+)
+
+
+def require_optimizer_engine() -> None:
+    """Refuse engine ``optimizer`` where TensorFlow Privacy does not import (Keras 3 stacks): it is
+    the [post] extra's, and legacy Keras is never switched on behind the user's back."""
+    if KERAS_3:
+        raise UsageError(f"This stack runs Keras {KERAS_VERSION}. {POST_EXTRA}")
+    try:
+        import tensorflow_privacy  # noqa: F401
+    except ImportError as err:
+        raise UsageError(f"TensorFlow Privacy is not installed ({err}). {POST_EXTRA}") from err
+
+
 def noise_key(seed: int, reproducible_noise: bool = False) -> int:
     """The key every noise draw of a DP run derives from (with the step): by default 63 bits from
     the operating system's entropy (`secrets`), which the caller keeps in memory only; with
@@ -144,6 +164,7 @@ def dp_optimizer(settings: DPSettings, noise_seed: int | None = None):
     `noise_key`) draws each step's noise as the fast engines with that key do
     (`seeded_noise.SeededGaussianSumQuery`), the same noise at the same step.
     """
+    require_optimizer_engine()
     from tensorflow_privacy import DPKerasAdamOptimizer
 
     optimizer = DPKerasAdamOptimizer(
@@ -159,6 +180,14 @@ def dp_optimizer(settings: DPSettings, noise_seed: int | None = None):
         optimizer._dp_sum_query = SeededGaussianSumQuery(settings.l2_norm_clip, settings.noise_multiplier,
                                                          noise_seed, optimizer.iterations)
     return optimizer
+
+
+def adam(learning_rate: float) -> keras.optimizers.Optimizer:
+    """The fast engines' Adam: on Keras 2 the legacy Adam, which TensorFlow Privacy's optimizer
+    extends, so that both engines update alike; Keras 3 has one Adam, with the same update rule."""
+    if KERAS_3:
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    return keras.optimizers.legacy.Adam(learning_rate=learning_rate)
 
 
 def fast_engine_gradients(engine: str, model: keras.Model, settings: DPSettings, step: tf.Variable,
@@ -242,7 +271,7 @@ def train_dp(
         raise UsageError(f"epochs and steps per epoch must be at least 1, got {epochs} and {steps_per_epoch}.")
     key = noise_key(seed, reproducible_noise)  # never stored: not in the model, the optimizer or a file
     if engine in _FAST_ENGINES:
-        optimizer = keras.optimizers.legacy.Adam(learning_rate=settings.learning_rate)
+        optimizer = adam(settings.learning_rate)
         return training.fit(
             model, training.CLASSIFY, train_ds, epochs=epochs, val_ds=val_ds, steps_per_epoch=steps_per_epoch,
             optimizer=optimizer, on_epoch=on_epoch, checkpoint_dir=checkpoint_dir,

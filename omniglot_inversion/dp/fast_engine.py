@@ -50,6 +50,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.network.stack import KERAS_3
 from omniglot_inversion.network.training import GradientFn, Task
 
 keras = tf.keras
@@ -128,36 +129,20 @@ def _offset(layer, hidden):
 
 
 def _batch_norm(layer, hidden):
-    """Training-mode batch norm with the fused kernels: (output, its `BatchStatistics`).
+    """Training-mode batch norm on the batch's own statistics: (output, its `BatchStatistics`).
 
     Its gradient holds the batch statistics constant (inference-mode gradient): example i's slice
-    of the backward pass is then the gradient of example i's loss alone.
+    of the backward pass is then the gradient of example i's loss alone. Written out with
+    two-pass moments, as Keras 3's layer computes it, not with TensorFlow's fused kernels: with
+    oneDNN (TensorFlow's CPU default) those depart from the formula, by up to 11% of a variable's
+    largest gradient entry on the post's model (docs/dp_engines.md).
     """
-    channels = hidden.shape[-1]
-    scale, offset = _scale(layer, hidden), _offset(layer, hidden)
-
-    @tf.custom_gradient
-    def normalize(x, gamma, beta):
-        # the fused kernels take NHWC; any other rank has the same statistics over all other axes
-        x4 = x if len(x.shape) == 4 else tf.reshape(x, [-1, 1, 1, channels])
-        empty = tf.zeros([0], x.dtype)
-        y, mean, unbiased, _, _, reserve3 = tf.raw_ops.FusedBatchNormV3(
-            x=x4, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=layer.epsilon, is_training=True)
-        count = tf.cast(tf.reduce_prod(tf.shape(x4)[:-1]), x.dtype)
-        variance = unbiased * tf.maximum(count - 1.0, 1.0) / count
-
-        def gradient(dy, *_):  # the statistics outputs carry no gradient (stop_gradient)
-            grads = tf.raw_ops.FusedBatchNormGradV3(
-                y_backprop=tf.reshape(dy, tf.shape(x4)), x=x4, scale=gamma, reserve_space_1=mean,
-                reserve_space_2=variance, reserve_space_3=reserve3, epsilon=layer.epsilon, is_training=False)
-            return tf.reshape(grads[0], tf.shape(x)), grads[1], grads[2]
-
-        statistics = BatchStatistics(*(tf.stop_gradient(value) for value in (
-            mean, variance, tf.math.rsqrt(variance + layer.epsilon), count)))
-        return (tf.reshape(y, tf.shape(x)), *statistics), gradient
-
-    output, *statistics = normalize(hidden, scale, offset)
-    return output, BatchStatistics(*statistics)
+    moments = tf.nn.moments(hidden, axes=list(range(len(hidden.shape) - 1)))  # over all but the channels
+    mean, variance = (tf.stop_gradient(value) for value in moments)
+    inverse_std = tf.math.rsqrt(variance + layer.epsilon)
+    count = tf.cast(tf.reduce_prod(tf.shape(hidden)[:-1]), hidden.dtype)
+    output = (hidden - mean) * (inverse_std * _scale(layer, hidden)) + _offset(layer, hidden)
+    return output, BatchStatistics(mean, variance, inverse_std, count)
 
 
 class _Forward(NamedTuple):
@@ -248,10 +233,11 @@ def _statistics_paths(model_layers, trainable: list[tf.Variable], forward: _Forw
             objective += tf.reduce_sum(tf.stop_gradient(d_mean) * mean + tf.stop_gradient(d_variance) * variance)
             standardized = (hidden - mean) * tf.math.rsqrt(variance + layer.epsilon)
             hidden = standardized * _scale(layer, hidden) + _offset(layer, hidden)
-    paths = dict(zip((v.ref() for v in variables),
-                     tape.gradient(objective, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO),
-                     strict=True))
-    return [paths[variable.ref()] if variable.ref() in paths else tf.zeros_like(variable) for variable in trainable]
+    # variables are keyed by identity (a model keeps its variable objects; Keras 3's have no ref());
+    # a variable off every path gets zeros made here (TensorFlow's own cannot read a Keras 3 dtype)
+    paths = dict(zip((id(v) for v in variables), tape.gradient(objective, variables), strict=True))
+    return [paths[id(variable)] if paths.get(id(variable)) is not None else tf.zeros(variable.shape, objective.dtype)
+            for variable in trainable]
 
 
 def _normalization_sums(layer_input, output_gradient, extra) -> tuple[tf.Tensor, tf.Tensor]:
@@ -281,7 +267,7 @@ def _layer_gradients(layer, layer_input, output_gradient) -> dict:
         # one filter-gradient op per example on slices of the batch, which share its memory
         # (map_fn copied both operands into tensor lists: 0.146 instead of 0.135 s a step on 2 cores)
         kernel_shape = tf.constant(layer.kernel.shape.as_list())
-        per_example[layer.kernel.ref()] = tf.concat([tf.raw_ops.Conv2DBackpropFilter(
+        per_example[id(layer.kernel)] = tf.concat([tf.raw_ops.Conv2DBackpropFilter(
             input=layer_input[example:example + 1], filter_sizes=kernel_shape,
             out_backprop=output_gradient[example:example + 1], strides=[1, *layer.strides, 1],
             padding=layer.padding.upper())[tf.newaxis] for example in range(_static_batch(layer_input))], axis=0)
@@ -290,11 +276,11 @@ def _layer_gradients(layer, layer_input, output_gradient) -> dict:
         batch = tf.shape(layer_input)[0]
         inputs = tf.reshape(layer_input, [batch, -1, layer_input.shape[-1]])
         outputs = tf.reshape(output_gradient, [batch, -1, output_gradient.shape[-1]])
-        per_example[layer.kernel.ref()] = tf.einsum("bni,bno->bio", inputs, outputs)
+        per_example[id(layer.kernel)] = tf.einsum("bni,bno->bio", inputs, outputs)
         positions = [1]
         output_gradient = outputs
     if layer.use_bias:
-        per_example[layer.bias.ref()] = tf.reduce_sum(output_gradient, axis=positions)
+        per_example[id(layer.bias)] = tf.reduce_sum(output_gradient, axis=positions)
     return per_example
 
 
@@ -347,10 +333,10 @@ def _own_statistics_correction(producer, batch_norm, sums, sample: int | None) -
         weight *= tf.cast(tf.shape(sums[0])[0], weight.dtype) / tf.cast(tf.shape(slope)[0], weight.dtype)
     shift, scale = (total * weight for total in sums)  # (batch, channels)
     expand = (slice(None),) + (tf.newaxis,) * (len(layer.kernel.shape) - 1)
-    correction = {layer.kernel.ref(): -(shift[expand] * shift_kernel[tf.newaxis]
+    correction = {id(layer.kernel): -(shift[expand] * shift_kernel[tf.newaxis]
                                         + scale[expand] * scale_kernel[tf.newaxis])}
     if layer.use_bias:
-        correction[layer.bias.ref()] = -(shift * shift_bias + scale * scale_bias)
+        correction[id(layer.bias)] = -(shift * shift_bias + scale * scale_bias)
     return correction
 
 
@@ -382,20 +368,20 @@ def _per_example_pass(model: keras.Model, task: Task, inputs, targets, sample: i
             continue
         sums = all_sums[index] = _normalization_sums(layer_input, output_gradient, extra)
         if layer.center:
-            held[layer.beta.ref()] = sums[0]
+            held[id(layer.beta)] = sums[0]
         if layer.scale:
-            held[layer.gamma.ref()] = sums[1]
+            held[id(layer.gamma)] = sums[1]
         producer = records[index - 1] if index else None
         follows = producer is not None and model_layers.index(layer) == model_layers.index(producer[0]) + 1
         if isinstance(layer, keras.layers.BatchNormalization) and follows:
             corrections.update(_own_statistics_correction(producer, records[index], sums, sample))
     variables = model.trainable_variables
-    gradients = [held[v.ref()] + corrections[v.ref()] if v.ref() in corrections else held[v.ref()]
+    gradients = [held[id(v)] + corrections[id(v)] if id(v) in corrections else held[id(v)]
                  for v in variables]
     statistics = [(layer, extra) for layer, _, _, extra in records
                   if isinstance(layer, keras.layers.BatchNormalization)]
     return (PerExample(gradients, forward.output, losses, statistics),
-            _Pass([held[v.ref()] for v in variables], forward, all_sums))
+            _Pass([held[id(v)] for v in variables], forward, all_sums))
 
 
 def per_example_gradients(model: keras.Model, task: Task, inputs, targets,
@@ -411,10 +397,11 @@ def per_example_gradients(model: keras.Model, task: Task, inputs, targets,
 
 def update_moving_averages(statistics: list[tuple[keras.layers.BatchNormalization, BatchStatistics]]) -> None:
     """Keras's training-mode batch-norm update: moving <- momentum * moving + (1 - momentum) * batch,
-    with the variance's unbiased (n / (n - 1)) estimate, as the fused kernel reports it."""
+    with the variance as that Keras averages it: Keras 2 (its fused layer) the unbiased
+    (n / (n - 1)) estimate, Keras 3 the batch's own (biased) variance."""
     for layer, batch in statistics:
-        unbiased = batch.variance * batch.count / tf.maximum(batch.count - 1.0, 1.0)
-        for moving, value in ((layer.moving_mean, batch.mean), (layer.moving_variance, unbiased)):
+        variance = batch.variance if KERAS_3 else batch.variance * batch.count / tf.maximum(batch.count - 1.0, 1.0)
+        for moving, value in ((layer.moving_mean, batch.mean), (layer.moving_variance, variance)):
             moving.assign_sub((moving - value) * (1.0 - layer.momentum))
 
 

@@ -50,17 +50,21 @@ def cut_at_mobile_output(model: keras.Model) -> keras.Model:
 def save_hdf5_model(model: keras.Model, path: str | os.PathLike) -> None:
     """``model.save(path)`` as a Keras HDF5 model, without Keras's warnings on it. HDF5 is chosen
     here: `load_intercepted` reads its arrays with h5py and runs no code. Keras warns at each such
-    save that the format is legacy, and again about the compiled metrics of a model it never
-    compiled: about 40 lines in a full-size run's log that say nothing to its reader."""
-    logger = tf.get_logger()
-    level = logger.level
+    save that the format is legacy (Keras 2 through Python warnings, Keras 3 through absl's
+    logger), Keras 2 again about the compiled metrics of a model it never compiled: about 40 lines
+    in a full-size run's log that say nothing to its reader."""
+    loggers = [tf.get_logger(), logging.getLogger("absl")]
+    levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file", category=UserWarning)
-        logger.setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="keras")  # Keras 3 on numpy 2
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
         try:
-            model.save(path, save_format="h5")
+            model.save(path)  # HDF5: the name ends .h5 or .hdf5
         finally:
-            logger.setLevel(level)
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 def export_mobile_stage(model: keras.Model, path: str | os.PathLike) -> Path:

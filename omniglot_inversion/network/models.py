@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from omniglot_inversion.defences import NO_DEFENCE, Defence
 from omniglot_inversion.io.data import IMAGE_SHAPE, NUM_ALPHABETS
+from omniglot_inversion.network.stack import KERAS_3
 
 keras = tf.keras
 layers = tf.keras.layers
@@ -108,7 +109,10 @@ class AttackModel(keras.Model):
         self.conv2 = layers.Conv2DTranspose(32, 7, strides=2, padding="valid", activation="relu")
         self.conv3 = layers.Conv2DTranspose(1, 7, strides=2, padding="valid", activation="relu")
         self.conv4 = layers.Conv2DTranspose(1, 5, strides=2, padding="valid", activation="relu")
-        self.build((None, *CODE_SHAPE))
+        if KERAS_3:  # its build(shape) marks a subclassed model built without building the layers it calls
+            self(tf.zeros((1, *CODE_SHAPE)))
+        else:
+            self.build((None, *CODE_SHAPE))
 
     def call(self, inputs):
         x = self.conv1(inputs)  # (batch, 9, 9, 32)

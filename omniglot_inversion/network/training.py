@@ -39,9 +39,15 @@ class Task:
     metric_name: str
 
 
+def squared_error(images: tf.Tensor, reconstructions: tf.Tensor) -> tf.Tensor:
+    """The post's attacker loss, Keras 2's ``mean_squared_error``: the mean over the last axis (one
+    channel, so each pixel's squared error), shape (batch, 105, 105). Keras 3 no longer exports it."""
+    return tf.reduce_mean(tf.math.squared_difference(reconstructions, tf.cast(images, reconstructions.dtype)), axis=-1)
+
+
 CLASSIFY = Task("target", keras.losses.sparse_categorical_crossentropy,
                 keras.metrics.SparseCategoricalAccuracy, "accuracy")
-RECONSTRUCT = Task("attacker", keras.losses.mean_squared_error, keras.metrics.MeanSquaredError, "mse")
+RECONSTRUCT = Task("attacker", squared_error, keras.metrics.MeanSquaredError, "mse")
 
 EpochCallback = Callable[[dict], None]
 # (inputs, targets) -> (gradients, predictions, per-example losses); runs inside tf.function.

@@ -82,11 +82,8 @@ def load_stage(path: str | os.PathLike):
     config = _model_config(path)
     check_built_in(config, path)
     try:
-        if zipfile.is_zipfile(path):
-            model = keras.models.load_model(path, compile=False, safe_mode=True)
-        else:
-            model = keras.models.model_from_json(json.dumps(config))
-            model.load_weights(path)
+        # Keras rebuilds the checked configuration (a Keras 2 one too, on Keras 3) and reads the weights
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
     except (ValueError, TypeError, KeyError, OSError) as err:
         raise UsageError(f"{str(path)!r}: the stage could not be rebuilt from its configuration: {err}") from err
     if _is_posts_stage(model):

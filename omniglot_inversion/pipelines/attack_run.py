@@ -31,6 +31,7 @@ from omniglot_inversion.measure import plots
 from omniglot_inversion.measure.assessment import TestSet, assess
 from omniglot_inversion.network import training
 from omniglot_inversion.network.models import AttackModel
+from omniglot_inversion.network.weights import save_weights
 
 RESULT = "attack.json"
 RECONSTRUCTIONS = "reconstructions.npz"
@@ -301,7 +302,7 @@ def _invert(target, spec, codes, test, folder, surrogate, pretrained, pretrained
     decoder = getattr(attack, "decoder", attack)
     if isinstance(decoder, attacks.DecoderAttack) and decoder.history:
         with atomic_path(folder / ATTACKER_WEIGHTS) as tmp:
-            decoder.attacker.save_weights(tmp, save_format="h5")
+            save_weights(decoder.attacker, tmp)
     used_pretrained = pretrained is not None and spec.surrogate == "small1" and spec.method != "whitebox"
     run = {"options": attack.options(), "pretrained_decoder": pretrained_name if used_pretrained else None,
            "seconds": {"prepare": prepared - started, "invert": inverted - prepared,

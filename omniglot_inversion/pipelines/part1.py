@@ -21,6 +21,7 @@ from omniglot_inversion.io.files import atomic_path, read_json
 from omniglot_inversion.network import training
 from omniglot_inversion.network.interception import save_mobile_stage
 from omniglot_inversion.network.models import TargetModel
+from omniglot_inversion.network.weights import save_weights
 from omniglot_inversion.pipelines.post_attack import RunConfig, attacker_checkpoint, test_attacker, train_attacker
 from omniglot_inversion.pipelines.run_folder import (
     CHECKPOINTS,
@@ -82,7 +83,7 @@ def train_target_step(config: Part1Config, out: Path, log: Log = print) -> dict:
         train_images, _ = data.as_arrays(data.load_split("test", config.data_dir, limit=config.train_size))
         model.defence = model.defence.calibrated(training.query_codes(model.on_device_model, train_images))
     with atomic_path(out / TARGET_WEIGHTS) as tmp:
-        model.save_weights(tmp, save_format="h5")
+        save_weights(model, tmp)
     save_mobile_stage(model, out / MOBILE_STAGE)
     result = {"history": history, "train_accuracy": history[-1]["train_accuracy"],
               "val_accuracy": history[-1]["val_accuracy"], "defence": model.defence.config(), "seconds": seconds}

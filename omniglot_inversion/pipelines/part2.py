@@ -29,6 +29,7 @@ from omniglot_inversion.io.files import atomic_path, read_json, write_json
 from omniglot_inversion.network import training
 from omniglot_inversion.network.interception import export_mobile_stage, load_intercepted
 from omniglot_inversion.network.models import build_complete_model
+from omniglot_inversion.network.weights import save_weights
 from omniglot_inversion.pipelines.jobs import check_jobs, run_each
 from omniglot_inversion.pipelines.post_attack import RunConfig, attacker_checkpoint, test_attacker, train_attacker
 from omniglot_inversion.pipelines.run_folder import (
@@ -71,6 +72,8 @@ class Part2Config(RunConfig):
             raise UsageError(f"normalization must be 'batch' (the post) or 'group' (strict), "
                              f"got {self.normalization!r}.")
         engines.guarantee(self.engine, self.normalization)  # refuses an unknown engine
+        if self.engine == "optimizer":
+            engines.require_optimizer_engine()  # the [post] extra's, before anything is written
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise UsageError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}.")
         for noise in self.noise_multipliers:
@@ -136,7 +139,7 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
     seconds = time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / DP_WEIGHTS) as tmp:
-        model.save_weights(tmp, save_format="h5")
+        save_weights(model, tmp)
     export_mobile_stage(model, folder / MOBILE_STAGE)
     return {"history": history, "train_accuracy": history[-1]["train_accuracy"],
             "val_accuracy": history[-1]["val_accuracy"], "seconds": seconds,

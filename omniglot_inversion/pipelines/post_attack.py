@@ -19,6 +19,7 @@ from omniglot_inversion.io.files import atomic_path
 from omniglot_inversion.measure.plots import save_reconstruction_grid
 from omniglot_inversion.network import training
 from omniglot_inversion.network.models import AttackModel
+from omniglot_inversion.network.weights import save_weights
 from omniglot_inversion.pipelines.run_folder import (
     ATTACKER_WEIGHTS,
     CHECKPOINTS,
@@ -90,7 +91,7 @@ def train_attacker(target, config, out: Path, log: Log = print) -> dict:
     )
     seconds = time.perf_counter() - started
     with atomic_path(out / ATTACKER_WEIGHTS) as tmp:
-        attacker.save_weights(tmp, save_format="h5")
+        save_weights(attacker, tmp)
     return {"history": history, "train_mse": history[-1]["train_mse"], "num_images": len(images),
             "seconds": seconds}
 

@@ -39,6 +39,7 @@ SURROGATES = ("small1", "background")  # attacks.SURROGATES
 DEFENCES = ("none", "gaussian", "laplace", "dropout", "nopeek", "nopeek+laplace")  # defences.DEFENCES
 DEFAULT_ATTACKS = ("decoder", "decoder:background", "whitebox", "hybrid")  # attack_suite.DEFAULT_ATTACKS
 ENGINES = ("fast", "optimizer")  # dp.engines.CLI_ENGINES
+SAMPLINGS = ("poisson", "shuffle")  # dp.sampling.SAMPLINGS
 WHITEBOX = dict(iterations=100, tv_weight=1.0, learning_rate=0.1, starts=("mean", "paper"))  # attacks.whitebox
 
 
@@ -135,8 +136,13 @@ PART2 = (
            help="DP engine: 'fast' (per-example clip factors from batch passes, clipped sum through the batch "
            "statistics, their derivatives estimated from a few examples; default) or 'optimizer' (TensorFlow "
            "Privacy's DPKerasAdamOptimizer with model.fit, as the post; ~40x a plain step)"),
+    option("--sampling", choices=SAMPLINGS,
+           help="how each step's examples are drawn: 'poisson' (each record with probability batch size / n, the "
+           "sampling the accountant assumes; default for engine fast) or 'shuffle' (the post's shuffled fixed-size "
+           "batches, the only one of engine optimizer; its guarantee has no amplification by sampling)"),
     option("--reproducible-noise", action="store_true",
-           help="draw the DP noise from the seed instead of a secret key (anyone who knows the seed can then "
+           help="draw the DP noise (and the Poisson sample) from the seed instead of a secret key (anyone who knows "
+           "the seed can then "
            "remove it: for engine comparisons and tests only)"),
     option("--strict", action="store_true",
            help="strict variant: group instead of batch normalisation (no statistics shared between examples)"),
@@ -157,6 +163,11 @@ EPSILON = (
     SHARED["batch-size"].but(default=32, help="batch size (default 32)"),
     option("--epochs", type=_positive_float, default=20, help="epochs (default 20)"),
     option("--delta", type=_positive_float, default=1e-5, help="delta (default 1e-5)"),
+    option("--steps", type=_positive_int,
+           help="with --sampling: the steps the training took (default: ceil(epochs * n / batch size))"),
+    option("--sampling", choices=SAMPLINGS,
+           help="also print the guarantee of a training that drew its batches this way from n records: both "
+           "accountants, Poisson and each record once per pass, and which one holds"),
     SHARED["out"].but(required=False, help="folder to write epsilon.json and epsilon.csv into"),
     option("--statement", action="store_true",
            help="also print TensorFlow Privacy's full privacy statement per noise level"),
@@ -236,7 +247,11 @@ MEMBERSHIP = (
     SHARED["out"].but(help="folder for membership.json and membership_roc.png"),
     SHARED["data-dir"],
     SHARED["limit"].but(help="at most N members and N non-members (smoke runs)"),
-    SHARED["seed"].but(help="seed of the member sample and the bootstrap"),
+    SHARED["seed"].but(help="seed of the member sample, the reference models' halves and the bootstrap"),
+    option("--reference-models", type=int, default=0,
+           help="also LiRA and RMIA (online and offline) against this many reference models, each trained as its "
+           "target was on a random half of the target's population (0: the loss threshold only; each costs a "
+           "target's training)"),
 )
 
 
@@ -283,7 +298,7 @@ def _run_part2(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None:
             values[field] = tuple(value) if flag == "noise" else value
-    config = part2.Part2Config(seed=args.seed, data_dir=args.data_dir, engine=args.engine,
+    config = part2.Part2Config(seed=args.seed, data_dir=args.data_dir, engine=args.engine, sampling=args.sampling,
                                normalization="group" if args.strict else "batch",
                                reproducible_noise=args.reproducible_noise, **values)
     part2.run_part2(config, args.out, overwrite=args.overwrite, resume=args.resume, jobs=args.jobs)
@@ -298,6 +313,15 @@ def _run_epsilon(args: argparse.Namespace) -> None:
                                     delta=args.delta)
     print(accounting.format_table(rows))
     print(accounting.POISSON_CAVEAT)
+    if args.sampling is not None:
+        steps = args.steps or accounting.steps_for(args.n, args.batch_size, args.epochs)
+        for noise in args.noise:
+            account = accounting.training_guarantee(args.n, args.batch_size, noise, steps, args.delta, args.sampling)
+            print(f"noise {noise:g}, {args.sampling} sampling of {args.n} records, {steps} steps: epsilon "
+                  f"{account['epsilon']:.2f} (Poisson accountant {account['epsilon_poisson']:.2f}, each record once "
+                  f"per pass over {account['passes']} passes {account['epsilon_once_per_pass']:.2f})")
+    elif args.steps is not None:
+        raise UsageError("--steps goes with --sampling (the table counts steps from --epochs, as the post's call).")
     if args.statement:
         for noise in args.noise:
             print(accounting.statement(args.n, args.batch_size, args.epochs, noise, args.delta))
@@ -419,7 +443,8 @@ def _run_report(args: argparse.Namespace) -> None:
 def _run_membership(args: argparse.Namespace) -> None:
     from omniglot_inversion.pipelines.membership_audit import FIGURE, RESULT, run_membership
 
-    run_membership(args.runs, args.out, data_dir=args.data_dir, seed=args.seed, limit=args.limit)
+    run_membership(args.runs, args.out, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
+                   reference_count=args.reference_models)
     print(f"written: {args.out / RESULT}, {args.out / FIGURE}")
 
 

@@ -3,6 +3,7 @@ import math
 import re
 from importlib.metadata import version
 
+import dp_accounting
 import pytest
 
 from omniglot_inversion import cli
@@ -130,3 +131,43 @@ def test_the_accountants_fractional_order_rdp_is_the_renyi_moment_or_bounds_it(o
         assert library == pytest.approx(math.log(moment), rel=1e-8)
     else:
         assert library >= math.log(moment) * (1 - 1e-9)
+
+
+def _rdp_epsilon(event, delta=1e-5) -> float:
+    return dp_accounting.rdp.RdpAccountant(accounting.ORDERS).compose(event).get_epsilon(delta)
+
+
+def test_a_trainings_guarantee_is_accounted_on_its_records_steps_and_sampling():
+    """The post's DP training: 8,240 steps of 32 from the first 11,000 records of split test."""
+    poisson = accounting.training_guarantee(11_000, 32, 0.7, 8_240, 1e-5, "poisson")
+    shuffled = accounting.training_guarantee(11_000, 32, 0.7, 8_240, 1e-5, "shuffle")
+    gaussian = dp_accounting.GaussianDpEvent(0.7)
+    expected_poisson = _rdp_epsilon(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(32 / 11_000, gaussian), 8_240))
+    # 8,240 * 32 / 11,000 = 23.97 passes: a record is in at most 24 batches, each a Gaussian step
+    expected_shuffled = _rdp_epsilon(dp_accounting.SelfComposedDpEvent(gaussian, 24))
+    for account in (poisson, shuffled):
+        assert account["passes"] == 24 and account["n"] == 11_000 and account["steps"] == 8_240
+        assert account["epsilon_poisson"] == pytest.approx(expected_poisson, rel=1e-12)
+        assert account["epsilon_once_per_pass"] == pytest.approx(expected_shuffled, rel=1e-12)
+    assert poisson["epsilon"] == poisson["epsilon_poisson"] and shuffled["epsilon"] == shuffled["epsilon_once_per_pass"]
+    assert "no amplification" in shuffled["covers"] and "Poisson sampling" in poisson["covers"]
+    # fewer records at the same batch size and steps: a larger sampling rate, a larger epsilon than
+    # the post's accounting at n = 13,180 gives
+    assert poisson["epsilon"] == pytest.approx(3.95, abs=0.02)
+    assert poisson["epsilon"] > accounting.epsilon_now(13_180, 32, 0.7, 20, 1e-5)[0] + 0.5
+    assert round(shuffled["epsilon"], 1) == 56.6
+    # microbatches of several examples double the sensitivity of the once-per-pass bound
+    doubled = accounting.training_guarantee(11_000, 32, 0.7, 8_240, 1e-5, "shuffle", per_example_microbatches=False)
+    assert doubled["epsilon"] == pytest.approx(_rdp_epsilon(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.GaussianDpEvent(0.35), 24)), rel=1e-12)
+    with pytest.raises(UsageError, match="Unknown sampling"):
+        accounting.training_guarantee(11_000, 32, 0.7, 8_240, 1e-5, "uniform")
+
+
+def test_epsilon_command_gives_a_trainings_guarantee_with_both_accountants(capsys):
+    assert cli.main(["epsilon", "--noise", "0.7", "--n", "11000", "--steps", "8240", "--sampling", "shuffle"]) == 0
+    printed = capsys.readouterr().out
+    assert "noise 0.7, shuffle sampling of 11000 records, 8240 steps: epsilon 56.61 (Poisson accountant 3.9" in printed
+    assert cli.main(["epsilon", "--steps", "10"]) == 2
+    assert "--steps goes with --sampling" in capsys.readouterr().err

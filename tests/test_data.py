@@ -3,6 +3,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import struct
 import subprocess
 import sys
@@ -249,3 +250,20 @@ def test_a_preparation_killed_half_way_is_redone_by_the_next_runs_started_togeth
     assert sizes == {"train": archives["train"].num_images, "test": archives["eval"].num_images,
                      "small1": archives["small1"].num_images, "small2": archives["small2"].num_images}
     assert _count(load_split("small2", folder)) == archives["small2"].num_images
+
+
+def test_preparing_the_records_leaves_the_seeded_generators_as_they_were(tmp_path, data_dir, monkeypatch):
+    """A run seeds its generators, then loads its data: the run that prepares the records must draw
+    the same initial weights as every later run of its seed."""
+    folder = tmp_path / "archives"
+    monkeypatch.setattr(data, "ARCHIVES", _smaller_archives(data_dir, folder))
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    random.seed(3)
+    np.random.seed(3)
+    expected = (random.random(), np.random.random())
+    random.seed(3)
+    np.random.seed(3)
+    assert not data.OfflineOmniglot(archives=data.check_archive_dir(folder),
+                                    data_dir=str(data.default_cache_dir())).is_prepared()
+    assert data.omniglot_builder(folder).is_prepared()
+    assert (random.random(), np.random.random()) == expected

@@ -33,7 +33,9 @@ def test_small2_shares_images_with_small1_and_the_disjoint_option_removes_them(d
 def test_shipped_models_folder_yields_its_four_targets():
     targets = find_targets(SAVED)
     assert [t.label for t in targets] == ["non-private", "noise 0.7", "noise 0.5", "noise 0.3"]
-    assert targets[0].epsilon is None and 3.3 < targets[1].epsilon < 3.5
+    # the shipped DP targets took shuffled fixed-size batches from 11,000 records: their guarantee is the
+    # once-per-pass bound (docs/epsilon.md), not the post's accounting (3.39) that their manifest recorded
+    assert targets[0].epsilon is None and targets[1].epsilon == pytest.approx(56.61, abs=0.01)
     assert all(t.attacker_path.exists() for t in targets)
 
 

@@ -71,7 +71,7 @@ def test_the_audit_finds_a_memorising_model_and_not_one_that_saw_neither_set():
 def test_membership_command_on_a_part1_run(part1_quick_run, tmp_path, data_dir, capsys):
     out = tmp_path / "audit"
     assert cli.main(["membership", str(part1_quick_run.out), "--out", str(out), "--data-dir", data_dir]) == 0
-    assert "non-private: AUC" in capsys.readouterr().out
+    assert "non-private, loss threshold: AUC" in capsys.readouterr().out
     result = json.loads((out / RESULT).read_text())
     (row,) = result["rows"]
     assert row["target"] == "non-private" and row["accountant_epsilon"] is None

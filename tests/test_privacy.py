@@ -1,12 +1,13 @@
 import json
 import sys
 
+import dp_accounting
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from omniglot_inversion import build_complete_model, cli
-from omniglot_inversion.dp import engines
+from omniglot_inversion.dp import accounting, engines
 from omniglot_inversion.dp.engines import DPSettings, train_dp
 from omniglot_inversion.dp.fast_engine import fast_dp_gradients
 from omniglot_inversion.errors import UsageError
@@ -97,12 +98,25 @@ def test_part2_quick_command_writes_every_output(tmp_path, data_dir, part2_quick
     assert "DP noise 0.5 epoch 2/2" in printed and "epsilon (2020 accounting, post)" in printed
     metrics = json.loads((out / run_folder.METRICS).read_text())
     assert set(metrics["noise_levels"]) == {"0.7", "0.5"}
-    assert [row["noise_multiplier"] for row in metrics["epsilon"]] == [0.7, 0.5]
-    assert "batch statistics" in metrics["guarantees"] and "Poisson" in metrics["epsilon_caveat"]
+    # the post's table stays, labelled as its accounting (n = 13,180, its step count)
+    assert [row["noise_multiplier"] for row in metrics["epsilon_post"]] == [0.7, 0.5]
+    assert "The post's accounting: n = 13180" in metrics["epsilon_post_caveat"]
+    assert "batch statistics" in metrics["guarantees"] and metrics["sampling"] == "poisson"
     for noise in ("0.7", "0.5"):
         level = metrics["noise_levels"][noise]
         assert level["target"]["steps"] == 2 * 6 and level["target"]["seconds_per_step"] > 0
-        assert level["epsilon"] < level["epsilon_2020"]
+        # the guarantee is accounted on the records the training sampled from and the steps it took,
+        # here computed anew with dp-accounting from what the run recorded
+        account = level["account"]
+        assert account["n"] == level["target"]["records"] == metrics["config"]["train_size"] == 256
+        assert account["steps"] == level["target"]["steps"] and account["sampling"] == "poisson"
+        event = dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+            32 / account["n"], dp_accounting.GaussianDpEvent(float(noise))), account["steps"])
+        expected = dp_accounting.rdp.RdpAccountant(accounting.ORDERS).compose(event).get_epsilon(1e-5)
+        assert level["epsilon"] == account["epsilon"] == pytest.approx(expected, rel=1e-12)
+        post_row = next(row for row in metrics["epsilon_post"] if row["noise_multiplier"] == float(noise))
+        assert (level["epsilon_post"], level["epsilon_post_2020"]) == (post_row["epsilon"], post_row["epsilon_2020"])
+        assert level["epsilon_post"] < level["epsilon_post_2020"]
         assert 0.0 < level["test"]["test_mse"] < 1.0
         folder = out / f"noise_{noise}"
         for name in (part2.DP_WEIGHTS, run_folder.MOBILE_STAGE, run_folder.ATTACKER_WEIGHTS, run_folder.FIGURE):

@@ -43,7 +43,7 @@ def _kill_after_epoch(args: list[str], out: Path, data_dir: str, state: Path, ep
         process.wait()
 
 
-def _numbers(section, path: str = "") -> dict:
+def _flat(section, path: str = "") -> dict:
     """A metrics section flattened to {path: value}, wall times left out."""
     if isinstance(section, dict):
         items = section.items()
@@ -54,8 +54,19 @@ def _numbers(section, path: str = "") -> dict:
     flat = {}
     for key, value in items:
         if key not in ("seconds", "seconds_per_step"):
-            flat.update(_numbers(value, f"{path}/{key}"))
+            flat.update(_flat(value, f"{path}/{key}"))
     return flat
+
+
+def _assert_same_metrics(got, expected) -> None:
+    """The same entries: numbers within 1e-6 (relative), everything else (names, states) equal."""
+    got, expected = _flat(got), _flat(expected)
+    assert got.keys() == expected.keys()
+    numeric = [key for key, value in expected.items() if isinstance(value, (int, float)) and
+               not isinstance(value, bool)]
+    assert {key: got[key] for key in numeric} == pytest.approx({key: expected[key] for key in numeric}, rel=1e-6)
+    assert {key: got[key] for key in expected if key not in numeric} == \
+        {key: expected[key] for key in expected if key not in numeric}
 
 
 def _assert_no_partial_files(out: Path) -> None:
@@ -84,7 +95,7 @@ def test_killed_part1_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, c
     run([*PART1, "--resume"], resumed, data_dir)  # the killed run's lock is not stuck
     expected, got = (json.loads((folder / run_folder.METRICS).read_text()) for folder in (whole, resumed))
     for section in ("target", "attacker", "test"):
-        assert _numbers(got[section]) == pytest.approx(_numbers(expected[section]), rel=1e-6)
+        _assert_same_metrics(got[section], expected[section])
     checkpoints = resumed / run_folder.CHECKPOINTS
     assert not checkpoints.exists() or not any(checkpoints.rglob("*.index"))
     _assert_no_partial_files(resumed)
@@ -100,7 +111,7 @@ def test_killed_part2_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, p
     assert set(done["0.7"]) >= {"target", "attacker", "test"} and "target" not in done.get("0.5", {})
     run([*PART2, "--resume"], resumed, data_dir)
     expected, got = (json.loads((folder / run_folder.METRICS).read_text()) for folder in (whole, resumed))
-    assert _numbers(got["noise_levels"]) == pytest.approx(_numbers(expected["noise_levels"]), rel=1e-6)
+    _assert_same_metrics(got["noise_levels"], expected["noise_levels"])
     _assert_no_partial_files(resumed)
 
 
@@ -111,7 +122,7 @@ def test_levels_run_in_parallel_give_the_sequential_metrics(tmp_path, data_dir, 
     run([*PART2, "--jobs", "2"], parallel, data_dir)
     expected, got = (json.loads((folder / run_folder.METRICS).read_text()) for folder in (sequential, parallel))
     assert set(got["noise_levels"]) == {"0.7", "0.5"}
-    assert _numbers(got["noise_levels"]) == pytest.approx(_numbers(expected["noise_levels"]), rel=1e-6)
+    _assert_same_metrics(got["noise_levels"], expected["noise_levels"])
     for noise in ("0.7", "0.5"):
         record = json.loads((parallel / f"noise_{noise}" / "level.json").read_text())
         assert record == got["noise_levels"][noise]
@@ -189,6 +200,6 @@ def test_killed_attack_resumes_to_the_uninterrupted_metrics(tmp_path, data_dir, 
     assert "pass --resume to continue it" in capsys.readouterr().err
     run([*attack, "--resume"], resumed, data_dir)
     expected, got = (json.loads((folder / attack_run.RESULT).read_text()) for folder in (whole, resumed))
-    assert _numbers(got["metrics"]) == pytest.approx(_numbers(expected["metrics"]), rel=1e-6)
+    _assert_same_metrics(got["metrics"], expected["metrics"])
     assert not (resumed / attack_run.CHECKPOINTS).exists()
     _assert_no_partial_files(resumed)

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from omniglot_inversion import AttackModel
+from omniglot_inversion.dp import accounting
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io.data import as_arrays, load_split
 from omniglot_inversion.network.interception import cut_at_mobile_output, load_intercepted
@@ -90,7 +91,8 @@ def test_the_shipped_attack_suite_measures_every_target_on_all_of_small2_and_is_
     folder = SAVED / ATTACK_SUITE
     result = json.loads((folder / EVALUATION).read_text())
     assert result["num_images"] == 3_120 and result["test_set"] == "small2"
-    targets = [target.label for target in find_targets(SAVED)]
+    found = find_targets(SAVED)
+    targets = [target.label for target in found]
     attacks = {target: [row["label"] for row in result["rows"] if row["target"] == target] for target in targets}
     for target in targets:
         assert attacks[target] == ["decoder", "decoder:background", "whitebox", "hybrid"], target
@@ -100,7 +102,9 @@ def test_the_shipped_attack_suite_measures_every_target_on_all_of_small2_and_is_
     for row in result["rows"]:
         assert (folder / row["figures"]["all_attacks"]).stat().st_size > 5_000
     readme = (SAVED.parent / "README.md").read_text()
-    for line in headline_table(result):
+    # the rows hold the post's accounting (recorded before runs kept their account); README shows
+    # each target's guarantee, accounted from its training's records, steps and sampling
+    for line in headline_table(result, epsilons={target.label: target.epsilon for target in found}):
         assert line in readme, f"README's attack-suite table lacks the shipped line {line!r}"
 
 
@@ -217,9 +221,11 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
     config = {"seed": 0, "epochs": 20, "attacker_epochs": 100, "batch_size": 32, "engine": "fast",
               "l2_norm_clip": 1.0, "learning_rate": 0.005, "delta": 1e-5, "normalization": "batch",
               "noise_multipliers": [0.7, 0.5]}
+    account = accounting.training_guarantee(11_000, 32, 0.7, 8_240, 1e-5, "poisson")
     write_json(tmp_path / "part2" / "metrics.json", {"config": config, "versions": {}, "noise_levels": {
-        "0.7": {"epsilon": 3.39, "epsilon_2020": 4.02, "target": step, "attacker": step, "test": step},
-        "0.5": {"epsilon": 11.35, "epsilon_2020": 12.47}}})
+        "0.7": {"epsilon": account["epsilon"], "account": account, "epsilon_post": 3.39, "epsilon_post_2020": 4.02,
+                "target": step, "attacker": step, "test": step},
+        "0.5": {"epsilon": 13.0, "epsilon_post": 11.35, "epsilon_post_2020": 12.47}}})
     with pytest.raises(UsageError, match="has not finished noise 0.5"):
         export_models(tmp_path / "part1", tmp_path / "part2", tmp_path / "out", "regenerate", data_dir=data_dir)
     manifest = export_models(tmp_path / "part1", tmp_path / "part2", tmp_path / "out", "regenerate",
@@ -230,7 +236,8 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
     # the complete targets are what the membership audit of the shipped folder reads
     audited = find_audit_targets(tmp_path / "out")
     assert [(t.label, t.epsilon, t.train_size) for t in audited] == [("non-private", None, 11_000),
-                                                                      ("noise 0.7", 3.39, 11_000)]
+                                                                      ("noise 0.7", account["epsilon"], 11_000)]
+    assert manifest["files"]["dp_noise_0.7_target.h5"]["metrics"]["epsilon_post"] == 3.39
     assert manifest["files"]["part1_target.h5"]["commit"] == package_commit() is not None
     assert "--noise 0.7 0.5" in manifest["files"]["dp_noise_0.7_attacker.h5"]["command"]
     assert "privacy" not in manifest["files"]["part1_target.h5"]

@@ -28,6 +28,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from omniglot_inversion.dp.fast_engine import PATHS_SAMPLE, STATISTICS_SAMPLE, fast_dp_gradients
+from omniglot_inversion.dp.sampling import Records, poisson_batches
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.interrupts import raise_if_received
 from omniglot_inversion.io.files import read_json, write_json
@@ -79,12 +80,13 @@ _GUARANTEES = {
 }
 # where every engine's noise comes from (`noise_key`; `fast_engine.add_noise` draws it from the key and the step)
 _NOISE_SOURCE = {
-    False: (" The noise is drawn from a key taken from the operating system's entropy for this process, kept "
-            "in memory and never written (a resumed run draws a fresh key): what the run writes does not let "
-            "anyone regenerate it."),
-    True: (" Reproducible noise: the noise is a function of the run's seed and the step, so anyone who knows "
-           "the seed (metrics.json records it) can regenerate every draw and remove it; against that person "
-           "the run carries no differential privacy. For engine comparisons and tests only."),
+    False: (" The noise, and with Poisson sampling each step's sample, is drawn from a key taken from the "
+            "operating system's entropy for this process, kept in memory and never written (a resumed run draws "
+            "a fresh key): what the run writes does not let anyone regenerate either."),
+    True: (" Reproducible noise: the noise, and with Poisson sampling each step's sample, is a function of the "
+           "run's seed and the step, so anyone who knows the seed (metrics.json records it) can regenerate every "
+           "draw and remove it; against that person the run carries no differential privacy. For engine "
+           "comparisons and tests only."),
 }
 _STRICT = (
     " Strict variant (group normalisation): no layer mixes examples and no statistics are kept, so each "
@@ -239,7 +241,7 @@ class _EpochLog(keras.callbacks.Callback):
 def train_dp(
     model: keras.Model,
     settings: DPSettings,
-    train_ds: tf.data.Dataset,
+    train_ds: tf.data.Dataset | Records,
     *,
     epochs: int,
     steps_per_epoch: int,
@@ -250,8 +252,13 @@ def train_dp(
     checkpoint_dir: str | os.PathLike | None = None,
     reproducible_noise: bool = False,
 ) -> list[dict]:
-    """Train ``model`` with DP-SGD (Adam) on an endlessly repeating dataset of full batches; return
-    one row per epoch (train/val loss and accuracy, seconds).
+    """Train ``model`` with DP-SGD (Adam); return one row per epoch (train/val loss and accuracy,
+    seconds).
+
+    ``train_ds``: an endlessly repeating dataset of full batches (shuffled fixed-size batches, the
+    post's sampling), or the `sampling.Records` to sample from, which a fast engine samples by
+    Poisson sampling at rate ``settings.batch_size / len(records)`` (`sampling.poisson_batches`,
+    its draw keyed like the noise), the sampling the accountant assumes.
 
     ``engine="optimizer"`` compiles the model with TensorFlow Privacy's DPKerasAdamOptimizer and runs
     ``model.fit``, as the post does; ``engine="fast"`` (and ``"fast-exact"``) run the package's
@@ -270,6 +277,13 @@ def train_dp(
     if epochs < 1 or steps_per_epoch < 1:
         raise UsageError(f"epochs and steps per epoch must be at least 1, got {epochs} and {steps_per_epoch}.")
     key = noise_key(seed, reproducible_noise)  # never stored: not in the model, the optimizer or a file
+    if isinstance(train_ds, Records):
+        if engine not in _FAST_ENGINES:
+            raise UsageError(f"Engine {engine!r} trains on shuffled fixed-size batches only; Poisson sampling "
+                             "needs engine 'fast' (or use sampling 'shuffle').")
+        if settings.microbatches != settings.batch_size:
+            raise UsageError("Poisson sampling makes each example its own microbatch; leave num_microbatches unset.")
+        train_ds = poisson_batches(*train_ds, rate=settings.batch_size / int(train_ds.images.shape[0]), key=key)
     if engine in _FAST_ENGINES:
         optimizer = adam(settings.learning_rate)
         return training.fit(

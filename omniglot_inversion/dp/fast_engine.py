@@ -128,8 +128,25 @@ def _offset(layer, hidden):
     return layer.beta if layer.center else tf.zeros([hidden.shape[-1]], hidden.dtype)
 
 
-def _batch_norm(layer, hidden):
+def _row_weights(mask, tensor):
+    """``mask`` (one weight per row) shaped to multiply ``tensor`` row by row."""
+    return tf.reshape(tf.cast(mask, tensor.dtype), [-1] + [1] * (len(tensor.shape) - 1))
+
+
+def _channel_mean(values, mask):
+    """Per channel, the mean over every position of the rows with mask 1 (all rows if ``mask`` is None)."""
+    positions = list(range(len(values.shape) - 1))
+    if mask is None:
+        return tf.reduce_mean(values, axis=positions)
+    weights = _row_weights(mask, values)
+    per_row = tf.cast(tf.reduce_prod(tf.shape(values)[1:-1]), values.dtype)
+    return tf.reduce_sum(values * weights, axis=positions) / tf.maximum(tf.reduce_sum(weights) * per_row, 1.0)
+
+
+def _batch_norm(layer, hidden, mask=None):
     """Training-mode batch norm on the batch's own statistics: (output, its `BatchStatistics`).
+    With a ``mask``, the statistics are those of the rows with mask 1 (padding rows normalised too,
+    but counted nowhere).
 
     Its gradient holds the batch statistics constant (inference-mode gradient): example i's slice
     of the backward pass is then the gradient of example i's loss alone. Written out with
@@ -137,10 +154,11 @@ def _batch_norm(layer, hidden):
     oneDNN (TensorFlow's CPU default) those depart from the formula, by up to 11% of a variable's
     largest gradient entry on the post's model (docs/dp_engines.md).
     """
-    moments = tf.nn.moments(hidden, axes=list(range(len(hidden.shape) - 1)))  # over all but the channels
-    mean, variance = (tf.stop_gradient(value) for value in moments)
+    mean = tf.stop_gradient(_channel_mean(hidden, mask))  # over all but the channels, two passes
+    variance = tf.stop_gradient(_channel_mean(tf.square(hidden - mean), mask))
     inverse_std = tf.math.rsqrt(variance + layer.epsilon)
-    count = tf.cast(tf.reduce_prod(tf.shape(hidden)[:-1]), hidden.dtype)
+    rows = tf.shape(hidden)[0] if mask is None else tf.reduce_sum(tf.cast(mask, tf.int32))
+    count = tf.cast(rows * tf.reduce_prod(tf.shape(hidden)[1:-1]), hidden.dtype)
     output = (hidden - mean) * (inverse_std * _scale(layer, hidden)) + _offset(layer, hidden)
     return output, BatchStatistics(mean, variance, inverse_std, count)
 
@@ -156,9 +174,9 @@ class _Forward(NamedTuple):
     dropout_masks: dict[int, tf.Tensor]
 
 
-def _forward(model_layers, inputs) -> _Forward:
-    """Training-mode batch forward pass, batch norm on the batch's statistics held constant in
-    the backward pass (`_batch_norm`)."""
+def _forward(model_layers, inputs, mask=None) -> _Forward:
+    """Training-mode batch forward pass, batch norm on the batch's statistics (of the rows with
+    mask 1) held constant in the backward pass (`_batch_norm`)."""
     records, masks = [], {}
     hidden = inputs
     for index, layer in enumerate(model_layers):
@@ -172,7 +190,7 @@ def _forward(model_layers, inputs) -> _Forward:
             records.append((layer, hidden, pre, None))
             hidden = layer.activation(pre)
         elif isinstance(layer, keras.layers.BatchNormalization):
-            pre, statistics = _batch_norm(layer, hidden)
+            pre, statistics = _batch_norm(layer, hidden, mask)
             records.append((layer, hidden, pre, statistics))
             hidden = pre
         elif isinstance(layer, keras.layers.GroupNormalization):
@@ -190,7 +208,7 @@ def _forward(model_layers, inputs) -> _Forward:
 
 
 def _statistics_paths(model_layers, trainable: list[tf.Variable], forward: _Forward, inputs, sums: dict, weights,
-                      sample: int | None) -> list[tf.Tensor]:
+                      sample: int | None, mask=None) -> list[tf.Tensor]:
     """The part of the gradient of ``sum_i weights_i * loss_i`` that flows through the batch-norm
     statistics, per variable of ``trainable`` (the model's, in order; zeros where none).
 
@@ -204,10 +222,12 @@ def _statistics_paths(model_layers, trainable: list[tf.Variable], forward: _Forw
     of a backward pass of the batch. For the post's model at initialisation, from 4 of 32 examples
     (`PATHS_SAMPLE`), its error was 2.7% of the norm of the DP noise at noise 0.7 over all
     variables and at most 17% for one variable (the first convolution's; 8 examples: at most 9%),
-    i.e. under 3% more variance than the noise (tests/test_fast_dp.py).
+    i.e. under 3% more variance than the noise (tests/test_fast_dp.py). With a ``mask``, the
+    sample's means are over its rows with mask 1 (masked rows come last: `sampling.poisson_batches`).
     """
     if sample is not None:
         inputs = inputs[:sample]
+        mask = None if mask is None else mask[:sample]
     batch_norms = {id(layer): (index, extra) for index, (layer, _, _, extra) in enumerate(forward.records)
                    if isinstance(layer, keras.layers.BatchNormalization)}
     last = max(index for index, layer in enumerate(model_layers) if id(layer) in batch_norms)
@@ -221,9 +241,8 @@ def _statistics_paths(model_layers, trainable: list[tf.Variable], forward: _Forw
                 continue
             batch = batch_norms[id(layer)][1]
             offset_sums, scale_sums = sums[batch_norms[id(layer)][0]]
-            positions = list(range(len(hidden.shape) - 1))
-            sample_mean = tf.reduce_mean(hidden, axis=positions)
-            sample_variance = tf.reduce_mean(tf.square(hidden - batch.mean), axis=positions)
+            sample_mean = _channel_mean(hidden, mask)
+            sample_variance = _channel_mean(tf.square(hidden - batch.mean), mask)
             # values: the batch's statistics; gradients: the sample's estimate of theirs
             mean = batch.mean + sample_mean - tf.stop_gradient(sample_mean)
             variance = batch.variance + sample_variance - tf.stop_gradient(sample_variance)
@@ -305,7 +324,7 @@ def _weight_sums(layer, layer_input, upstream):
     return kernel, tf.reduce_sum(upstream, axis=list(range(len(upstream.shape) - 1)))
 
 
-def _own_statistics_correction(producer, batch_norm, sums, sample: int | None) -> dict:
+def _own_statistics_correction(producer, batch_norm, sums, sample: int | None, mask=None) -> dict:
     """The part of the per-example gradients of the layer feeding a batch norm that flows through
     that batch norm's own statistics, keyed by variable reference.
 
@@ -316,13 +335,18 @@ def _own_statistics_correction(producer, batch_norm, sums, sample: int | None) -
     batch-summed weight gradients shared by all examples, computed in one filter-gradient pass.
     ``sample``: estimate those two sums from the first ``sample`` examples only (scaled up); they
     are averages over all N positions, so a few examples' positions estimate them closely at a
-    fraction of the cost. Paths through later layers' statistics are not included.
+    fraction of the cost. Paths through later layers' statistics are not included. With a ``mask``
+    the batch sums run over the rows with mask 1 only.
     """
     layer, layer_input, pre, _ = producer
     norm, norm_input, _, statistics = batch_norm
+    rows = tf.cast(tf.shape(sums[0])[0], pre.dtype) if mask is None else tf.reduce_sum(tf.cast(mask, pre.dtype))
     if sample is not None:
         layer_input, pre, norm_input = layer_input[:sample], pre[:sample], norm_input[:sample]
+        mask = None if mask is None else mask[:sample]
     slope = _activation_slope(layer, pre)
+    if mask is not None:
+        slope *= _row_weights(mask, slope)
     # both batch sums in one pass: shift and scale patterns side by side as output channels
     upstream = tf.concat([slope, slope * (norm_input - statistics.mean) * statistics.inverse_std], axis=-1)
     kernels, biases = _weight_sums(layer, layer_input, upstream)
@@ -330,7 +354,8 @@ def _own_statistics_correction(producer, batch_norm, sums, sample: int | None) -
     shift_bias, scale_bias = tf.split(biases, 2, axis=-1)
     weight = (norm.gamma if norm.scale else 1.0) * statistics.inverse_std / statistics.count
     if sample is not None:
-        weight *= tf.cast(tf.shape(sums[0])[0], weight.dtype) / tf.cast(tf.shape(slope)[0], weight.dtype)
+        in_sample = tf.cast(tf.shape(slope)[0], weight.dtype) if mask is None else tf.reduce_sum(mask)
+        weight *= rows / tf.maximum(in_sample, 1.0)
     shift, scale = (total * weight for total in sums)  # (batch, channels)
     expand = (slice(None),) + (tf.newaxis,) * (len(layer.kernel.shape) - 1)
     correction = {id(layer.kernel): -(shift[expand] * shift_kernel[tf.newaxis]
@@ -350,14 +375,15 @@ class _Pass(NamedTuple):
     sums: dict[int, tuple[tf.Tensor, tf.Tensor]]
 
 
-def _per_example_pass(model: keras.Model, task: Task, inputs, targets, sample: int | None):
+def _per_example_pass(model: keras.Model, task: Task, inputs, targets, sample: int | None, mask=None):
     """One training-mode forward pass, its held-statistics backward pass and the per-example
-    gradients built from it: (`PerExample`, `_Pass`)."""
+    gradients built from it: (`PerExample`, `_Pass`). Rows with mask 0 get zero gradients and
+    count in no statistic."""
     model_layers = _layers(model)
     with tf.GradientTape() as tape:
-        forward = _forward(model_layers, inputs)
+        forward = _forward(model_layers, inputs, mask)
         losses = task.loss(targets, forward.output)
-        total = tf.reduce_sum(losses)
+        total = tf.reduce_sum(losses if mask is None else losses * tf.cast(mask, losses.dtype))
     records = forward.records
     output_gradients = tape.gradient(total, [pre for _, _, pre, _ in records])
     held, corrections, all_sums = {}, {}, {}
@@ -374,7 +400,7 @@ def _per_example_pass(model: keras.Model, task: Task, inputs, targets, sample: i
         producer = records[index - 1] if index else None
         follows = producer is not None and model_layers.index(layer) == model_layers.index(producer[0]) + 1
         if isinstance(layer, keras.layers.BatchNormalization) and follows:
-            corrections.update(_own_statistics_correction(producer, records[index], sums, sample))
+            corrections.update(_own_statistics_correction(producer, records[index], sums, sample, mask))
     variables = model.trainable_variables
     gradients = [held[id(v)] + corrections[id(v)] if id(v) in corrections else held[id(v)]
                  for v in variables]
@@ -474,27 +500,40 @@ def fast_dp_gradients(model: keras.Model, task: Task, settings, step: tf.Variabl
     the clipped sum (`_statistics_paths`; None: all, and with ``statistics_sample`` None too the
     sum is exactly the gradient Keras's training step takes of the clip-weighted loss).
 
-    ``settings`` is a `engines.DPSettings`; batches must hold exactly ``settings.batch_size``
-    examples (a repeated dataset), as the optimizer path requires too. ``step`` (the optimizer's
-    ``iterations``) and ``noise_seed`` seed each step's noise.
+    ``settings`` is a `engines.DPSettings`. Batches of ``(inputs, targets)`` must hold exactly
+    ``settings.batch_size`` examples (a repeated dataset), as the optimizer path requires too.
+    Batches of ``(inputs, targets, mask)`` are Poisson samples padded with masked rows
+    (`sampling.poisson_batches`): every example is its own microbatch, masked rows weigh nothing,
+    and the noised sum is divided by the expected batch size ``settings.batch_size``, as Opacus
+    and TensorFlow Privacy's Poisson path do. ``step`` (the optimizer's ``iterations``) and
+    ``noise_seed`` seed each step's noise.
     """
     model_layers = _layers(model)  # refuses unsupported models now rather than inside the training loop
     through_statistics = any(
         isinstance(layer, keras.layers.BatchNormalization) for layer in model_layers)
     clip, noise, count = settings.l2_norm_clip, settings.noise_multiplier, settings.microbatches
 
-    def gradients(inputs, targets):
-        inputs = tf.ensure_shape(inputs, [settings.batch_size, *inputs.shape[1:]])
-        batch, state = _per_example_pass(model, task, inputs, targets, statistics_sample)
+    def gradients(inputs, targets, mask=None):
+        if mask is None:
+            inputs = tf.ensure_shape(inputs, [settings.batch_size, *inputs.shape[1:]])
+        elif count != settings.batch_size:
+            raise UsageError("Poisson-sampled batches need one microbatch per example; leave num_microbatches unset.")
+        batch, state = _per_example_pass(model, task, inputs, targets, statistics_sample, mask)
         seed = noise_seed_at(noise_seed, step)
         update_moving_averages(batch.statistics)
-        if not through_statistics:
+        if mask is None and not through_statistics:
             return privatize(batch.gradients, clip, noise, count, seed), batch.predictions, batch.losses
-        factors = clip_factors(microbatch_gradients(batch.gradients, count), clip)
-        # a microbatch's loss is the mean of its examples' losses
-        weights = tf.repeat(factors, settings.batch_size // count) * (count / settings.batch_size)
+        if mask is None:
+            factors = clip_factors(microbatch_gradients(batch.gradients, count), clip)
+            # a microbatch's loss is the mean of its examples' losses
+            weights = tf.repeat(factors, settings.batch_size // count) * (count / settings.batch_size)
+        else:  # each example its own microbatch; a masked row's gradient is zero, and so is its weight
+            weights = clip_factors(batch.gradients, clip) * tf.cast(mask, batch.losses.dtype)
+        if not through_statistics:
+            summed = [tf.tensordot(weights, g, axes=1) for g in batch.gradients]
+            return add_noise(summed, clip, noise, count, seed), batch.predictions, batch.losses
         paths = _statistics_paths(model_layers, model.trainable_variables, state.forward, inputs, state.sums,
-                                  weights, paths_sample)
+                                  weights, paths_sample, mask)
         summed = [tf.tensordot(weights, held, axes=1) + path for held, path in zip(state.held, paths, strict=True)]
         return add_noise(summed, clip, noise, count, seed), batch.predictions, batch.losses
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import sys
 import tempfile
 import zipfile
@@ -237,6 +238,20 @@ def _preparing_alone():
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _random_state_kept():
+    """Python's and numpy's global generators as they were: tfds's preparation of the records draws
+    from them, after a run has seeded them. Restored, the run that prepares the records builds the
+    same initial weights as every later run of its seed (Keras 3 seeds its initialisers from
+    Python's generator)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def omniglot_builder(data_dir: str | os.PathLike | None = None) -> tfds.core.DatasetBuilder:
     """A prepared tfds ``omniglot`` builder: offline from ``data_dir``/``OMNIGLOT_DIR``, else online.
     One process at a time prepares (`_preparing_alone`); the others wait and read its records."""
@@ -245,7 +260,8 @@ def omniglot_builder(data_dir: str | os.PathLike | None = None) -> tfds.core.Dat
         with _preparing_alone():
             builder = tfds.builder("omniglot")
             try:
-                builder.download_and_prepare()
+                with _random_state_kept():
+                    builder.download_and_prepare()
             except Exception as err:  # tfds raises many network error types; the fix is the same
                 raise UsageError(
                     f"Could not download Omniglot through tfds ({type(err).__name__}: {err}). Without "
@@ -259,7 +275,7 @@ def omniglot_builder(data_dir: str | os.PathLike | None = None) -> tfds.core.Dat
             return builder
         if not sys.stderr.isatty():  # tfds's bars redraw per file: tens of thousands of lines in a log
             tfds.disable_progress_bar()
-        with tempfile.TemporaryDirectory(prefix="omniglot-extract-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="omniglot-extract-") as scratch, _random_state_kept():
             builder.download_and_prepare(
                 download_dir=scratch,
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False),
@@ -360,6 +376,7 @@ def target_datasets(
     batch_size: int = BATCH_SIZE,
     seed: int | None = None,
     repeat: bool = False,
+    records: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TargetData:
     """The post's target data: first ``train_size`` records of ``test`` (shuffled with a buffer of
     1000, batched) for training, the following ``val_size`` (default: all the rest, 2,180) for
@@ -371,18 +388,34 @@ def target_datasets(
     passes run into each other so every batch is full. The images sit in memory and the stream
     shuffles their indices, so an iterator's position is a few thousand integers: training
     checkpoints save it and a resumed run sees the same batches as an uninterrupted one.
+    ``records``: the arrays of `target_records`, when the caller holds them already.
     """
-    records = load_split("test", data_dir, limit=None if val_size is None else train_size + val_size)
-    images, labels = as_arrays(records)
+    images, labels = target_records(data_dir, train_size=train_size, val_size=val_size) if records is None else records
+    val = tf.data.Dataset.from_tensor_slices((images[train_size:], labels[train_size:])).batch(batch_size)
+    return TargetData(training_stream(images[:train_size], labels[:train_size], batch_size, seed, repeat), val,
+                      math.ceil(train_size / batch_size))
+
+
+def target_records(data_dir: str | os.PathLike | None = None, *, train_size: int = TARGET_TRAIN_SIZE,
+                   val_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The target's records as arrays (images, alphabet ids): the first ``train_size + val_size``
+    of split ``test`` (all of it when ``val_size`` is None), training records first."""
+    images, labels = as_arrays(load_split("test", data_dir, limit=None if val_size is None else train_size + val_size))
     if len(images) <= train_size:
         raise UsageError(f"train_size {train_size} leaves no validation images among the {len(images)} records "
                          f"of split 'test'; choose a smaller train_size.")
-    train_images, train_labels = tf.constant(images[:train_size]), tf.constant(labels[:train_size])
-    order = tf.data.Dataset.range(train_size).shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    return images, labels
+
+
+def training_stream(images, labels, batch_size: int, seed: int | None, repeat: bool) -> tf.data.Dataset:
+    """The endless shuffled stream of `target_datasets` over any records held in memory: each pass
+    shuffled anew (buffer 1000); ``repeat`` runs passes into each other so that every batch is full,
+    otherwise each pass ends with its partial batch."""
+    images, labels = tf.constant(images), tf.constant(labels)
+    order = tf.data.Dataset.range(int(images.shape[0])).shuffle(SHUFFLE_BUFFER, seed=seed,
+                                                                reshuffle_each_iteration=True)
     order = order.repeat().batch(batch_size) if repeat else order.batch(batch_size).repeat()
-    train = order.map(lambda index: (tf.gather(train_images, index), tf.gather(train_labels, index)))
-    val = tf.data.Dataset.from_tensor_slices((images[train_size:], labels[train_size:])).batch(batch_size)
-    return TargetData(train.prefetch(tf.data.AUTOTUNE), val, math.ceil(train_size / batch_size))
+    return order.map(lambda index: (tf.gather(images, index), tf.gather(labels, index))).prefetch(tf.data.AUTOTUNE)
 
 
 def as_arrays(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

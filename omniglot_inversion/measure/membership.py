@@ -2,10 +2,13 @@
 
 This is the question DP-SGD's epsilon bounds. Members are records of the target's training set,
 non-members records of its validation set (same distribution, never trained on), equal numbers of
-each. The attack is the loss threshold (Yeom et al. 2018): a record whose loss under the target
-is low is guessed a member; every threshold gives one (TPR, FPR) pair of the ROC curve, computed
-with scikit-learn. Reported, each with a bootstrap interval over the records: the AUC, the
-attacker's advantage (the largest TPR - FPR), and the TPR at FPR 0.1 % and 1 %. The empirical
+each. The baseline attack is the loss threshold (Yeom et al. 2018): a record whose loss under the
+target is low is guessed a member; the reference-model attacks (LiRA, RMIA: `reference_attacks`)
+give other scores, scored here alike (`score_audit`). Every threshold on a score gives one (TPR,
+FPR) pair of the ROC curve, computed with scikit-learn. Reported: the AUC and the attacker's
+advantage (the largest TPR - FPR), each with a bootstrap interval over the records, and the TPR at
+FPR 0.01 %, 0.1 % and 1 % with its exact (Clopper-Pearson) interval over the members, at the
+threshold chosen on the same records (so the interval does not cover that choice). The empirical
 epsilon lower bound: a mechanism that is (epsilon, delta)-DP lets no test reach TPR > e^epsilon *
 FPR + delta (nor 1 - FPR > e^epsilon * (1 - TPR) + delta), so each threshold's pair bounds epsilon
 from below; with Clopper-Pearson intervals on TPR (its lower end) and FPR (its upper end) the
@@ -22,7 +25,7 @@ from sklearn import metrics
 
 from omniglot_inversion.measure.evaluation import BOOTSTRAP_SAMPLES, CONFIDENCE
 
-FPR_LEVELS = (0.001, 0.01)
+FPR_LEVELS = (0.0001, 0.001, 0.01)
 ROC_POINTS = 400  # points of the ROC curve kept in the results (for the figure)
 
 
@@ -61,8 +64,16 @@ def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, level: float) -> float:
 
 def _summary(member_scores: np.ndarray, non_member_scores: np.ndarray) -> dict:
     fpr, tpr, auc = roc(member_scores, non_member_scores)
-    return {"auc": float(auc), "advantage": float(np.max(tpr - fpr)),
-            **{f"tpr_at_fpr_{level:g}": _tpr_at(fpr, tpr, level) for level in FPR_LEVELS}}
+    return {"auc": float(auc), "advantage": float(np.max(tpr - fpr))}
+
+
+def tpr_at_fpr(member_scores: np.ndarray, non_member_scores: np.ndarray, level: float) -> dict:
+    """The best TPR among thresholds whose FPR is at most ``level``, with the Clopper-Pearson
+    interval of that many hits among the members."""
+    fpr, tpr, _ = roc(member_scores, non_member_scores)
+    rate = _tpr_at(fpr, tpr, level)
+    low, high = clopper_pearson(round(rate * len(member_scores)), len(member_scores))
+    return {"mean": rate, "low": low, "high": high}
 
 
 def empirical_epsilon(member_scores: np.ndarray, non_member_scores: np.ndarray, delta: float) -> dict:
@@ -83,9 +94,17 @@ def empirical_epsilon(member_scores: np.ndarray, non_member_scores: np.ndarray, 
 
 def audit(member_losses: np.ndarray, non_member_losses: np.ndarray, *, delta: float, seed: int = 0,
           samples: int = BOOTSTRAP_SAMPLES) -> dict:
-    """The loss-threshold attack's scores with bootstrap intervals (members and non-members
-    resampled separately) and the empirical epsilon lower bound at ``delta``."""
-    member_scores, non_member_scores = -np.asarray(member_losses), -np.asarray(non_member_losses)
+    """The loss-threshold attack (`score_audit` of the negated losses)."""
+    return score_audit(-np.asarray(member_losses), -np.asarray(non_member_losses), attack="loss threshold",
+                       delta=delta, seed=seed, samples=samples)
+
+
+def score_audit(member_scores: np.ndarray, non_member_scores: np.ndarray, *, attack: str, delta: float,
+                seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> dict:
+    """An attack's scores (higher: member) audited: AUC and advantage with bootstrap intervals
+    (members and non-members resampled separately), TPR at each of `FPR_LEVELS` with its
+    Clopper-Pearson interval, the empirical epsilon lower bound at ``delta`` and the ROC curve."""
+    member_scores, non_member_scores = np.asarray(member_scores, float), np.asarray(non_member_scores, float)
     point = _summary(member_scores, non_member_scores)
     rng = np.random.default_rng(seed)
     draws = [_summary(rng.choice(member_scores, len(member_scores)),
@@ -94,8 +113,12 @@ def audit(member_losses: np.ndarray, non_member_losses: np.ndarray, *, delta: fl
     scores = {name: {"mean": value, "low": float(np.percentile([d[name] for d in draws], tail)),
                      "high": float(np.percentile([d[name] for d in draws], 100.0 - tail))}
               for name, value in point.items()}
+    scores.update({f"tpr_at_fpr_{level:g}": tpr_at_fpr(member_scores, non_member_scores, level)
+                   for level in FPR_LEVELS})
     fpr, tpr, _ = roc(member_scores, non_member_scores)
     kept = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), ROC_POINTS)).round().astype(int))
-    return {"attack": "loss threshold", "members": len(member_scores), "non_members": len(non_member_scores),
+    return {"attack": attack, "members": len(member_scores), "non_members": len(non_member_scores),
+            "intervals": {"auc": "bootstrap", "advantage": "bootstrap",
+                          "tpr": "Clopper-Pearson over the members, at the threshold chosen on these records"},
             **scores, "empirical_epsilon": empirical_epsilon(member_scores, non_member_scores, delta),
             "roc": {"fpr": fpr[kept].tolist(), "tpr": tpr[kept].tolist()}}

@@ -50,7 +50,8 @@ CLASSIFY = Task("target", keras.losses.sparse_categorical_crossentropy,
 RECONSTRUCT = Task("attacker", squared_error, keras.metrics.MeanSquaredError, "mse")
 
 EpochCallback = Callable[[dict], None]
-# (inputs, targets) -> (gradients, predictions, per-example losses); runs inside tf.function.
+# (inputs, targets[, mask]) -> (gradients, predictions, per-example losses); runs inside tf.function.
+# A mask (1 for an example, 0 for a padding row) comes with batches of varying size (Poisson sampling).
 GradientFn = Callable[[tf.Tensor, tf.Tensor], tuple[list[tf.Tensor], tf.Tensor, tf.Tensor]]
 
 
@@ -134,6 +135,9 @@ def fit(
 ) -> list[dict]:
     """Train ``model`` on batches of ``(inputs, targets)`` and return one log row per epoch.
 
+    Batches of ``(inputs, targets, mask)`` (`dp.sampling.poisson_batches`) pass the mask to
+    ``gradients`` and weigh the training loss and metric by it: padding rows count for nothing.
+
     ``gradients`` replaces the plain gradient (DP engines); ``steps_per_epoch`` makes an epoch a
     number of steps drawn from one iterator over ``train_ds`` (which then should repeat), as
     ``keras.Model.fit`` does. Each row holds ``epoch``, ``train_loss``, ``train_<metric>``, with
@@ -154,11 +158,14 @@ def fit(
         _build_optimizer(optimizer, model.trainable_variables)
 
     @tf.function
-    def train_step(inputs, targets):
-        step_gradients, predictions, losses = gradients(inputs, targets)
+    def train_step(inputs, targets, mask=None):
+        if mask is None:
+            step_gradients, predictions, losses = gradients(inputs, targets)
+        else:
+            step_gradients, predictions, losses = gradients(inputs, targets, mask)
         optimizer.apply_gradients(zip(step_gradients, model.trainable_variables, strict=True))
-        train_loss.update_state(losses)
-        train_metric.update_state(targets, predictions)
+        train_loss.update_state(losses, sample_weight=mask)
+        train_metric.update_state(targets, predictions, sample_weight=mask)
 
     @tf.function
     def val_step(inputs, targets):
@@ -176,8 +183,8 @@ def fit(
     for epoch in range(len(history) + 1, epochs + 1):
         started = time.perf_counter()
         bar = progress_bar(known)
-        for step, (inputs, targets) in enumerate(itertools.islice(batches, steps_per_epoch) if batches else train_ds):
-            train_step(inputs, targets)
+        for step, batch in enumerate(itertools.islice(batches, steps_per_epoch) if batches else train_ds):
+            train_step(*batch)
             raise_if_received()
             if bar is not None:
                 bar.update(step + 1)

@@ -32,6 +32,7 @@ from omniglot_inversion.measure.evaluation import interval_text
 from omniglot_inversion.network.interception import load_intercepted
 from omniglot_inversion.network.models import AttackModel
 from omniglot_inversion.pipelines import attack_run, part1, run_folder
+from omniglot_inversion.pipelines.part2 import entry_privacy, level_privacy
 from omniglot_inversion.pipelines.run_folder import MANIFEST, run_label
 
 EVALUATION = "evaluation.json"
@@ -73,8 +74,9 @@ def _shipped_targets(folder: Path) -> list[Target]:
         if entry["kind"] != "mobile_stage" or entry["run"] not in attackers:
             continue
         metrics = entry.get("metrics", {})
+        epsilon = entry_privacy(entry)["epsilon"] if "noise_multiplier" in metrics else None
         targets.append(Target(run_label(entry["run"]), load_intercepted(folder / name), attackers[entry["run"]],
-                              metrics.get("epsilon"), metrics.get("val_accuracy")))
+                              epsilon, metrics.get("val_accuracy")))
     return targets
 
 
@@ -88,7 +90,8 @@ def find_targets(folder: str | os.PathLike) -> list[Target]:
         return [Target("non-private", part1.load_target(folder), folder / run_folder.ATTACKER_WEIGHTS, None,
                        metrics.get("target", {}).get("val_accuracy"))]
     targets = [Target(f"noise {noise}", load_intercepted(folder / f"noise_{noise}" / run_folder.MOBILE_STAGE),
-                      folder / f"noise_{noise}" / run_folder.ATTACKER_WEIGHTS, level["epsilon"],
+                      folder / f"noise_{noise}" / run_folder.ATTACKER_WEIGHTS,
+                      level_privacy(metrics["config"], float(noise), level)["epsilon"],
                       level["target"]["val_accuracy"])
                for noise, level in metrics.get("noise_levels", {}).items()]
     if not targets:
@@ -226,11 +229,13 @@ def _strongest(rows: dict, group: str) -> tuple[str, dict] | None:
     return max(scored, key=lambda item: (item[1]["top1"]["mean"], item[1]["top5"]["mean"]), default=None)
 
 
-def headline_table(evaluation_data: dict) -> list[str]:
+def headline_table(evaluation_data: dict, epsilons: dict[str, float | None] | None = None) -> list[str]:
     """The table README shows, one line per target: its validation accuracy; the strongest attack
     on unseen alphabets (top-1 / top-5) and on seen ones (top-1), each named; the post's decoder on
     seen alphabets; and the lowest MSE on unseen alphabets next to that attack's mean-image baseline.
-    "-" where an evaluation lacks the attack or the alphabets."""
+    "-" where an evaluation lacks the attack or the alphabets. ``epsilons`` (target label -> epsilon)
+    replaces the epsilons the rows recorded: the targets' own accounts (`find_targets`) for an
+    evaluation recorded before runs kept one, whose rows hold the post's accounting."""
     lines = ["| target | val accuracy | strongest on unseen alphabets: top-1 / top-5 | strongest on seen: top-1 | "
              "post's decoder on seen: top-1 | lowest unseen MSE (mean image) |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -250,7 +255,8 @@ def headline_table(evaluation_data: dict) -> list[str]:
             metrics = rows[lowest]["metrics"]
             mean_image = metrics["baselines_seen_unseen"]["mean_training_image"]["unseen"]["mse"]["mean"]
             cells.append(f"{metrics['seen_unseen']['unseen']['mse']['mean']:.4f} ({lowest}; {mean_image:.4f})")
-        name = target if first["epsilon"] is None else f"{target} (epsilon {first['epsilon']:.2f})"
+        epsilon = first["epsilon"] if epsilons is None else epsilons[target]
+        name = target if epsilon is None else f"{target} (epsilon {epsilon:.2f})"
         accuracy = "-" if first.get("target_val_accuracy") is None else f"{first['target_val_accuracy']:.3f}"
         lines.append(f"| {name} | {accuracy} | {' | '.join(cells)} |")
     return lines

@@ -1,9 +1,12 @@
 """``omniglot-inversion membership``: the membership-inference audit of every complete target in run
 folders (Part 1's target, each Part 2 noise level's DP model). For each: members are a seeded
 sample of its training records (the first ``train_size`` of split ``test``), as many as there are
-non-members, its validation records; losses in inference mode, as the deployed model answers.
-Writes ``membership.json`` (per target the audit of `membership.audit` next to the accountant's
-epsilon) and ``membership_roc.png`` (ROC curves on log-log axes).
+non-members, its validation records; the model answers in inference mode, as deployed. The loss
+threshold always runs; with ``reference_models`` K > 0, LiRA and RMIA (online and offline) run on
+the same records against K reference models trained as the target was on random halves of its
+population (`reference_models`), kept under ``references/`` in the output folder.
+Writes ``membership.json`` (per target each attack's `membership.score_audit` next to the
+target's epsilon) and ``membership_roc.png`` (ROC curves on log-log axes).
 """
 
 from __future__ import annotations
@@ -18,19 +21,22 @@ import tensorflow as tf
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io import data
 from omniglot_inversion.io.files import read_json, write_json
-from omniglot_inversion.measure import membership, plots
+from omniglot_inversion.measure import membership, plots, reference_attacks
 from omniglot_inversion.network.models import TargetModel, build_complete_model
-from omniglot_inversion.pipelines import part1, run_folder
-from omniglot_inversion.pipelines.part2 import DP_WEIGHTS
+from omniglot_inversion.pipelines import part1, part2, reference_models, run_folder
+from omniglot_inversion.pipelines.part2 import DP_WEIGHTS, entry_privacy, level_privacy
 from omniglot_inversion.pipelines.run_folder import MANIFEST, run_label, sha256
 
 RESULT = "membership.json"
 FIGURE = "membership_roc.png"
+REFERENCES = "references"  # the reference models' folder in the audit's output folder
+REFERENCE_ATTACKS = ("lira_online", "lira_offline", "rmia_online", "rmia_offline")
 
 
 @dataclass(frozen=True)
 class AuditTarget:
-    """A complete trained target with what its run recorded: data sizes, delta and epsilon."""
+    """A complete trained target with what its run recorded: data sizes, delta, epsilon, and the
+    recipe its reference models are trained with (None: not known, e.g. a defended target)."""
 
     label: str
     model: tf.keras.Model
@@ -39,6 +45,7 @@ class AuditTarget:
     delta: float
     epsilon: float | None
     weights: Path  # the file its weights came from
+    recipe: reference_models.Recipe | None = None
 
 
 def _shipped_audit_targets(folder: Path) -> list[AuditTarget]:
@@ -49,8 +56,17 @@ def _shipped_audit_targets(folder: Path) -> list[AuditTarget]:
         training = entry["training"]
         model = TargetModel() if entry["run"] == "part1" else build_complete_model(training["normalization"])
         model.load_weights(folder / name)
+        recorded = {**training, "epochs": entry["epochs"], "seed": entry["seed"]}
+        if "noise_multiplier" in entry["metrics"]:
+            privacy = entry_privacy(entry)
+            epsilon = privacy["epsilon"]
+            recipe = part2.Part2Config.from_record(
+                {**recorded, "sampling": privacy["account"]["sampling"]},
+                noise_multipliers=(entry["metrics"]["noise_multiplier"],))
+        else:
+            epsilon, recipe = None, part1.Part1Config.from_record(recorded)
         targets.append(AuditTarget(run_label(entry["run"]), model, training["train_size"], training["val_size"],
-                                   training["delta"], entry["metrics"].get("epsilon"), folder / name))
+                                   training["delta"], epsilon, folder / name, recipe))
     return targets
 
 
@@ -65,8 +81,10 @@ def find_audit_targets(folder: str | os.PathLike) -> list[AuditTarget]:
     config = metrics.get("config", {})
     sizes = dict(train_size=config.get("train_size", data.TARGET_TRAIN_SIZE), val_size=config.get("val_size"))
     if (folder / run_folder.TARGET_WEIGHTS).exists():
+        recipe = part1.Part1Config.from_record(config, data_dir=None)
         return [AuditTarget("non-private", part1.load_target(folder), delta=1e-5, epsilon=None,
-                            weights=folder / run_folder.TARGET_WEIGHTS, **sizes)]
+                            weights=folder / run_folder.TARGET_WEIGHTS,
+                            recipe=recipe if recipe.defence == "none" else None, **sizes)]
     targets = []
     for noise, level in metrics.get("noise_levels", {}).items():
         weights = folder / f"noise_{noise}" / DP_WEIGHTS
@@ -75,7 +93,10 @@ def find_audit_targets(folder: str | os.PathLike) -> list[AuditTarget]:
         model = build_complete_model(config.get("normalization", "batch"))
         model.load_weights(weights)
         targets.append(AuditTarget(f"noise {noise}", model, delta=config.get("delta", 1e-5),
-                                   epsilon=level.get("epsilon"), weights=weights, **sizes))
+                                   epsilon=level_privacy(config, float(noise), level)["epsilon"], weights=weights,
+                                   recipe=part2.Part2Config.from_record(config, noise_multipliers=(float(noise),),
+                                                                        data_dir=None),
+                                   **sizes))
     if not targets:
         raise UsageError(f"{folder} holds no trained complete target (no {run_folder.TARGET_WEIGHTS}, "
                          f"no noise level with {DP_WEIGHTS}, no complete target in a {MANIFEST}); run "
@@ -91,9 +112,11 @@ def losses(model: tf.keras.Model, images: np.ndarray, labels: np.ndarray, batch_
         for i in range(0, len(images), batch_size)])
 
 
-def audit_target(target: AuditTarget, data_dir=None, *, seed: int = 0, limit: int | None = None) -> dict:
+def audit_target(target: AuditTarget, data_dir=None, *, seed: int = 0, limit: int | None = None,
+                 reference_count: int = 0, out: Path | None = None, log=print) -> dict:
     """`membership.audit` of one target: members sampled from its training records, non-members its
-    validation records (``limit``: at most that many of each)."""
+    validation records (``limit``: at most that many of each); with ``reference_count`` > 0 also
+    `reference_audits` of the same records, its reference models kept under ``out``."""
     total = None if target.val_size is None else target.train_size + target.val_size
     images, labels = data.as_arrays(data.load_split("test", data_dir, limit=total))
     non_members = np.arange(target.train_size, len(images))[:limit]
@@ -101,32 +124,89 @@ def audit_target(target: AuditTarget, data_dir=None, *, seed: int = 0, limit: in
     result = membership.audit(losses(target.model, images[members], labels[members]),
                               losses(target.model, images[non_members], labels[non_members]),
                               delta=target.delta, seed=seed)
-    return {"target": target.label, "accountant_epsilon": target.epsilon, "weights_sha256": sha256(target.weights),
-            **result}
+    row = {"target": target.label, "accountant_epsilon": target.epsilon, "weights_sha256": sha256(target.weights),
+           **result}
+    if reference_count:
+        row["reference_attacks"] = reference_audits(target, images, labels, members, non_members, reference_count,
+                                                    out / REFERENCES, seed=seed, log=log)
+    return row
+
+
+def reference_audits(target: AuditTarget, images: np.ndarray, labels: np.ndarray, members: np.ndarray,
+                     non_members: np.ndarray, count: int, folder: Path, *, seed: int = 0, log=print) -> dict:
+    """LiRA and RMIA, online and offline (`REFERENCE_ATTACKS`), on the audit's members and
+    non-members, each `membership.score_audit`-ed, against ``count`` reference models trained on
+    halves of the population ``images``/``labels`` (`reference_models`), kept in a folder of
+    ``folder`` named by what they depend on: the recipe, the population, the count and the seed
+    (targets of one recipe share them)."""
+    if target.recipe is None:
+        raise UsageError(f"{target.label}: its training recipe is not known (a defended target?), so no reference "
+                         "models can be trained as it was; audit it without --reference-models.")
+    inside = reference_models.halves(count, len(images), seed)
+    where = folder / reference_models.folder_name(target.recipe, len(images), count, seed)
+    paths = reference_models.reference_models(target.recipe, images, labels, inside, where, seed, log)
+    audited = np.concatenate([members, non_members])
+    target_probabilities = reference_models.probabilities(target.model, images[audited])
+    reference_probabilities = []
+    for path in paths:
+        model = reference_models.empty_model(target.recipe)
+        model.load_weights(path)
+        reference_probabilities.append(reference_models.probabilities(model, images[audited]))
+    reference_probabilities, audited_labels = np.stack(reference_probabilities), labels[audited]
+    confidence = reference_attacks.logit_confidence(target_probabilities, audited_labels)
+    references_confidence = reference_attacks.logit_confidence(reference_probabilities, audited_labels[None, :])
+    likelihood = reference_attacks.label_probability(target_probabilities, audited_labels)
+    references_likelihood = reference_attacks.label_probability(reference_probabilities, audited_labels[None, :])
+    inside = inside[:, audited]
+    scores = {"lira_online": reference_attacks.lira(confidence, references_confidence, inside, online=True),
+              "lira_offline": reference_attacks.lira(confidence, references_confidence, inside, online=False),
+              "rmia_online": reference_attacks.rmia(likelihood, references_likelihood, inside, online=True),
+              "rmia_offline": reference_attacks.rmia(likelihood, references_likelihood, inside, online=False)}
+    split = len(members)
+    return {"models": count, "population": len(images), **{
+        name: membership.score_audit(score[:split], score[split:], attack=name.replace("_", " "),
+                                     delta=target.delta, seed=seed) for name, score in scores.items()}}
+
+
+def _summary_line(label: str, audit: dict) -> str:
+    return (f"{label}: AUC {audit['auc']['mean']:.3f} [{audit['auc']['low']:.3f}, {audit['auc']['high']:.3f}], "
+            f"TPR at FPR 0.1 % {audit['tpr_at_fpr_0.001']['mean']:.3f}, "
+            f"empirical epsilon >= {audit['empirical_epsilon']['epsilon']:.2f}")
 
 
 def run_membership(folders: list[str | os.PathLike], out: str | os.PathLike, *, data_dir=None, seed: int = 0,
-                   limit: int | None = None, log=print) -> dict:
-    """Audit every target in ``folders``; write membership.json and the ROC figure into ``out``. A
-    target audited there before with the same seed and limit, from the same weights, keeps its row."""
+                   limit: int | None = None, reference_count: int = 0, log=print) -> dict:
+    """Audit every target in ``folders``; write membership.json and the ROC figure into ``out``.
+    ``reference_count`` > 0 adds LiRA and RMIA against that many reference models per target. A
+    target audited there before with the same seed, limit and reference count, from the same
+    weights, keeps its row; reference models trained before are reused."""
+    if reference_count < 0 or reference_count == 1:
+        raise UsageError(f"--reference-models must be 0 (loss threshold only) or at least 2 (each record needs IN "
+                         f"and OUT models), got {reference_count}.")
     targets = [target for folder in folders for target in find_audit_targets(folder)]
     out = Path(out)
     before = read_json(out / RESULT, default={})
     kept = {(row["target"], row.get("weights_sha256")): row for row in before.get("rows", [])
-            if (before.get("seed"), before.get("limit")) == (seed, limit)}
+            if (before.get("seed"), before.get("limit"), before.get("reference_models", 0)) ==
+            (seed, limit, reference_count)}
     rows = []
     for target in targets:
         row = kept.get((target.label, sha256(target.weights)))
         if row is not None:
             log(f"{target.label}: done before, kept")
         else:
-            row = audit_target(target, data_dir, seed=seed, limit=limit)
+            row = audit_target(target, data_dir, seed=seed, limit=limit, reference_count=reference_count, out=out,
+                               log=log)
         rows.append(row)
-        log(f"{target.label}: AUC {row['auc']['mean']:.3f} [{row['auc']['low']:.3f}, {row['auc']['high']:.3f}], "
-            f"advantage {row['advantage']['mean']:.3f}, empirical epsilon >= {row['empirical_epsilon']['epsilon']:.2f}"
+        log(_summary_line(f"{target.label}, loss threshold", row)
             + ("" if row["accountant_epsilon"] is None else f" (accountant: {row['accountant_epsilon']:.2f})"))
-    plots.save_roc_curves({row["target"]: row["roc"] for row in rows}, out / FIGURE)
-    result = {"folders": [str(folder) for folder in folders], "seed": seed, "limit": limit, "rows": rows,
-              "figure": FIGURE}
+        for name in REFERENCE_ATTACKS if "reference_attacks" in row else ():
+            log(_summary_line(f"{target.label}, {name.replace('_', ' ')}", row["reference_attacks"][name]))
+    curves = {row["target"]: row["roc"] for row in rows}
+    curves.update({f"{row['target']} (LiRA online)": row["reference_attacks"]["lira_online"]["roc"]
+                   for row in rows if "reference_attacks" in row})
+    plots.save_roc_curves(curves, out / FIGURE)
+    result = {"folders": [str(folder) for folder in folders], "seed": seed, "limit": limit,
+              "reference_models": reference_count, "rows": rows, "figure": FIGURE}
     write_json(out / RESULT, result)
     return result

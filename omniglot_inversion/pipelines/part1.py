@@ -60,6 +60,16 @@ class Part1Config(RunConfig):
 QUICK = dict(epochs=2, attacker_epochs=5, train_size=512, val_size=256, attacker_size=256, test_size=64)
 
 
+def fit_target(model: TargetModel, config: Part1Config, train, steps_per_pass: int, **fit_options) -> list[dict]:
+    """Part 1's training of ``model`` on the stream ``train`` (`training.fit` with the config's
+    epochs, training mode and the model's defence), ``steps_per_pass`` steps an epoch; the target's
+    recipe, shared by the reference models of the membership audit."""
+    mode = True if config.keras_training_mode else None
+    gradients = None if model.defence.name == "none" else training.defended_gradients(model, training.CLASSIFY, mode)
+    return training.fit(model, training.CLASSIFY, train, epochs=config.epochs, steps_per_epoch=steps_per_pass,
+                        training=mode, gradients=gradients, **fit_options)
+
+
 def train_target_step(config: Part1Config, out: Path, log: Log = print) -> dict:
     """Train the split target (the post's custom loop) and save it and its on-device stage;
     resumes from the step's per-epoch checkpoint when there is one."""
@@ -69,15 +79,10 @@ def train_target_step(config: Part1Config, out: Path, log: Log = print) -> dict:
         batch_size=config.batch_size, seed=config.seed,
     )
     model = TargetModel(defence=config.build_defence())
-    mode = True if config.keras_training_mode else None
     started = time.perf_counter()
     checkpoint = out / CHECKPOINTS / "target"
-    history = training.fit(
-        model, training.CLASSIFY, target_data.train, val_ds=target_data.val, epochs=config.epochs,
-        steps_per_epoch=target_data.steps_per_pass, training=mode,
-        gradients=None if config.defence == "none" else training.defended_gradients(model, training.CLASSIFY, mode),
-        on_epoch=epoch_printer(log, config.epochs, "target"), checkpoint_dir=checkpoint,
-    )
+    history = fit_target(model, config, target_data.train, target_data.steps_per_pass, val_ds=target_data.val,
+                         on_epoch=epoch_printer(log, config.epochs, "target"), checkpoint_dir=checkpoint)
     seconds = time.perf_counter() - started
     if config.defence != "none":
         train_images, _ = data.as_arrays(data.load_split("test", config.data_dir, limit=config.train_size))

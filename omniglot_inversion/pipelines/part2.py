@@ -1,6 +1,12 @@
 """Part 2 of the post as a pipeline: DP-trained targets, their epsilon, interception, attacks.
 
-Output folder: ``epsilon.json`` / ``epsilon.csv`` (the epsilon table, both accountings), one folder
+Each level's epsilon is the account of its training as it ran (`accounting.training_guarantee`):
+on the ``train_size`` records the DP training samples from, the steps it took, and the accountant
+of its sampling (Poisson by default; the post's shuffled fixed-size batches with ``sampling
+"shuffle"``). The post's table, at n = 13,180 (all of split ``test``), stays beside it as the
+post's accounting.
+
+Output folder: ``epsilon.json`` / ``epsilon.csv`` (the post's epsilon table, both accountings), one folder
 per noise level (``noise_0.7/`` ...) with ``dp_model_weights.h5`` (the complete DP model),
 ``mobile_stage.h5`` (its on-device stage cut at ``mobile_output``: the intercepted file),
 ``attacker_weights.h5``, ``reconstruction.png`` and ``level.json`` (that level's record), and
@@ -21,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omniglot_inversion.dp import accounting, engines
+from omniglot_inversion.dp import accounting, engines, sampling
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io import data
 from omniglot_inversion.io.checkpoints import EpochCheckpoint
@@ -59,10 +65,11 @@ class Part2Config(RunConfig):
     learning_rate: float = 0.005
     num_microbatches: int | None = None
     epochs: int = 20
-    steps_per_epoch: int | None = None  # None: ceil(accounting_n / batch_size), as the post
-    accounting_n: int = 13_180
+    steps_per_epoch: int | None = None  # None: ceil(post_n / batch_size), as the post
+    post_n: int = 13_180  # the n of the post's accounting (all of split test), and of its step count
     delta: float = 1e-5
     reproducible_noise: bool = False  # True: the DP noise is a function of the seed (engines.noise_key)
+    sampling: str | None = None  # None: "poisson", or "shuffle" for engine optimizer (its only one)
 
     def __post_init__(self):
         super().__post_init__()
@@ -72,18 +79,43 @@ class Part2Config(RunConfig):
             raise UsageError(f"normalization must be 'batch' (the post) or 'group' (strict), "
                              f"got {self.normalization!r}.")
         engines.guarantee(self.engine, self.normalization)  # refuses an unknown engine
+        if self.sampling is None:
+            object.__setattr__(self, "sampling", "shuffle" if self.engine == "optimizer" else "poisson")
+        sampling.check_sampling(self.sampling)
+        if self.sampling == "poisson" and self.engine == "optimizer":
+            raise UsageError("Engine 'optimizer' (TensorFlow Privacy's model.fit path) takes shuffled fixed-size "
+                             "batches only; pass --sampling shuffle, or use engine 'fast' for Poisson sampling.")
+        if self.sampling == "poisson" and self.num_microbatches not in (None, self.batch_size):
+            raise UsageError("Poisson sampling makes each example its own microbatch; leave --microbatches unset "
+                             "or pass --sampling shuffle.")
         if self.engine == "optimizer":
             engines.require_optimizer_engine()  # the [post] extra's, before anything is written
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise UsageError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}.")
         for noise in self.noise_multipliers:
             self.settings(noise)  # validates clip, noise, microbatches, learning rate
-        accounting.check_privacy_parameters(self.accounting_n, self.batch_size, self.epochs, self.delta)
+        accounting.check_privacy_parameters(self.post_n, self.batch_size, self.epochs, self.delta)
+        accounting.check_privacy_parameters(self.train_size, self.batch_size, self.epochs, self.delta)
+
+    @classmethod
+    def from_record(cls, record: dict, **overrides):
+        """As `RunConfig.from_record`; a record made before runs chose their sampling (it has
+        ``accounting_n``, now ``post_n``) trained on shuffled batches."""
+        if "accounting_n" in record:
+            record = {**record, "post_n": record["accounting_n"], "sampling": "shuffle"}
+        return super().from_record(record, **overrides)
 
     @property
     def steps(self) -> int:
         """Steps per epoch actually run."""
-        return self.steps_per_epoch or math.ceil(self.accounting_n / self.batch_size)
+        return self.steps_per_epoch or math.ceil(self.post_n / self.batch_size)
+
+    def guarantee(self, noise_multiplier: float) -> dict:
+        """The privacy account of this run's training at ``noise_multiplier``, as it runs: on the
+        ``train_size`` records it samples from, its ``epochs * steps`` steps, its sampling."""
+        return accounting.training_guarantee(
+            self.train_size, self.batch_size, noise_multiplier, self.epochs * self.steps, self.delta, self.sampling,
+            per_example_microbatches=self.num_microbatches in (None, self.batch_size))
 
     def settings(self, noise_multiplier: float) -> engines.DPSettings:
         return engines.DPSettings(noise_multiplier=noise_multiplier, l2_norm_clip=self.l2_norm_clip,
@@ -93,6 +125,37 @@ class Part2Config(RunConfig):
 
 QUICK = dict(noise_multipliers=(0.7,), epochs=1, steps_per_epoch=2, attacker_epochs=2, train_size=256,
              val_size=64, attacker_size=64, test_size=32)
+
+
+PRIVACY_KEYS = ("epsilon", "account", "epsilon_post", "epsilon_post_2020")
+
+
+def level_privacy(config: dict, noise_multiplier: float, level: dict) -> dict:
+    """A noise level's privacy figures (`PRIVACY_KEYS`) from what its run recorded: ``config`` (its
+    run's settings, or what a manifest entry keeps of them) and ``level`` (its record, or a manifest
+    entry's metrics). ``epsilon`` is the guarantee of the training as it ran, ``account`` its
+    `accounting.training_guarantee`, ``epsilon_post`` / ``epsilon_post_2020`` the post's accounting.
+
+    Records made before runs kept an account (saved_models/ among them) held the post's accounting
+    under ``epsilon`` and ``epsilon_2020``, and their trainings took shuffled fixed-size batches from
+    ``train_size`` records: their account is computed here from their settings, the post's
+    defaults (batch 32, ceil(13,180 / 32) steps an epoch) where a record leaves a setting out."""
+    if "account" in level:
+        return {key: level[key] for key in PRIVACY_KEYS}
+    batch_size = config.get("batch_size", Part2Config.batch_size)
+    steps = config.get("steps_per_epoch") or math.ceil(config.get("accounting_n", Part2Config.post_n) / batch_size)
+    account = accounting.training_guarantee(
+        config.get("train_size", data.TARGET_TRAIN_SIZE), batch_size, noise_multiplier, config["epochs"] * steps,
+        config.get("delta", Part2Config.delta), "shuffle",
+        per_example_microbatches=config.get("num_microbatches") in (None, batch_size))
+    return {"epsilon": account["epsilon"], "account": account, "epsilon_post": level["epsilon"],
+            "epsilon_post_2020": level["epsilon_2020"]}
+
+
+def entry_privacy(entry: dict) -> dict:
+    """`level_privacy` of a DP target's manifest entry (its ``training``, ``epochs`` and ``metrics``)."""
+    return level_privacy({**entry.get("training", {}), "epochs": entry["epochs"]},
+                         entry["metrics"]["noise_multiplier"], entry["metrics"])
 
 
 def noise_folder(out: Path, noise_multiplier: float) -> Path:
@@ -115,16 +178,30 @@ def dp_checkpoint(folder: Path) -> Path:
     return folder / CHECKPOINTS / "dp_target"
 
 
+def fit_dp_model(config: Part2Config, noise_multiplier: float, records: tuple, **train_options):
+    """A complete model trained with DP-SGD at ``noise_multiplier`` on ``records`` (images, labels)
+    with the config's engine, sampling, steps and seed: (model, history). The target's recipe,
+    shared by the reference models of the membership audit."""
+    model = build_complete_model(config.normalization)
+    if config.sampling == "poisson":
+        batches = sampling.Records(*records)
+    else:
+        batches = data.training_stream(*records, config.batch_size, config.seed, repeat=True)
+    history = engines.train_dp(model, config.settings(noise_multiplier), batches, epochs=config.epochs,
+                               steps_per_epoch=config.steps, engine=config.engine, seed=config.seed,
+                               reproducible_noise=config.reproducible_noise, **train_options)
+    return model, history
+
+
 def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, log: Log = print) -> dict:
     """Train the complete model with DP-SGD at one noise level; save it and its mobile stage.
     Resumes from the per-epoch checkpoint in ``folder`` (`dp_checkpoint`) when there is one; the
     caller removes it once the result is recorded."""
     training.set_seed(config.seed, deterministic=True)
-    target_data = data.target_datasets(
-        config.data_dir, train_size=config.train_size, val_size=config.val_size,
-        batch_size=config.batch_size, seed=config.seed, repeat=True,
-    )
-    model = build_complete_model(config.normalization)
+    records = data.target_records(config.data_dir, train_size=config.train_size, val_size=config.val_size)
+    target_data = data.target_datasets(config.data_dir, train_size=config.train_size, batch_size=config.batch_size,
+                                       seed=config.seed, repeat=True, records=records)
+    training_records = records[0][:config.train_size], records[1][:config.train_size]
     started = time.perf_counter()
 
     def report(row: dict) -> None:
@@ -132,10 +209,9 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
             f"{row['train_accuracy']:.4f}  val_accuracy {row['val_accuracy']:.4f}  ({row['seconds']:.1f} s, "
             f"{row['seconds'] / config.steps:.3f} s/step)")
 
-    history = engines.train_dp(model, config.settings(noise_multiplier), target_data.train, val_ds=target_data.val,
-                               epochs=config.epochs, steps_per_epoch=config.steps, engine=config.engine,
-                               on_epoch=training.logged_epochs(report, config.epochs), seed=config.seed,
-                               checkpoint_dir=dp_checkpoint(folder), reproducible_noise=config.reproducible_noise)
+    model, history = fit_dp_model(config, noise_multiplier, training_records, val_ds=target_data.val,
+                                  on_epoch=training.logged_epochs(report, config.epochs),
+                                  checkpoint_dir=dp_checkpoint(folder))
     seconds = time.perf_counter() - started
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / DP_WEIGHTS) as tmp:
@@ -143,7 +219,8 @@ def train_dp_target(config: Part2Config, noise_multiplier: float, folder: Path, 
     export_mobile_stage(model, folder / MOBILE_STAGE)
     return {"history": history, "train_accuracy": history[-1]["train_accuracy"],
             "val_accuracy": history[-1]["val_accuracy"], "seconds": seconds,
-            "seconds_per_step": seconds / (config.epochs * config.steps), "steps": config.epochs * config.steps}
+            "seconds_per_step": seconds / (config.epochs * config.steps), "steps": config.epochs * config.steps,
+            "records": len(training_records[0]), "sampling": config.sampling}
 
 
 def run_level(config: Part2Config, out: Path, noise_multiplier: float, level: dict, log: Log = print) -> dict:
@@ -153,8 +230,8 @@ def run_level(config: Part2Config, out: Path, noise_multiplier: float, level: di
     after each section the record is written to the folder's ``level.json`` and returned at the end.
     """
     folder = noise_folder(out, noise_multiplier)
-    title = (f"DP target, noise {noise_multiplier:g}, epsilon {level['epsilon']:.2f} "
-             f"(2020 accounting: {level['epsilon_2020']:.1f}): small2 and reconstructions")
+    title = (f"DP target, noise {noise_multiplier:g}, epsilon {level['epsilon']:.2f} ({config.sampling} sampling, "
+             f"n = {config.train_size}): small2 and reconstructions")
     for section in SECTIONS:
         if section in level:
             log(f"noise {noise_multiplier:g} {section}: done before, kept")
@@ -182,7 +259,7 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
     ``log``; ``metrics.json`` gathers each level as it finishes.
     """
     check_jobs(jobs)
-    table = accounting.epsilon_table(config.noise_multipliers, n=config.accounting_n,
+    table = accounting.epsilon_table(config.noise_multipliers, n=config.post_n,
                                      batch_size=config.batch_size, epochs=config.epochs, delta=config.delta)
     out = prepare_run_folder(out, config, overwrite=overwrite, resume=resume)
     with recorded_state(out):
@@ -191,12 +268,21 @@ def run_part2(config: Part2Config, out: str | os.PathLike, *, overwrite: bool = 
 
 
 def _run_levels(config: Part2Config, out: Path, table: list[dict], jobs: int, log: Log) -> None:
-    """The epsilon table's files, then every noise level not complete yet (``jobs`` at once)."""
+    """The post's epsilon table's files, then every noise level not complete yet (``jobs`` at once)."""
     write_epsilon_table(table, out)
+    log(f"The post's accounting (n = {config.post_n}, all of split test):")
     log(accounting.format_table(table))
-    log(accounting.POISSON_CAVEAT)
+    for noise in config.noise_multipliers:
+        account = config.guarantee(noise)
+        log(f"noise {noise:g}: epsilon {account['epsilon']:.2f} for this training ({config.sampling} sampling of "
+            f"{account['n']} records, {account['steps']} steps; Poisson accountant {account['epsilon_poisson']:.2f}, "
+            f"once-per-pass {account['epsilon_once_per_pass']:.2f})")
     metrics = read_json(out / METRICS)
-    metrics.update({"epsilon": table, "epsilon_caveat": accounting.POISSON_CAVEAT,
+    metrics.update({"epsilon_post": table, "epsilon_post_caveat": (
+                        f"The post's accounting: n = {config.post_n} (all of split test), while the DP training "
+                        f"samples from the first {config.train_size} records; each level's 'epsilon' is the account "
+                        "of the training as it ran."),
+                    "sampling": config.sampling,
                     "noise_source": "the seed (reproducible)" if config.reproducible_noise else
                     "a secret key from the operating system's entropy, never written",
                     "guarantees": engines.guarantee(config.engine, config.normalization, config.reproducible_noise)})
@@ -205,8 +291,10 @@ def _run_levels(config: Part2Config, out: Path, table: list[dict], jobs: int, lo
     for row in table:
         noise, key = row["noise_multiplier"], f"{row['noise_multiplier']:g}"
         record = noise_folder(out, noise) / LEVEL_RECORD
+        account = config.guarantee(noise)
         levels[key] = read_json(record) if record.exists() else levels.get(
-            key, {"epsilon": row["epsilon"], "epsilon_2020": row["epsilon_2020"]})
+            key, {"epsilon": account["epsilon"], "account": account,
+                  "epsilon_post": row["epsilon"], "epsilon_post_2020": row["epsilon_2020"]})
         if not set(SECTIONS) <= set(levels[key]):
             pending.append((noise, key))
     write_json(out / METRICS, metrics)

@@ -6,6 +6,7 @@ holds the sizes and seed those runs share.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,15 @@ class RunConfig:
     attacker_size: int | None = None
     test_size: int | None = None
     data_dir: str | None = None
+
+    @classmethod
+    def from_record(cls, record: dict, **overrides):
+        """The config a run recorded (its metrics.json ``config``) with ``overrides``; recorded settings
+        this class does not know are left out, lists become tuples."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in record.items()
+                  if key in names}
+        return cls(**{**values, **overrides})
 
     def __post_init__(self):
         for name in ("epochs", "attacker_epochs", "batch_size", "train_size"):

@@ -14,6 +14,7 @@ from omniglot_inversion.io.files import atomic_path, read_json
 from omniglot_inversion.measure import plots
 from omniglot_inversion.measure.evaluation import interval_text
 from omniglot_inversion.pipelines import attack_suite, frontier, membership_audit, run_folder, split_mlp
+from omniglot_inversion.pipelines.part2 import level_privacy
 
 REPORT = "report.md"
 RECORD = "reproduce.json"
@@ -68,13 +69,21 @@ def _part2(folder: Path) -> list[str]:
     done = {key: level for key, level in levels.items() if "test" in level}
     if not done:
         return lines + _missing("part2", folder / run_folder.METRICS)
-    lines += [f"Engine `{metrics['config']['engine']}`, noise from {metrics.get('noise_source', 'the seed')}.", "",
-              "| noise | epsilon (now / 2020 accounting) | post's epsilon | final train accuracy | post | "
-              "validation accuracy | attacker MSE small1 / small2 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    config = metrics["config"]
+    privacy = {key: level_privacy(config, float(key), level) for key, level in done.items()}
+    account = next(iter(privacy.values()))["account"]
+    lines += [f"Engine `{config['engine']}`, {account['sampling']} sampling of the {account['n']} training records, "
+              f"noise from {metrics.get('noise_source', 'the seed')}. Epsilon is the guarantee of the training as it "
+              f"ran (delta {account['delta']:g}, {account['steps']} steps); the post's accounting takes n = 13,180.",
+              "", "| noise | epsilon (this training) | post's accounting (now / 2020) | post's epsilon | "
+              "final train accuracy | post | validation accuracy | attacker MSE small1 / small2 |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, level in done.items():
         post_epsilon, post_accuracy = POST_DP.get(key, (None, None))
         post = ("-", "-") if post_epsilon is None else (f"{post_epsilon:g}", f"{post_accuracy:.2f}")
-        lines.append(f"| {key} | {level['epsilon']:.2f} / {level['epsilon_2020']:.2f} | {post[0]} | "
+        figures = privacy[key]
+        lines.append(f"| {key} | {figures['epsilon']:.2f} | {figures['epsilon_post']:.2f} / "
+                     f"{figures['epsilon_post_2020']:.2f} | {post[0]} | "
                      f"{level['target']['train_accuracy']:.3f} | {post[1]} | {level['target']['val_accuracy']:.3f} | "
                      f"{level['attacker']['train_mse']:.4f} / {level['test']['test_mse']:.4f} |")
     missing = sorted(set(levels) - set(done))

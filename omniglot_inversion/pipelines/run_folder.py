@@ -43,7 +43,7 @@ Log = Callable[[str], None]
 def versions() -> dict[str, str]:
     """Versions of Python and of the libraries whose numbers a run depends on."""
     found = {"python": platform.python_version()}
-    for package in ("omniglot-inversion", "tensorflow", "tensorflow-privacy", "tensorflow-datasets",
+    for package in ("omniglot-inversion", "tensorflow", "keras", "tensorflow-privacy", "tensorflow-datasets",
                     "dp-accounting", "numpy"):
         try:
             found[package] = importlib.metadata.version(package)

@@ -24,7 +24,7 @@ from omniglot_inversion.io.files import atomic_path, read_json, write_json
 from omniglot_inversion.network import training
 from omniglot_inversion.network.interception import load_intercepted
 from omniglot_inversion.network.models import AttackModel
-from omniglot_inversion.pipelines.part2 import DP_WEIGHTS
+from omniglot_inversion.pipelines.part2 import DP_WEIGHTS, level_privacy
 from omniglot_inversion.pipelines.run_folder import (
     ATTACKER_WEIGHTS,
     DATA_NOTE,
@@ -106,7 +106,7 @@ def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], l
             "command": command,
             "config": metrics["config"], "versions": metrics["versions"],
             "wall_seconds": {step: level[step]["seconds"] for step in ("target", "attacker", "test")},
-            "metrics": {"noise_multiplier": noise, "epsilon": level["epsilon"], "epsilon_2020": level["epsilon_2020"],
+            "metrics": {"noise_multiplier": noise, **level_privacy(metrics["config"], noise, level),
                         "train_accuracy": level["target"]["train_accuracy"],
                         "val_accuracy": level["target"]["val_accuracy"],
                         "attacker_train_mse": level["attacker"]["train_mse"], "test_mse": level["test"]["test_mse"]},

@@ -87,6 +87,8 @@ SHARED = {
     "data-dir": option("--data-dir", help=_DATA_DIR),
     "seed": option("--seed", type=int, default=0, help="random seed (default 0)"),
     "quick": option("--quick", action="store_true", help="small sizes for a smoke run (about a minute)"),
+    "targets": option("--targets", nargs="+", default=[], metavar="LABEL",
+                      help="only the targets of these labels, e.g. 'noise 0.5' (default: every target found)"),
     "overwrite": option("--overwrite", action="store_true", help="replace a run already in --out"),
     "resume": option("--resume", action="store_true",
                      help="continue an interrupted run in --out (same options): completed steps are kept, an "
@@ -201,8 +203,7 @@ EVALUATE = (
     option("--disjoint", action="store_true",
            help="test only on small2's alphabets that small1 lacks (no image the attacker trained on)"),
     SHARED["limit"],
-    option("--targets", nargs="+", default=[], metavar="LABEL",
-           help="attack only the targets of these labels, e.g. 'noise 0.5' (default: every target found)"),
+    SHARED["targets"],
     _QUICK_ATTACK,
     SHARED["attacker-epochs"].but(help="epochs of decoders trained here (default: 100 on small1, 20 on background)"),
     SHARED["seed"].but(help="seed of the attacks, the bootstrap and the shuffled baseline"),
@@ -242,12 +243,29 @@ REPRODUCE = (
                        "saved_models) with its manifest.json"),
 )
 REPORT = (option("folder", type=Path, help="a folder made by omniglot-inversion reproduce"),)
+CANARIES = (
+    SHARED["out"].but(help="run folder for metrics.json (the audit in its 'audit' section)"),
+    SHARED["data-dir"], SHARED["seed"].but(help="seed of the canaries, their inclusion and the training"),
+    SHARED["quick"],
+    option("--canaries", type=_positive_int, help="canaries, each included with probability 1/2 (default 1000)"),
+    option("--guesses", type=_positive_int,
+           help="guesses, half 'included' (lowest losses) and half 'excluded' (highest), fixed in advance "
+           "(default 200)"),
+    option("--noise", type=_positive_float, help="DP-SGD noise multiplier of the target (default 0.7)"),
+    option("--non-private", action="store_true", help="train the target without DP (Part 1's recipe) instead"),
+    option("--sampling", choices=SAMPLINGS, help="DP sampling, as part2 (default poisson)"),
+    option("--epochs", type=_positive_int, help="epochs (default: the recipe's, Part 1 10, Part 2 20)"),
+    option("--steps-per-epoch", type=_positive_int, help="DP steps per epoch (default: the post's 412)"),
+    option("--reproducible-noise", action="store_true", help="DP noise from the seed (tests only)"),
+    *RUN_FOLDER,
+)
 MEMBERSHIP = (
     option("runs", nargs="+", type=Path, help="run folders (Part 1 and/or Part 2)"),
     SHARED["out"].but(help="folder for membership.json and membership_roc.png"),
     SHARED["data-dir"],
     SHARED["limit"].but(help="at most N members and N non-members (smoke runs)"),
     SHARED["seed"].but(help="seed of the member sample, the reference models' halves and the bootstrap"),
+    SHARED["targets"],
     option("--reference-models", type=int, default=0,
            help="also LiRA and RMIA (online and offline) against this many reference models, each trained as its "
            "target was on a random half of the target's population (0: the loss threshold only; each costs a "
@@ -440,11 +458,30 @@ def _run_report(args: argparse.Namespace) -> None:
     print(f"written: {write_report(args.folder)}")
 
 
+def _run_canaries(args: argparse.Namespace) -> None:
+    from omniglot_inversion.pipelines import canary_audit
+
+    values = dict(canary_audit.QUICK) if args.quick else {}
+    for flag in ("canaries", "guesses", "sampling", "epochs", "steps_per_epoch"):
+        if getattr(args, flag) is not None:
+            values[flag] = getattr(args, flag)
+    if args.non_private and (args.noise is not None or args.sampling is not None):
+        raise UsageError("--non-private trains without DP: leave out --noise and --sampling.")
+    if args.noise is not None:
+        values["noise_multiplier"] = args.noise
+    elif args.non_private:
+        values["noise_multiplier"] = None
+    config = canary_audit.CanaryConfig(seed=args.seed, data_dir=args.data_dir,
+                                       reproducible_noise=args.reproducible_noise, **values)
+    canary_audit.run_canaries(config, args.out, overwrite=args.overwrite, resume=args.resume)
+    print(f"Canary audit done: {args.out / 'metrics.json'}")
+
+
 def _run_membership(args: argparse.Namespace) -> None:
     from omniglot_inversion.pipelines.membership_audit import FIGURE, RESULT, run_membership
 
     run_membership(args.runs, args.out, data_dir=args.data_dir, seed=args.seed, limit=args.limit,
-                   reference_count=args.reference_models)
+                   reference_count=args.reference_models, only=tuple(args.targets))
     print(f"written: {args.out / RESULT}, {args.out / FIGURE}")
 
 
@@ -489,6 +526,9 @@ COMMANDS = (
     Command("membership", "membership inference on the complete targets of Part 1 / Part 2 run folders: "
             "loss-threshold attack, AUC, advantage, TPR at low FPR, empirical epsilon lower bound next to the "
             "accountant's", _run_membership, MEMBERSHIP),
+    Command("canaries", "the one-run audit (Steinke, Nasr and Jagielski 2023): a target trained with canaries, each "
+            "included at random; guessing them bounds epsilon from below, next to the accountant's epsilon of the "
+            "same training", _run_canaries, CANARIES),
 )
 
 

@@ -24,6 +24,7 @@ from omniglot_inversion.io.files import read_json, write_json
 from omniglot_inversion.measure import membership, plots, reference_attacks
 from omniglot_inversion.network.models import TargetModel, build_complete_model
 from omniglot_inversion.pipelines import part1, part2, reference_models, run_folder
+from omniglot_inversion.pipelines.attack_suite import select_targets
 from omniglot_inversion.pipelines.part2 import DP_WEIGHTS, entry_privacy, level_privacy
 from omniglot_inversion.pipelines.run_folder import MANIFEST, run_label, sha256
 
@@ -175,15 +176,16 @@ def _summary_line(label: str, audit: dict) -> str:
 
 
 def run_membership(folders: list[str | os.PathLike], out: str | os.PathLike, *, data_dir=None, seed: int = 0,
-                   limit: int | None = None, reference_count: int = 0, log=print) -> dict:
+                   limit: int | None = None, reference_count: int = 0, only: tuple[str, ...] = (), log=print) -> dict:
     """Audit every target in ``folders``; write membership.json and the ROC figure into ``out``.
     ``reference_count`` > 0 adds LiRA and RMIA against that many reference models per target. A
     target audited there before with the same seed, limit and reference count, from the same
-    weights, keeps its row; reference models trained before are reused."""
+    weights, keeps its row; reference models trained before are reused. ``only``: the targets of
+    these labels (all when empty)."""
     if reference_count < 0 or reference_count == 1:
         raise UsageError(f"--reference-models must be 0 (loss threshold only) or at least 2 (each record needs IN "
                          f"and OUT models), got {reference_count}.")
-    targets = [target for folder in folders for target in find_audit_targets(folder)]
+    targets = select_targets([target for folder in folders for target in find_audit_targets(folder)], only)
     out = Path(out)
     before = read_json(out / RESULT, default={})
     kept = {(row["target"], row.get("weights_sha256")): row for row in before.get("rows", [])

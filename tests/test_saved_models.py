@@ -21,7 +21,7 @@ from omniglot_inversion.network.weights import save_weights
 from omniglot_inversion.pipelines.attack_suite import EVALUATION, find_targets, headline_table
 from omniglot_inversion.pipelines.frontier import DEFAULT_GRID, RESULT, slug
 from omniglot_inversion.pipelines.run_folder import MANIFEST, sha256
-from omniglot_inversion.pipelines.shipping import ATTACK_SUITE
+from omniglot_inversion.pipelines.shipping import ATTACK_SUITE, CHECKSUMS, SHIP_LOG
 
 SAVED = Path(__file__).resolve().parents[1] / "saved_models"
 RUNS = ("part1", "dp_noise_0.7", "dp_noise_0.5", "dp_noise_0.3")
@@ -50,6 +50,12 @@ def test_manifest_lists_every_shipped_file_with_its_checksum_and_provenance(mani
     defended = [name for name in shipped if name.startswith("defended_")]
     assert sorted(set(shipped) - set(defended)) == posts
     assert sorted(manifest["files"]) == shipped
+    # every file of the folder, figures, tables and the attack suite's included, has its checksum
+    everything = sorted(path.relative_to(SAVED).as_posix() for path in SAVED.rglob("*")
+                        if path.is_file() and path.name not in (MANIFEST, SHIP_LOG))
+    assert sorted(manifest[CHECKSUMS]) == everything
+    for name, digest in manifest[CHECKSUMS].items():
+        assert sha256(SAVED / name) == digest, f"{name} differs from the manifest"
     for name, record in manifest["files"].items():
         assert sha256(SAVED / name) == record["sha256"], f"{name} differs from the manifest"
         assert record["command"].startswith("omniglot-inversion part")
@@ -216,7 +222,7 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
     run_folder(tmp_path / "part1", "part1")
     write_json(tmp_path / "part1" / "metrics.json", {
         "config": {"seed": 0, "epochs": 10, "attacker_epochs": 100, "batch_size": 32}, "versions": {},
-        "target": step, "attacker": step, "test": step})
+        "target": step, "attacker": step, "test": step, "commits": {"target": "abc", "test": "abc"}})
     run_folder(tmp_path / "part2" / "noise_0.7", "dp_noise_0.7")
     config = {"seed": 0, "epochs": 20, "attacker_epochs": 100, "batch_size": 32, "engine": "fast",
               "l2_norm_clip": 1.0, "learning_rate": 0.005, "delta": 1e-5, "normalization": "batch",
@@ -233,6 +239,9 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
     assert manifest["missing"] == ["dp_noise_0.5"] and manifest["regenerate"] == "regenerate"
     assert sorted(manifest["files"]) == sorted(f"{run}_{kind}.h5" for run in ("part1", "dp_noise_0.7")
                                                for kind in ("target", "mobile_stage", "attacker"))
+    assert sorted(manifest[CHECKSUMS]) == sorted(path.name for path in (tmp_path / "out").iterdir()
+                                                 if path.name != MANIFEST)
+    assert manifest["files"]["part1_target.h5"]["trained_at"] == {"target": "abc", "test": "abc"}
     # the complete targets are what the membership audit of the shipped folder reads
     audited = find_audit_targets(tmp_path / "out")
     assert [(t.label, t.epsilon, t.train_size) for t in audited] == [("non-private", None, 11_000),

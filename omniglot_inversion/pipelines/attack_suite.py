@@ -180,7 +180,7 @@ def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, d
         "folders": [str(folder) for folder in folders], "attacks": list(attacks), "settings": settings or {},
         "test_set": "small2 without small1's alphabets" if disjoint else "small2", "num_images": len(test.images),
         "shown_images": shown.tolist(), "chance": evaluation.chance_levels(test.characters),
-        "confidence": evaluation.CONFIDENCE, "rows": rows,
+        "confidence": evaluation.CONFIDENCE, "rows": rows, "commits": {"scored": run_folder.package_commit()},
     }
     figures = save_privacy_utility_figures(rows, out)
     if figures:

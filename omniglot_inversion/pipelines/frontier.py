@@ -179,7 +179,9 @@ def run_frontier(config: FrontierConfig, out: str | os.PathLike, *, jobs: int = 
     ordered = [rows[name] for name in work]
     if dp_run is not None:
         ordered += dp_points(config, Path(dp_run), out, log)
-    result = {"config": config.record(), "dp_run": None if dp_run is None else str(dp_run), "rows": ordered}
+    # the commits the sweep's targets trained at are in their run folders; this is the scoring's
+    result = {"config": config.record(), "dp_run": None if dp_run is None else str(dp_run), "rows": ordered,
+              "commits": {"scored": run_folder.package_commit()}}
     write_frontier(result, out)
     return result
 

@@ -209,6 +209,7 @@ def run_membership(folders: list[str | os.PathLike], out: str | os.PathLike, *, 
                    for row in rows if "reference_attacks" in row})
     plots.save_roc_curves(curves, out / FIGURE)
     result = {"folders": [str(folder) for folder in folders], "seed": seed, "limit": limit,
+              "commits": {"scored": run_folder.package_commit()},
               "reference_models": reference_count, "rows": rows, "figure": FIGURE}
     write_json(out / RESULT, result)
     return result

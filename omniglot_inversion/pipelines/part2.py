@@ -43,6 +43,7 @@ from omniglot_inversion.pipelines.run_folder import (
     METRICS,
     MOBILE_STAGE,
     Log,
+    package_commit,
     prepare_run_folder,
     recorded_state,
     save_step_metrics,
@@ -242,6 +243,7 @@ def run_level(config: Part2Config, out: Path, noise_multiplier: float, level: di
             level[section] = train_attacker(load_intercepted(folder / MOBILE_STAGE), config, folder, log)
         else:
             level[section] = test_attacker(load_intercepted(folder / MOBILE_STAGE), config, folder, title, log)
+        level.setdefault("commits", {})[section] = package_commit()
         write_json(folder / LEVEL_RECORD, level)
         # only now: a kill before the record is written resumes from the checkpoint
         EpochCheckpoint(dp_checkpoint(folder) if section == "target" else attacker_checkpoint(folder)).remove()

@@ -87,13 +87,18 @@ def steps(config: ReproduceConfig, out: Path, jobs: int, log):
 
 def ship(out: Path, folder: str | os.PathLike, command: str) -> dict:
     """Copy a finished reproduce folder's targets, stages, attackers, frontier and attack suite into
-    ``folder`` (`ship.export_models`, `ship.export_frontier`, `ship.export_attack_suite`);
-    returns the manifest."""
-    from omniglot_inversion.pipelines.shipping import export_attack_suite, export_frontier, export_models
+    ``folder`` (`shipping.export_models`, `shipping.export_frontier`, `shipping.export_attack_suite`)
+    and append what was shipped to its ship log (`shipping.SHIP_LOG`); returns the manifest."""
+    from omniglot_inversion.pipelines import shipping
 
-    export_models(out / report.FOLDERS["part1"], out / report.FOLDERS["part2"], folder, command)
-    export_frontier(out / report.FOLDERS["frontier"], folder, command)
-    return export_attack_suite(out / report.FOLDERS["attack_suite"], folder, command)
+    shipping.export_models(out / report.FOLDERS["part1"], out / report.FOLDERS["part2"], folder, command)
+    shipping.export_frontier(out / report.FOLDERS["frontier"], folder, command)
+    manifest = shipping.export_attack_suite(out / report.FOLDERS["attack_suite"], folder, command)
+    shipping.append_ship_log(folder, [
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} shipped from {os.fspath(out)} by `{command}` at commit "
+        f"{run_folder.package_commit(exclude=folder)}",
+        *(f"  {name} {digest}" for name, digest in manifest[shipping.CHECKSUMS].items())])
+    return manifest
 
 
 def run_reproduce(config: ReproduceConfig, out: str | os.PathLike, *, jobs: int = 1,

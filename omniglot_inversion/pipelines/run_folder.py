@@ -53,10 +53,13 @@ def versions() -> dict[str, str]:
 
 
 def update_metrics(out: Path, section: str, values, config) -> dict:
+    """Record a finished step's ``values`` under ``section`` of the run's metrics.json, with the
+    config, the versions and the commit the step ran at (``commits``)."""
     metrics = read_json(out / METRICS, default={})
     metrics["config"] = dataclasses.asdict(config)
     metrics["versions"] = versions()
     metrics[section] = values
+    metrics.setdefault("commits", {})[section] = package_commit()
     save_step_metrics(out, metrics)
     return metrics
 
@@ -191,14 +194,21 @@ def run_label(run: str) -> str:
     return "non-private" if run == "part1" else run.replace("dp_noise_", "noise ")
 
 
-def package_commit() -> str | None:
-    """The git commit of the package's source (``+modified`` when its tracked files differ from
-    it), or None outside a git checkout."""
+def package_commit(exclude: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the checkout the package runs from, ``+modified`` when anything in its
+    tree differs from it (tracked changes, or files git does not ignore yet does not track), or
+    None outside a git checkout. ``exclude``: a folder of the tree left out of that check (the
+    folder being shipped into, whose files the shipping itself changes)."""
     source = Path(__file__).resolve().parents[1]  # the package, not this folder
     try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+        top = subprocess.run(["git", "-C", str(source), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        commit = subprocess.run(["git", "-C", top, "rev-parse", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()
-        changed = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "."],
+        paths = ["."]
+        if exclude is not None and Path(exclude).resolve().is_relative_to(Path(top).resolve()):
+            paths.append(f":(exclude){Path(exclude).resolve().relative_to(Path(top).resolve())}")
+        changed = subprocess.run(["git", "-C", top, "status", "--porcelain", "--untracked-files=normal", "--", *paths],
                                  capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -83,7 +83,7 @@ def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], l
     metrics = _completed(part1, ["target", "attacker", "test"], "part1")
     command = part1_command(metrics["config"], os.fspath(part1))
     entries = [{"name": "part1", "folder": part1, "target": TARGET_WEIGHTS, "command": command,
-                "config": metrics["config"],
+                "config": metrics["config"], "trained_at": metrics.get("commits", {}),
                 "versions": metrics["versions"],
                 "wall_seconds": {step: metrics[step]["seconds"] for step in ("target", "attacker", "test")},
                 "metrics": {"train_accuracy": metrics["target"]["train_accuracy"],
@@ -104,7 +104,7 @@ def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], l
         entries.append({
             "name": f"dp_noise_{noise:g}", "folder": part2 / f"noise_{noise:g}", "target": DP_WEIGHTS,
             "command": command,
-            "config": metrics["config"], "versions": metrics["versions"],
+            "config": metrics["config"], "versions": metrics["versions"], "trained_at": level.get("commits", {}),
             "wall_seconds": {step: level[step]["seconds"] for step in ("target", "attacker", "test")},
             "metrics": {"noise_multiplier": noise, **level_privacy(metrics["config"], noise, level),
                         "train_accuracy": level["target"]["train_accuracy"],
@@ -143,7 +143,7 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
     entries, missing = _sources(Path(part1), Path(part2), require_all)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files, commit = {}, package_commit()
+    files, commit = {}, package_commit(exclude=out)
     for entry in entries:
         copied = {}
         for kind, source in (("target", entry["target"]), ("mobile_stage", MOBILE_STAGE),
@@ -152,7 +152,8 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
         _ship(entry["folder"] / FIGURE, out / f"{entry['name']}_reconstruction.png")
         mse = small1_mse(copied["mobile_stage"], copied["attacker"], data_dir)
         config = entry["config"]
-        record = {key: entry[key] for key in ("command", "versions", "wall_seconds")}
+        # the commit each step ran at ("+modified": the tree differed from it), then the shipping's
+        record = {key: entry[key] for key in ("command", "versions", "wall_seconds", "trained_at")}
         record.update(seed=config["seed"], epochs=config["epochs"], attacker_epochs=config["attacker_epochs"],
                       commit=commit, data=DATA_NOTE, metrics={**entry["metrics"], "small1_mse": mse},
                       training={"train_size": config.get("train_size", data.TARGET_TRAIN_SIZE),
@@ -166,8 +167,31 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
                 "loading": "see README.md in this folder",
                 "regenerate": command}
     manifest["files"] = {**manifest.get("files", {}), **files}
+    return record_checksums(out, manifest)
+
+
+CHECKSUMS = "checksums"
+SHIP_LOG = "ship.log"  # what each shipping into the folder did, appended (`append_ship_log`)
+
+
+def record_checksums(out: str | os.PathLike, manifest: dict | None = None) -> dict:
+    """Write ``manifest`` (default: the one in ``out``) with its `CHECKSUMS` entry made anew: the
+    sha256 of every file under ``out`` but the manifest and the ship log (which record the others),
+    by path relative to ``out``, as the files are at the end of the shipping. Returns the manifest."""
+    out = Path(out)
+    manifest = read_json(out / MANIFEST, default={}) if manifest is None else manifest
+    manifest[CHECKSUMS] = {path.relative_to(out).as_posix(): sha256(path) for path in sorted(out.rglob("*"))
+                           if path.is_file() and path not in (out / MANIFEST, out / SHIP_LOG)}
     write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def append_ship_log(out: str | os.PathLike, lines: list[str]) -> None:
+    """Add ``lines`` to the folder's `SHIP_LOG` (kept across shippings: the folder's history)."""
+    path = Path(out) / SHIP_LOG
+    before = path.read_text() if path.exists() else ""
+    with atomic_path(path) as tmp:
+        tmp.write_text(before + "".join(f"{line}\n" for line in lines))
 
 
 def export_frontier(sweep: str | os.PathLike, out: str | os.PathLike, command: str) -> dict:
@@ -184,7 +208,7 @@ def export_frontier(sweep: str | os.PathLike, out: str | os.PathLike, command: s
         raise UsageError(f"{sweep} holds no finished sweep ({frontier.RESULT}); run `omniglot-inversion frontier` "
                          "into it first.")
     out.mkdir(parents=True, exist_ok=True)
-    files, commit = {}, package_commit()
+    files, commit = {}, package_commit(exclude=out)
     for row in result["rows"]:
         if row["kind"] != "defence" or row["defence"]["name"] == "none":
             continue
@@ -194,6 +218,7 @@ def export_frontier(sweep: str | os.PathLike, out: str | os.PathLike, command: s
         files[path.name] = {
             "kind": "mobile_stage", "run": f"defended_{row['target']}", "sha256": sha256(path),
             "command": part1_command(metrics["config"], os.fspath(run)), "commit": commit,
+            "trained_at": metrics.get("commits", {}),
             "versions": metrics["versions"],
             "wall_seconds": {"target": metrics["target"]["seconds"]}, "seed": metrics["config"]["seed"],
             "epochs": metrics["config"]["epochs"], "data": DATA_NOTE,
@@ -203,9 +228,9 @@ def export_frontier(sweep: str | os.PathLike, out: str | os.PathLike, command: s
     manifest = read_json(out / MANIFEST, default={})
     manifest["files"] = {**manifest.get("files", {}), **files}
     manifest["frontier"] = {"files": [frontier.RESULT, frontier.TABLE, frontier.FIGURE], "command": command,
+                            "commit": commit, "trained_at": result.get("commits", {}),
                             "versions": next((entry["versions"] for entry in files.values()), None)}
-    write_json(out / MANIFEST, manifest)
-    return manifest
+    return record_checksums(out, manifest)
 
 
 ATTACK_SUITE = "attack_suite"
@@ -260,9 +285,9 @@ def export_attack_suite(evaluation: str | os.PathLike, out: str | os.PathLike, c
     write_json(folder / attack_suite.EVALUATION, merged)
     with atomic_path(folder / attack_suite.REPORT) as tmp:
         tmp.write_text(attack_suite.report_markdown(merged))
-    made = {"command": command, "commit": package_commit(), "versions": versions()}
+    made = {"command": command, "commit": package_commit(exclude=out), "versions": versions(),
+            "scored_at": result.get("commits", {}).get("scored")}
     targets = {**manifest.get(ATTACK_SUITE, {}).get("targets", {}), **{target: made for target in sorted(evaluated)}}
     manifest[ATTACK_SUITE] = {"folder": ATTACK_SUITE, "files": [attack_suite.EVALUATION, attack_suite.REPORT],
                               "targets": targets}
-    write_json(out / MANIFEST, manifest)
-    return manifest
+    return record_checksums(out, manifest)

@@ -34,13 +34,15 @@ from omniglot_inversion.errors import UsageError  # noqa: E402
 from omniglot_inversion.io.files import folder_lock  # noqa: E402
 
 # From modules that import TensorFlow (checked by tests/test_cli.py)
-METHODS = ("decoder", "whitebox", "hybrid")  # attacks.METHODS
+METHODS = ("decoder", "whitebox", "hybrid", "prior")  # attacks.METHODS
 SURROGATES = ("small1", "background")  # attacks.SURROGATES
 DEFENCES = ("none", "gaussian", "laplace", "dropout", "nopeek", "nopeek+laplace")  # defences.DEFENCES
 DEFAULT_ATTACKS = ("decoder", "decoder:background", "whitebox", "hybrid")  # attack_suite.DEFAULT_ATTACKS
 ENGINES = ("fast", "optimizer")  # dp.engines.CLI_ENGINES
 SAMPLINGS = ("poisson", "shuffle")  # dp.sampling.SAMPLINGS
-WHITEBOX = dict(iterations=100, tv_weight=1.0, learning_rate=0.1, starts=("mean", "paper"))  # attacks.whitebox
+CLASS_INVERSIONS = ("mi-face", "gmi")  # attacks.class_inversion.METHODS
+# attacks.whitebox
+WHITEBOX = dict(iterations=200, tv_weight=1.0, learning_rate=1.0, tolerance=0.01, starts=("mean", "paper"))
 
 
 def _number(kind: type, test: Callable, wording: str) -> Callable[[str], int | float]:
@@ -122,11 +124,16 @@ DEFENCE = (
 )
 WHITEBOX_SEARCH = (
     option("--iterations", type=_non_negative_int, default=WHITEBOX["iterations"],
-           help=f"white-box / hybrid: Adam steps of the image search (default {WHITEBOX['iterations']})"),
+           help=f"white-box / hybrid: at most this many Adam steps of the image search (default "
+           f"{WHITEBOX['iterations']})"),
+    option("--plateau-tolerance", type=_non_negative_float, default=WHITEBOX["tolerance"],
+           help="white-box / hybrid: stop a batch's search once 25 steps lower its loss by less than this share of "
+           f"it (default {WHITEBOX['tolerance']}; 0: only once they do not lower it at all)"),
     option("--tv-weight", type=_non_negative_float, default=WHITEBOX["tv_weight"],
            help=f"white-box / hybrid: weight of the total-variation prior (default {WHITEBOX['tv_weight']})"),
-    option("--learning-rate", type=_positive_float, default=WHITEBOX["learning_rate"],
-           help=f"white-box / hybrid: Adam learning rate on the image logits (default {WHITEBOX['learning_rate']})"),
+    option("--learning-rate", type=_positive_float,
+           help=f"white-box / hybrid / prior: Adam learning rate of the search (default {WHITEBOX['learning_rate']} "
+           "on the image logits, 0.05 on the prior's latents)"),
     option("--start", choices=WHITEBOX["starts"], default="mean",
            help="white-box: start image, the mean surrogate image (default) or blank paper"),
 )
@@ -179,8 +186,9 @@ ATTACK = (
            help="the on-device stage: the post's (HDF5), or any Keras HDF5 / .keras model of built-in layers"),
     SHARED["out"].but(help="folder for attack.json, reconstructions.npz, attack.png"),
     option("--method", choices=METHODS, default="decoder",
-           help="decoder (the post's inverse network), whitebox (search for the image with the intercepted code) "
-           "or hybrid (the search started from the decoder's guess)"),
+           help="decoder (the post's inverse network), whitebox (search for the image with the intercepted code), "
+           "hybrid (the search started from the decoder's guess) or prior (the search in the latent space of a "
+           "generator trained on the attacker's own images, from the decoder's guess)"),
     option("--surrogate", choices=SURROGATES, default="small1",
            help="the attacker's own images: small1 (the post) or background (the 30 background alphabets without "
            "small2's, so every test alphabet is unseen)"),
@@ -353,7 +361,7 @@ def _attack_settings(args: argparse.Namespace) -> dict:
     from omniglot_inversion.pipelines.attack_run import QUICK_SURROGATE_IMAGES
 
     return dict(epochs=args.attacker_epochs, iterations=args.iterations, tv_weight=args.tv_weight,
-                learning_rate=args.learning_rate, start=args.start, seed=args.seed,
+                learning_rate=args.learning_rate, start=args.start, tolerance=args.plateau_tolerance, seed=args.seed,
                 surrogate_limit=QUICK_SURROGATE_IMAGES if args.quick else None)
 
 
@@ -450,6 +458,32 @@ def _run_reproduce(args: argparse.Namespace) -> None:
 
     run_reproduce(ReproduceConfig(quick=args.quick, seed=args.seed, data_dir=args.data_dir), args.out, jobs=args.jobs,
                   ship_to=args.ship)
+INVERT_CLASSES = (
+    option("runs", nargs="+", type=Path, help="run folders (Part 1 and/or Part 2) or a shipped-models folder"),
+    SHARED["out"].but(help="folder for class_inversion.json, its figures, the evaluator and the prior"),
+    option("--methods", nargs="+", choices=CLASS_INVERSIONS, default=list(CLASS_INVERSIONS),
+           help="mi-face (gradient descent on the image with a smoothness prior) and/or gmi (search in a "
+           "generator trained on the background alphabets, LOMMA's logit loss) (default: both)"),
+    option("--per-class", type=_positive_int, help="reconstructions per class (default 5)"),
+    option("--iterations", type=_positive_int, help="Adam steps of each search (default 300)"),
+    SHARED["data-dir"], SHARED["targets"],
+    SHARED["quick"].but(help="small sizes: 2 per class, 30 steps, evaluator and generator trained 1 epoch on "
+                        "512 and 256 images"),
+    SHARED["seed"].but(help="seed of the starts, the evaluator, the generator and the bootstrap"),
+)
+
+
+def _run_invert_classes(args: argparse.Namespace) -> None:
+    from omniglot_inversion.pipelines import class_inversion_run
+
+    values = dict(class_inversion_run.QUICK) if args.quick else {}
+    for flag in ("per_class", "iterations"):
+        if getattr(args, flag) is not None:
+            values[flag] = getattr(args, flag)
+    config = class_inversion_run.ClassInversionConfig(methods=tuple(args.methods), seed=args.seed, **values)
+    class_inversion_run.run_class_inversion(args.runs, args.out, config, data_dir=args.data_dir,
+                                            only=tuple(args.targets))
+    print(f"written: {args.out / class_inversion_run.RESULT}")
 
 
 def _run_report(args: argparse.Namespace) -> None:
@@ -529,6 +563,9 @@ COMMANDS = (
     Command("canaries", "the one-run audit (Steinke, Nasr and Jagielski 2023): a target trained with canaries, each "
             "included at random; guessing them bounds epsilon from below, next to the accountant's epsilon of the "
             "same training", _run_canaries, CANARIES),
+    Command("invert-classes", "training-data inversion of the complete targets (MI-FACE, GMI): each class "
+            "reconstructed, scored by an evaluation classifier against random generator images and class means",
+            _run_invert_classes, INVERT_CLASSES),
 )
 
 

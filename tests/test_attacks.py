@@ -53,13 +53,48 @@ def test_every_attack_returns_images_of_the_documented_shape_and_range(method, t
 def test_whitebox_search_brings_the_code_error_below_the_mean_images(target, images):
     surrogate, test = images
     codes = attacks.query(attacks.stage_function(target), test)
-    search = attacks.WhiteboxAttack()  # the defaults: 100 steps
+    search = attacks.WhiteboxAttack()  # the defaults: at most 200 steps, stopped at a plateau
     found = search.run(target, surrogate, codes)
     errors = attacks.code_error(target, found, codes, surrogate.mean(axis=0))
     # the mean image's own code error is 1 by definition; the search moves every image's code closer
     start = attacks.code_error(target, search.starts(codes), codes, surrogate.mean(axis=0))
     np.testing.assert_allclose(start, 1.0, rtol=1e-5)
-    assert errors.max() < 1.0 and errors.mean() < 0.75
+    assert errors.max() < 1.0 and errors.mean() < 0.4
+    assert [batch["iterations"] for batch in search.search_log] == [200]  # still improving at 200
+    assert search.search_log[0]["loss"] > 0
+
+
+def test_whitebox_search_stops_at_a_plateau_of_its_loss(target, images):
+    surrogate, test = images
+    codes = attacks.query(attacks.stage_function(target), test[:2])
+    # a tolerance no window meets: the search stops at the second check (2 windows of 25 steps)
+    stopped = attacks.WhiteboxAttack(iterations=200, tolerance=0.99)
+    stopped.run(target, surrogate, codes)
+    assert stopped.search_log[0]["iterations"] == 50
+    full = attacks.WhiteboxAttack(iterations=60, tolerance=None)
+    full.run(target, surrogate, codes)
+    assert full.search_log[0]["iterations"] == 60
+
+
+def test_prior_search_lowers_the_code_error_and_beats_random_latents(target, images):
+    surrogate, test = images
+    decoder = AttackModel()
+    decoder.load_weights(SAVED / "part1_attacker.h5")
+    codes = attacks.query(attacks.stage_function(target), test)
+    prior = attacks.ImagePrior()
+    prior.fit(surrogate, epochs=10, batch_size=16, seed=0)
+    mean = surrogate.mean(axis=0)
+    start = attacks.PriorAttack(attacks.DecoderAttack(attacker=decoder), prior=prior, iterations=0)
+    start_images = start.run(target, surrogate, codes)  # 0 steps: the decoder's guess itself
+    search = attacks.PriorAttack(attacks.DecoderAttack(attacker=decoder), prior=prior, iterations=60)
+    found = search.run(target, surrogate, codes)
+    encoded = prior.generate(prior.encode(start_images))  # where the latent search starts
+    random = attacks.PriorAttack(attacks.DecoderAttack(attacker=decoder), prior=prior, iterations=0, start="random")
+    random_images = random.run(target, surrogate, codes)
+    error = {name: attacks.code_error(target, images, codes, mean).mean()
+             for name, images in (("found", found), ("encoded", encoded), ("random", random_images))}
+    assert error["found"] < error["encoded"] and error["found"] < error["random"], error
+    assert search.options()["prior"]["epochs"] == "given" and search.search_log[0]["iterations"] <= 60
 
 
 def test_hybrid_starts_from_the_decoders_reconstruction(target, images):

@@ -86,15 +86,17 @@ def test_the_clis_own_copies_of_choices_and_defaults_match_the_package():
     """The CLI writes out the choices and defaults of modules that import TensorFlow (so that its
     import starts none); they are the package's."""
     from omniglot_inversion import attacks, defences
-    from omniglot_inversion.attacks import whitebox
+    from omniglot_inversion.attacks import class_inversion, whitebox
     from omniglot_inversion.dp import sampling
     from omniglot_inversion.pipelines import attack_suite
 
     assert cli.METHODS == attacks.METHODS and cli.SURROGATES == attacks.SURROGATES
     assert cli.DEFENCES == tuple(defences.DEFENCES) and cli.DEFAULT_ATTACKS == attack_suite.DEFAULT_ATTACKS
     assert cli.ENGINES == engines.CLI_ENGINES and cli.SAMPLINGS == sampling.SAMPLINGS
+    assert cli.CLASS_INVERSIONS == class_inversion.METHODS
     assert cli.WHITEBOX == dict(iterations=whitebox.ITERATIONS, tv_weight=whitebox.TV_WEIGHT,
-                                learning_rate=whitebox.LEARNING_RATE, starts=whitebox.STARTS)
+                                learning_rate=whitebox.LEARNING_RATE, tolerance=whitebox.PLATEAU_TOLERANCE,
+                                starts=whitebox.STARTS)
 
 
 def test_help_prints_only_the_help_and_starts_no_tensorflow():

@@ -30,12 +30,13 @@ def save_reconstruction_grid(
 
 
 def save_attack_rows(originals: np.ndarray, reconstructions: list[np.ndarray], labels: list[str],
-                     path: str | os.PathLike, title: str) -> None:
-    """Originals in the top row, then one row of reconstructions per attack (clipped to [0, 1])."""
+                     path: str | os.PathLike, title: str, first_label: str = "original") -> None:
+    """Originals in the top row (labelled ``first_label``), then one row of reconstructions per
+    attack (clipped to [0, 1])."""
     rows = [originals, *reconstructions]
     figure = Figure(figsize=(0.9 * len(originals) + 0.6, 0.95 * len(rows) + 0.4))
     axes = _image_rows(figure, rows)
-    for row, label in enumerate(["original", *labels]):
+    for row, label in enumerate([first_label, *labels]):
         axes[row, 0].set_ylabel(label, fontsize=7)
     figure.suptitle(title, fontsize=10)
     _save(figure, path)

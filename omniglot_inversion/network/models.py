@@ -151,3 +151,15 @@ def build_complete_model(normalization: str = "batch") -> keras.Sequential:
         mobile_layers(dropout=False, normalization=normalization) + server_layers(dropout=False),
         name="complete_model",
     )
+
+
+def build_evaluation_classifier() -> keras.Sequential:
+    """The judge of a training-data inversion: a classifier of another architecture than the
+    target's (3x3 convolutions, global average pooling, a 128-unit feature layer), trained on the
+    target's private records, (batch, 105, 105, 1) -> (batch, 50) class probabilities."""
+    stack: list[keras.layers.Layer] = [keras.Input(shape=IMAGE_SHAPE)]
+    for filters in (32, 64, 128, 128):
+        stack += [layers.Conv2D(filters, 3, activation="relu"), layers.MaxPooling2D(2)]
+    stack += [layers.GlobalAveragePooling2D(), layers.Dense(128, activation="relu"),
+              layers.Dense(NUM_ALPHABETS, activation="softmax")]
+    return keras.Sequential(stack, name="evaluation_classifier")

@@ -39,6 +39,7 @@ FIGURE = "attack.png"
 ALPHABET_FIGURE = "alphabets.png"
 ATTACKER_WEIGHTS = "attacker_weights.h5"
 CHECKPOINTS = "checkpoints"
+PRIOR = "prior"  # the generator a prior attack trained: prior_encoder.h5, prior_generator.h5
 CODES = "codes.npy"
 NUM_SHOWN = 16
 # --quick: the first images of the surrogate set and of small2
@@ -62,8 +63,9 @@ class AttackSpec:
     batch_size: int = 32
     iterations: int = whitebox.ITERATIONS
     tv_weight: float = whitebox.TV_WEIGHT
-    learning_rate: float = whitebox.LEARNING_RATE
+    learning_rate: float | None = None  # None: the method's own (white-box 1.0 on pixel logits, prior 0.05)
     start: str = "mean"
+    tolerance: float | None = whitebox.PLATEAU_TOLERANCE
     seed: int = 0
     surrogate_limit: int | None = None
     surrogate_source: str | None = None
@@ -76,8 +78,10 @@ class AttackSpec:
                              f"{', '.join(attacks.SURROGATES)}.")
         if self.start not in whitebox.STARTS:
             raise UsageError(f"Unknown start image {self.start!r}; choose one of {', '.join(whitebox.STARTS)}.")
-        if self.iterations < 0 or self.tv_weight < 0 or not self.learning_rate > 0:
+        if self.iterations < 0 or self.tv_weight < 0 or (self.learning_rate is not None and not self.learning_rate > 0):
             raise UsageError("--iterations and --tv-weight must be >= 0 and --learning-rate > 0.")
+        if self.tolerance is not None and not 0 <= self.tolerance < 1:
+            raise UsageError(f"--plateau-tolerance must be in [0, 1), got {self.tolerance}.")
 
     @property
     def label(self) -> str:
@@ -97,7 +101,10 @@ class AttackSpec:
         else:
             fields["epochs"] = self.decoder_epochs
         if self.method == "decoder":
-            for name in ("iterations", "tv_weight", "learning_rate", "start"):
+            for name in ("iterations", "tv_weight", "learning_rate", "start", "tolerance"):
+                fields.pop(name)
+        if self.method == "prior":
+            for name in ("tv_weight", "start"):
                 fields.pop(name)
         return fields
 
@@ -146,8 +153,9 @@ def _build(spec: AttackSpec, folder: Path, pretrained: AttackModel | None, log) 
                                     attacker=pretrained if spec.surrogate == "small1" else None,
                                     checkpoint_dir=folder / CHECKPOINTS / "decoder",
                                     on_epoch=training.logged_epochs(report, spec.decoder_epochs))
-    search = dict(iterations=spec.iterations, tv_weight=spec.tv_weight, learning_rate=spec.learning_rate,
-                  start=spec.start, checkpoint_dir=folder / CHECKPOINTS / "search", log=log)
+    rate = {} if spec.learning_rate is None else {"learning_rate": spec.learning_rate}
+    search = dict(iterations=spec.iterations, tv_weight=spec.tv_weight, start=spec.start, tolerance=spec.tolerance,
+                  **rate, checkpoint_dir=folder / CHECKPOINTS / "search", log=log)
     return attacks.build_attack(spec.method, decoder=decoder, **({} if spec.method == "decoder" else search))
 
 
@@ -241,7 +249,7 @@ def run_attack(target, spec: AttackSpec, test: TestSet, folder: str | os.PathLik
     if done is not None:
         log(f"{spec.label}: done before, scored anew ({folder / RECONSTRUCTIONS})")
         reconstructions = load_reconstructions(folder)
-        run = {key: done[key] for key in ("options", "pretrained_decoder", "seconds")}
+        run = {key: done[key] for key in ("options", "pretrained_decoder", "seconds", "search") if key in done}
     else:
         _keep_matching_checkpoints(folder, spec)
     codes = _intercepted_codes(target, test, folder, done is not None)
@@ -303,14 +311,29 @@ def _invert(target, spec, codes, test, folder, surrogate, pretrained, pretrained
     if isinstance(decoder, attacks.DecoderAttack) and decoder.history:
         with atomic_path(folder / ATTACKER_WEIGHTS) as tmp:
             save_weights(decoder.attacker, tmp)
+    if isinstance(attack, attacks.PriorAttack) and attack.trained_prior:
+        attack.prior.save(folder / PRIOR)
     used_pretrained = pretrained is not None and spec.surrogate == "small1" and spec.method != "whitebox"
     run = {"options": attack.options(), "pretrained_decoder": pretrained_name if used_pretrained else None,
+           **search_summary(getattr(attack, "search_log", None)),
            "seconds": {"prepare": prepared - started, "invert": inverted - prepared,
                        "invert_per_image": (inverted - prepared) / len(test.images)}}
     # the record must name the settings before the checkpoints go, so a kill in between reruns nothing
     write_json(folder / RESULT, {"spec": spec.record(), "num_images": len(test.images), **run})
     shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
     return reconstructions, run
+
+
+def search_summary(search_log: list[dict] | None) -> dict:
+    """A search's steps per batch (``search``: mean, largest, per batch) for attack.json; {} for
+    an attack that does not search."""
+    if not search_log:
+        return {}
+    steps = [batch["iterations"] for batch in search_log if batch["iterations"] is not None]
+    if not steps:
+        return {}
+    return {"search": {"iterations_mean": float(np.mean(steps)), "iterations_max": int(max(steps)),
+                       "batches": search_log}}
 
 
 def summary_line(result: dict) -> str:
@@ -320,6 +343,8 @@ def summary_line(result: dict) -> str:
     scores = metrics["attack"]
     line = (f"{result['label']}: MSE {scores['mse']['mean']:.4f}, SSIM {scores['ssim']['mean']:.3f}, "
             f"top-1 {scores['top1']['mean']:.3f}, code error {metrics['code_error']['mean']:.3f}")
+    if "search" in result:
+        line += f" after {result['search']['iterations_mean']:.0f} steps"
     if unseen is not None:
         line += f"; unseen alphabets: {metrics['verdict_unseen']['text']}"
     return line

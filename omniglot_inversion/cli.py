@@ -133,7 +133,7 @@ WHITEBOX_SEARCH = (
            help=f"white-box / hybrid: weight of the total-variation prior (default {WHITEBOX['tv_weight']})"),
     option("--learning-rate", type=_positive_float,
            help=f"white-box / hybrid / prior: Adam learning rate of the search (default {WHITEBOX['learning_rate']} "
-           "on the image logits, 0.05 on the prior's latents)"),
+           "on the image logits, 0.2 on the prior's latents)"),
     option("--start", choices=WHITEBOX["starts"], default="mean",
            help="white-box: start image, the mean surrogate image (default) or blank paper"),
 )
@@ -467,7 +467,7 @@ INVERT_CLASSES = (
     option("--per-class", type=_positive_int, help="reconstructions per class (default 5)"),
     option("--iterations", type=_positive_int, help="Adam steps of each search (default 300)"),
     SHARED["data-dir"], SHARED["targets"],
-    SHARED["quick"].but(help="small sizes: 2 per class, 30 steps, evaluator and generator trained 1 epoch on "
+    SHARED["quick"].but(help="small sizes: 2 per class, 10 steps, evaluator and generator trained 1 epoch on "
                         "512 and 256 images"),
     SHARED["seed"].but(help="seed of the starts, the evaluator, the generator and the bootstrap"),
 )

@@ -24,7 +24,7 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io.data import IMAGE_SHAPE
 
 ITERATIONS = 200
-LEARNING_RATE = 0.05
+LEARNING_RATE = 0.2
 LATENT_WEIGHT = 1e-3
 
 

@@ -63,7 +63,7 @@ class AttackSpec:
     batch_size: int = 32
     iterations: int = whitebox.ITERATIONS
     tv_weight: float = whitebox.TV_WEIGHT
-    learning_rate: float | None = None  # None: the method's own (white-box 1.0 on pixel logits, prior 0.05)
+    learning_rate: float | None = None  # None: the method's own (white-box 1.0 on pixel logits, prior 0.2)
     start: str = "mean"
     tolerance: float | None = whitebox.PLATEAU_TOLERANCE
     seed: int = 0

@@ -78,7 +78,7 @@ class ClassInversionConfig:
         return {**dataclasses.asdict(self), "methods": list(self.methods)}
 
 
-QUICK = dict(per_class=2, iterations=30, evaluator_epochs=1, prior_epochs=1, private_limit=512, public_limit=256)
+QUICK = dict(per_class=2, iterations=10, evaluator_epochs=1, prior_epochs=1, private_limit=512, public_limit=256)
 
 
 def _slug(label: str) -> str:

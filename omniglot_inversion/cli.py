@@ -458,6 +458,8 @@ def _run_reproduce(args: argparse.Namespace) -> None:
 
     run_reproduce(ReproduceConfig(quick=args.quick, seed=args.seed, data_dir=args.data_dir), args.out, jobs=args.jobs,
                   ship_to=args.ship)
+
+
 INVERT_CLASSES = (
     option("runs", nargs="+", type=Path, help="run folders (Part 1 and/or Part 2) or a shipped-models folder"),
     SHARED["out"].but(help="folder for class_inversion.json, its figures, the evaluator and the prior"),

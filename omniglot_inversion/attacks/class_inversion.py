@@ -29,6 +29,7 @@ from omniglot_inversion.attacks.whitebox import pixel_logits, total_variation
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.interrupts import raise_if_received
 from omniglot_inversion.io.data import IMAGE_SHAPE
+from omniglot_inversion.network import training
 
 keras = tf.keras
 
@@ -181,10 +182,8 @@ class GMI(ClassInversion):
         return self.prior.generator(variables, training=False)
 
     def invert(self, model: keras.Model, classes) -> tuple[np.ndarray, np.ndarray]:
-        scores = classifier_scores(model)
-        features = [scores(tf.constant(self.public_images[i:i + 256]))[1]
-                    for i in range(0, len(self.public_images), 256)]
-        self._feature_mean = tf.reduce_mean(tf.concat(features, axis=0), axis=0)
+        features = training.in_batches(classifier_scores(model), self.public_images)[1]
+        self._feature_mean = tf.constant(features.mean(axis=0))
         return super().invert(model, classes)
 
     def loss(self, logits, features, classes, images, variables):

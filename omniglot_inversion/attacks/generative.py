@@ -108,15 +108,13 @@ class ImagePrior:
 
     def encode(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """The posterior means of ``images``: (n, latent_dim) float32."""
-        images = check_images(images)
-        return np.concatenate([tf.split(self.encoder(images[i:i + batch_size]), 2, axis=-1)[0].numpy()
-                               for i in range(0, len(images), batch_size)]).astype(np.float32)
+        means = training.in_batches(lambda batch: tf.split(self.encoder(batch), 2, axis=-1)[0], check_images(images),
+                                    batch_size)
+        return means.astype(np.float32)
 
     def generate(self, latents: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """The generator's images of ``latents``: (n, 105, 105, 1) float32 in [0, 1]."""
-        latents = np.asarray(latents, np.float32)
-        return np.concatenate([self.generator(latents[i:i + batch_size]).numpy()
-                               for i in range(0, len(latents), batch_size)]).astype(np.float32)
+        return training.in_batches(self.generator, np.asarray(latents, np.float32), batch_size).astype(np.float32)
 
     def sample(self, count: int, seed: int = 0) -> np.ndarray:
         """``count`` random latents from the prior N(0, I) (seeded), (count, latent_dim)."""

@@ -31,7 +31,7 @@ from omniglot_inversion.io.image_sources import square_side
 
 # Adam at 1.0 on the logits, stopped at a plateau or at 200 steps: on the shipped Part 1 stage
 # (64 small2 images) the code error is 0.32 after 100 steps, 0.26 after 200, 0.23 after 300, where
-# the post-2020 default of 0.1 gave 0.55 after 100 (benchmarks/whitebox_convergence.py).
+# a learning rate of 0.1 gives 0.55 after 100 (benchmarks/whitebox_convergence.py).
 ITERATIONS = 200
 TV_WEIGHT = 1.0
 LEARNING_RATE = 1.0

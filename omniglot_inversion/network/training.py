@@ -206,6 +206,16 @@ def fit(
     return history
 
 
+def in_batches(function: Callable, values: np.ndarray, batch_size: int = 256):
+    """``function`` applied to ``values`` a batch at a time, its outputs concatenated as numpy
+    arrays (a tuple of arrays where it returns a tuple): inference over more records than one
+    batch holds."""
+    parts = [function(values[start:start + batch_size]) for start in range(0, len(values), batch_size)]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate([np.asarray(part[k]) for part in parts]) for k in range(len(parts[0])))
+    return np.concatenate([np.asarray(part) for part in parts])
+
+
 def query_codes(mobile_step: Callable, images: np.ndarray, batch_size: int = 256,
                 shape: tuple = IMAGE_SHAPE) -> np.ndarray:
     """Query the on-device stage once per image: (n, 105, 105, 1) -> (n, 1, 1, 32) for the post's
@@ -215,10 +225,7 @@ def query_codes(mobile_step: Callable, images: np.ndarray, batch_size: int = 256
     changes; the attacker can train on these codes for every epoch instead of re-querying.
     """
     images = check_images(images, shape=shape)
-    return np.concatenate([
-        mobile_step(images[start:start + batch_size], training=False).numpy()
-        for start in range(0, len(images), batch_size)
-    ])
+    return in_batches(lambda batch: mobile_step(batch, training=False), images, batch_size)
 
 
 def train_attacker(
@@ -244,8 +251,7 @@ def train_attacker(
 
 def decode(attacker: keras.Model, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The attacker's images for ``codes``, in batches, clipped to [0, 1] (float32)."""
-    guesses = np.concatenate([attacker(codes[i:i + batch_size]).numpy() for i in range(0, len(codes), batch_size)])
-    return np.clip(guesses, 0.0, 1.0).astype(np.float32)
+    return np.clip(in_batches(attacker, codes, batch_size), 0.0, 1.0).astype(np.float32)
 
 
 def reconstruct(attacker: keras.Model, mobile_step: Callable, images: np.ndarray) -> np.ndarray:

@@ -327,9 +327,7 @@ def _invert(target, spec, codes, test, folder, surrogate, pretrained, pretrained
 def search_summary(search_log: list[dict] | None) -> dict:
     """A search's steps per batch (``search``: mean, largest, per batch) for attack.json; {} for
     an attack that does not search."""
-    if not search_log:
-        return {}
-    steps = [batch["iterations"] for batch in search_log if batch["iterations"] is not None]
+    steps = [batch["iterations"] for batch in search_log or () if batch["iterations"] is not None]
     if not steps:
         return {}
     return {"search": {"iterations_mean": float(np.mean(steps)), "iterations_max": int(max(steps)),

@@ -31,12 +31,12 @@ import numpy as np
 import tensorflow as tf
 
 from omniglot_inversion.attacks import class_inversion, load_surrogate
-from omniglot_inversion.attacks.generative import ImagePrior
+from omniglot_inversion.attacks.generative import LATENT_DIM, ImagePrior
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io import data
 from omniglot_inversion.io.files import atomic_path, read_json, write_json
 from omniglot_inversion.measure import plots
-from omniglot_inversion.measure.class_scores import score_class_inversion
+from omniglot_inversion.measure.class_scores import attack_accuracy, score_class_inversion
 from omniglot_inversion.network import training
 from omniglot_inversion.network.models import build_evaluation_classifier
 from omniglot_inversion.network.weights import save_weights
@@ -85,11 +85,6 @@ def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "_", label.lower()).strip("_")
 
 
-def _batched(function, images: np.ndarray) -> list[np.ndarray]:
-    parts = [function(tf.constant(images[i:i + SCORING_BATCH])) for i in range(0, len(images), SCORING_BATCH)]
-    return [np.concatenate([np.asarray(part[k]) for part in parts]) for k in range(len(parts[0]))]
-
-
 def evaluation_classifier(folder: Path, images: np.ndarray, labels: np.ndarray, val_images: np.ndarray,
                           val_labels: np.ndarray, *, epochs: int, seed: int, log=print) -> tuple[tf.keras.Model, dict]:
     """The evaluation classifier trained on the private training records (kept in ``folder`` and
@@ -120,7 +115,7 @@ def evaluation_classifier(folder: Path, images: np.ndarray, labels: np.ndarray, 
 
 def image_prior(folder: Path, public: np.ndarray, *, epochs: int, seed: int, log=print) -> ImagePrior:
     """The generator trained on the public images (kept in ``folder``, reused with the same settings)."""
-    wanted = {"images": len(public), "epochs": epochs, "seed": seed, "latent_dim": ImagePrior().latent_dim}
+    wanted = {"images": len(public), "epochs": epochs, "seed": seed, "latent_dim": LATENT_DIM}
     if read_json(folder / "prior.json") == wanted:
         return ImagePrior.load(folder, wanted["latent_dim"])
     prior = ImagePrior(wanted["latent_dim"])
@@ -137,12 +132,12 @@ def run_class_inversion(folders: list[str | os.PathLike], out: str | os.PathLike
     targets = select_targets([target for folder in folders for target in find_audit_targets(folder)], only)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    train_size = {target.train_size for target in targets}
-    if len(train_size) != 1:
-        raise UsageError(f"The targets were trained on different numbers of records ({sorted(train_size)}); invert "
+    train_sizes = {target.train_size for target in targets}
+    if len(train_sizes) != 1:
+        raise UsageError(f"The targets were trained on different numbers of records ({sorted(train_sizes)}); invert "
                          "them in separate runs (--targets), each scored by its own evaluation classifier.")
-    records, labels = data.target_records(data_dir, train_size=train_size.pop())
-    train_count = targets[0].train_size
+    train_count = train_sizes.pop()
+    records, labels = data.target_records(data_dir, train_size=train_count)
     private, private_labels = records[:train_count], labels[:train_count]
     val_images, val_labels = records[train_count:], labels[train_count:]
     if config.private_limit is not None:
@@ -154,11 +149,11 @@ def run_class_inversion(folders: list[str | os.PathLike], out: str | os.PathLike
                                                         val_labels, epochs=config.evaluator_epochs, seed=config.seed,
                                                         log=log)
     evaluate = class_inversion.classifier_scores(evaluator)
-    private_features = _batched(evaluate, private)[1]
+    private_features = training.in_batches(evaluate, private, SCORING_BATCH)[1]
     prior = image_prior(out / PRIOR, public, epochs=config.prior_epochs, seed=config.seed, log=log)
 
     def scored(images: np.ndarray, image_classes: np.ndarray) -> dict:
-        logits, features = _batched(evaluate, images)
+        logits, features = training.in_batches(evaluate, images, SCORING_BATCH)
         return score_class_inversion(logits, features, image_classes, private_features, private_labels,
                                      among=classes, seed=config.seed)
 
@@ -209,9 +204,8 @@ def _result(folders, config, classes, evaluator_record, baselines, rows) -> dict
 
 
 def _accuracy(model: tf.keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
-    predictions = np.concatenate([model(images[i:i + SCORING_BATCH], training=False).numpy().argmax(axis=1)
-                                  for i in range(0, len(images), SCORING_BATCH)])
-    return float(np.mean(predictions == labels))
+    probabilities = training.in_batches(lambda batch: model(batch, training=False), images, SCORING_BATCH)
+    return float(np.mean(probabilities.argmax(axis=1) == labels))
 
 
 def _invert(target: AuditTarget, method: str, config: ClassInversionConfig, classes, public, prior, scored, digest,
@@ -219,9 +213,8 @@ def _invert(target: AuditTarget, method: str, config: ClassInversionConfig, clas
     attack = class_inversion.build_class_inversion(method, public, prior, iterations=config.iterations,
                                                    per_class=config.per_class, seed=config.seed, log=log)
     images, image_classes = attack.invert(target.model, classes)
-    own = class_inversion.classifier_scores(target.model)
-    target_logits = _batched(own, images)[0]
-    own_top1 = float(np.mean(target_logits[:, classes].argmax(axis=1) == np.searchsorted(classes, image_classes)))
+    target_logits = training.in_batches(class_inversion.classifier_scores(target.model), images, SCORING_BATCH)[0]
+    own_top1 = attack_accuracy(target_logits, image_classes, among=classes)["top1"]["mean"]
     return images, {"target": target.label, "method": method, "weights_sha256": digest,
                     "epsilon": target.epsilon, "val_accuracy": accuracy, "options": attack.options(),
                     "target_top1": own_top1, "scores": scored(images, image_classes)}

@@ -22,6 +22,7 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io import data
 from omniglot_inversion.io.files import read_json, write_json
 from omniglot_inversion.measure import membership, plots, reference_attacks
+from omniglot_inversion.network import training
 from omniglot_inversion.network.models import TargetModel, build_complete_model
 from omniglot_inversion.pipelines import part1, part2, reference_models, run_folder
 from omniglot_inversion.pipelines.attack_suite import select_targets
@@ -107,10 +108,8 @@ def find_audit_targets(folder: str | os.PathLike) -> list[AuditTarget]:
 
 def losses(model: tf.keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Per-record cross-entropy of ``model`` in inference mode."""
-    return np.concatenate([
-        tf.keras.losses.sparse_categorical_crossentropy(labels[i:i + batch_size],
-                                                        model(images[i:i + batch_size], training=False)).numpy()
-        for i in range(0, len(images), batch_size)])
+    probabilities = training.in_batches(lambda batch: model(batch, training=False), images, batch_size)
+    return tf.keras.losses.sparse_categorical_crossentropy(labels, probabilities).numpy()
 
 
 def audit_target(target: AuditTarget, data_dir=None, *, seed: int = 0, limit: int | None = None,

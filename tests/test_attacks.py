@@ -140,20 +140,33 @@ def test_background_surrogate_shares_no_alphabet_and_no_image_with_small2(data_d
     assert len(background.images) == 19_280 - 3_120
 
 
-def test_verdict_counts_only_metrics_whose_intervals_clear_every_baseline():
-    def scores(mse, top1, ssim=(0.5, 0.4, 0.6)):
-        return {"mse": dict(zip(("mean", "low", "high"), mse, strict=True)),
-                "top1": dict(zip(("mean", "low", "high"), top1, strict=True)),
-                "ssim": dict(zip(("mean", "low", "high"), ssim, strict=True))}
-    attack = scores(mse=(0.05, 0.04, 0.06), top1=(0.30, 0.25, 0.35))
-    baselines = {"mean": scores(mse=(0.065, 0.061, 0.07), top1=(0.0, 0.0, 0.0)),
-                 "shuffled": scores(mse=(0.09, 0.08, 0.10), top1=(0.01, 0.0, 0.26))}
-    result = verdict(attack, baselines, metrics=("mse", "ssim", "top1"))
-    assert result["leaks"] and [m for m, row in result["metrics"].items() if row["beats_every_baseline"]] == ["mse"]
+def test_verdict_counts_a_metric_only_when_it_beats_every_baseline_after_holm():
+    rng = np.random.default_rng(0)
+    count = 100
+    zeros = np.zeros(count)
+    def hits(number):
+        values = np.zeros(count)
+        values[:number] = 1.0
+        return values
+    baseline = {"mse": rng.uniform(0.06, 0.07, count), "top1": zeros}
+    shuffled = {"mse": rng.uniform(0.08, 0.10, count), "top1": zeros}
+    # lower MSE on every image; 5 hits where neither baseline hits: McNemar p = 1/32 before Holm
+    attack = {"mse": baseline["mse"] - 0.01, "top1": hits(5)}
+    result = verdict(attack, {"mean": baseline, "shuffled": shuffled}, metrics=("mse", "top1"))
+    assert result["metrics"]["mse"]["beats_every_baseline"] and result["leaks"]
     assert result["metrics"]["mse"]["best_baseline"] == "mean"
-    assert result["metrics"]["mse"]["margin"] == pytest.approx(0.015)
-    assert result["metrics"]["top1"]["margin"] == pytest.approx(0.29)  # better on the mean, intervals overlap
-    assert not verdict(scores((0.07, 0.06, 0.08), (0.0, 0.0, 0.0)), baselines, metrics=("mse", "top1"))["leaks"]
+    assert result["metrics"]["mse"]["margin"] == pytest.approx(0.01)
+    assert result["metrics"]["top1"]["margin"] == pytest.approx(0.05)
+    # unadjusted, 1/32 against each baseline clears 0.05; Holm over the four tests multiplies the
+    # third smallest by 2, and the largest is held at least as high (0.0625)
+    assert result["metrics"]["top1"]["p_adjusted"] == pytest.approx({"mean": 2 / 32, "shuffled": 2 / 32})
+    assert not result["metrics"]["top1"]["beats_every_baseline"]
+    assert "Holm" in result["test"] and result["num_images"] == count
+    # ten more hits clear it; an attack no better than the baselines leaks nothing
+    assert verdict({**attack, "top1": hits(15)}, {"mean": baseline, "shuffled": shuffled},
+                   metrics=("mse", "top1"))["metrics"]["top1"]["beats_every_baseline"]
+    assert not verdict({"mse": baseline["mse"] + 0.01, "top1": zeros}, {"mean": baseline, "shuffled": shuffled},
+                       metrics=("mse", "top1"))["leaks"]
 
 
 def test_attack_command_writes_reconstructions_record_and_figure(tmp_path, data_dir, capsys):

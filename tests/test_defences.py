@@ -252,3 +252,16 @@ def test_the_strongest_attack_is_chosen_among_the_scores_on_the_same_images():
     # a tie in top-1 (both at zero under a strong defence) goes to the higher SSIM
     attacks.update(decoder_subset=scored(0.0, 0.4), hybrid=scored(0.0, 0.5))
     assert frontier.strongest(attacks, "unseen") == "hybrid"
+
+
+def test_the_frontier_chooses_the_strongest_on_one_half_and_reports_the_other():
+    def scored(top1, select, report):
+        return {"unseen": {"top1": {"mean": top1}, "ssim": {"mean": 0.5}},
+                "halves": {"unseen": {"select": {"top1": {"mean": select}, "ssim": {"mean": 0.5}},
+                                      "report": {"top1": {"mean": report, "low": 0.0, "high": 0.1}}}}}
+    row = {"attacks": {"decoder_subset": scored(0.04, 0.05, 0.03), "hybrid": scored(0.05, 0.02, 0.08)}}
+    # on all images the hybrid leads; on the selection half the decoder does, and is reported on the other
+    row["strongest"] = {"unseen": frontier.strongest(row["attacks"], "unseen")}
+    assert row["strongest"]["unseen"] == "decoder_subset"
+    assert frontier.reported(row, "unseen") == ({"top1": {"mean": 0.03, "low": 0.0, "high": 0.1}}, "the other half")
+    assert frontier.strongest_top1(row, "unseen")["mean"] == 0.03

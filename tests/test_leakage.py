@@ -8,6 +8,7 @@ import pytest
 
 from omniglot_inversion import attacks, cli
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.measure.intervals import clopper_pearson
 from omniglot_inversion.pipelines import attack_run, attack_suite, run_folder, shipping
 from omniglot_inversion.pipelines.attack_suite import EVALUATION, REPORT, find_targets, load_test_set
 
@@ -135,14 +136,35 @@ def test_headline_table_names_the_strongest_attacks_and_marks_what_an_evaluation
             _row("non-private", "hybrid", None, unseen=(0.13, 0.004, 0.015), seen=(0.1, 0.602, 0.7), mean_image=0.07),
             _row("noise 0.7", "hybrid", 3.391, unseen=(0.067, 0.002, 0.008), seen=(0.06, 0.07, 0.1), mean_image=0.07)]
     rows[0]["target_val_accuracy"] = 0.7589
+    rows[2]["metrics"]["num_unseen"] = 1000
     table = attack_suite.headline_table({"rows": rows})
-    # unseen: a top-1 tie between the background decoder and the hybrid goes to the higher top-5
-    assert table[2] == ("| non-private | 0.759 | 0.004 / 0.015 (hybrid) | 0.602 (hybrid) | 0.453 | "
-                        "0.0610 (decoder:background; 0.0652) |")
-    # no accuracy recorded and no post's decoder: their cells are marked
-    assert table[3] == ("| noise 0.7 (epsilon 3.39) | - | 0.002 / 0.008 (hybrid) | 0.070 (hybrid) | - | "
+    # without halves the strongest is the maximum over the attacks on the same images, and says so
+    assert "(chosen on the same images)" in table[0]
+    # unseen: a top-1 tie between the background decoder and the hybrid goes to the higher top-5;
+    # its top-1 gets the exact interval of 4 hits in the 1,000 unseen images
+    low, high = clopper_pearson(4, 1000)
+    assert table[2] == (f"| non-private | 0.759 | 0.004 [{low:.3f}, {high:.3f}] / 0.015 / - (hybrid) | "
+                        "0.602 (hybrid) | 0.453 | 0.0610 (decoder:background; 0.0652) |")
+    # no accuracy recorded, no post's decoder, no image count: their cells are marked or bare
+    assert table[3] == ("| noise 0.7 (epsilon 3.39) | - | 0.002 / 0.008 / - (hybrid) | 0.070 (hybrid) | - | "
                         "0.0670 (hybrid; 0.0700) |")
     assert len(table) == 4
+
+
+def test_the_headline_chooses_the_strongest_on_one_half_and_reports_the_other():
+    def halves(select, report):
+        return {"unseen": {"select": {"top1": _scores(select), "top5": _scores(select)},
+                           "report": {"top1": _scores(report), "top5": _scores(report),
+                                      "same_character": _scores(0.02)}}}
+    rows = [_row("t", "decoder", None, unseen=(0.08, 0.010, 0.02), seen=(), mean_image=0.07),
+            _row("t", "hybrid", None, unseen=(0.07, 0.012, 0.03), seen=(), mean_image=0.07)]
+    # the hybrid wins on all images, but only because of the reporting half; on the selection half
+    # the decoder wins, and its reporting half is what the table shows
+    rows[0]["metrics"]["halves_seen_unseen"] = halves(0.010, 0.010)
+    rows[1]["metrics"]["halves_seen_unseen"] = halves(0.006, 0.018)
+    table = attack_suite.headline_table({"rows": rows})
+    assert "(chosen on half the images, scored on the other half)" in table[0]
+    assert table[2].startswith("| t | - | 0.010 [0.010, 0.010] / 0.010 / 0.020 (decoder) |")
 
 
 def _evaluation_copy(source: Path, folder: Path, edit=None) -> Path:

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from omniglot_inversion import cli
-from omniglot_inversion.measure import membership
+from omniglot_inversion.measure import intervals, membership
 from omniglot_inversion.pipelines.membership_audit import FIGURE, RESULT
 
 
@@ -25,9 +25,9 @@ def test_epsilon_lower_bound_of_a_known_pair():
 
 def test_clopper_pearson_matches_its_closed_forms():
     # no success in n trials: upper end 1 - (alpha / 2) ** (1 / n); all successes: lower end (alpha / 2) ** (1 / n)
-    assert membership.clopper_pearson(0, 100) == (0.0, pytest.approx(1 - 0.025 ** (1 / 100), rel=1e-9))
-    assert membership.clopper_pearson(100, 100) == (pytest.approx(0.025 ** (1 / 100), rel=1e-9), 1.0)
-    low, high = membership.clopper_pearson(50, 100)
+    assert intervals.clopper_pearson(0, 100) == (0.0, pytest.approx(1 - 0.025 ** (1 / 100), rel=1e-9))
+    assert intervals.clopper_pearson(100, 100) == (pytest.approx(0.025 ** (1 / 100), rel=1e-9), 1.0)
+    low, high = intervals.clopper_pearson(50, 100)
     assert low < 0.5 < high and high - low == pytest.approx(0.2, abs=0.01)
 
 
@@ -35,8 +35,8 @@ def test_empirical_epsilon_uses_the_conservative_ends_of_both_intervals():
     members, non_members = np.zeros(1000), np.zeros(1000)
     members[:500] = 2.0  # a threshold at 1 catches half the members and no non-member
     result = membership.empirical_epsilon(members, non_members, delta=1e-5)
-    tpr_low = membership.clopper_pearson(500, 1000)[0]
-    fpr_high = membership.clopper_pearson(0, 1000)[1]
+    tpr_low = intervals.clopper_pearson(500, 1000)[0]
+    fpr_high = intervals.clopper_pearson(0, 1000)[1]
     assert (result["tpr"], result["fpr"]) == (0.5, 0.0)
     assert result["epsilon"] == pytest.approx(math.log((tpr_low - 1e-5) / fpr_high), rel=1e-9)
 

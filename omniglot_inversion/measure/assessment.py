@@ -3,7 +3,9 @@
 `assess` scores reconstructions of a test set (every metric of `evaluation` with its interval),
 scores the baselines the same way, splits both into the alphabets the attacker's own images
 contain ("seen") and the rest ("unseen"), and gives a `verdict`: on unseen alphabets, which metrics
-the attack wins against every baseline with intervals that do not overlap, and by how much.
+the attack wins against every baseline by paired tests held at a family-wise error of 5 %, and by
+how much. Each group is also scored on the two fixed halves of `intervals.selection_halves`, so that a table
+can choose the strongest attack on one half and report it on the other.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omniglot_inversion.measure import evaluation
+from omniglot_inversion.measure import evaluation, intervals
 
 # The metrics a verdict is read on: pixel error, structure, and re-identification.
 VERDICT_METRICS = ("mse", "ssim", "top1", "top5")
+# What a table chooses the strongest attack by, and reports it with, on separate halves.
+HALF_METRICS = ("top1", "top5", "same_character", "ssim")
 
 
 @dataclass(frozen=True)
@@ -49,27 +53,45 @@ def _groups(per_image: dict, seen: np.ndarray, seed: int) -> dict:
     return {"seen" if key else "unseen": value for key, value in evaluation.by_group(per_image, seen, seed).items()}
 
 
-def beats(attack: dict, baseline: dict, metric: str) -> bool:
-    """Whether the attack's interval lies wholly on the better side of the baseline's."""
-    if evaluation.HIGHER_IS_BETTER[metric]:
-        return attack[metric]["low"] > baseline[metric]["high"]
-    return attack[metric]["high"] < baseline[metric]["low"]
+def _masked(per_image: dict, mask: np.ndarray) -> dict:
+    return {name: values[mask] for name, values in per_image.items()}
 
 
-def verdict(attack: dict, baselines: dict, metrics=VERDICT_METRICS) -> dict:
-    """On one group of images: per metric, the margin over the best baseline (> 0: the attack does
-    better) and whether the attack beats every baseline with non-overlapping intervals."""
+def _halves(per_image: dict, seen: np.ndarray, seed: int) -> dict:
+    """Per group (seen, unseen), the rates of `HALF_METRICS` on the selection and on the reporting
+    half of the test set (`intervals.selection_halves`)."""
+    select, report = intervals.selection_halves(len(seen))
+    chosen = {name: per_image[name] for name in HALF_METRICS}
+    return {"seen" if key else "unseen": {half: evaluation.summarize(chosen, (seen == key) & mask, seed)
+                                          for half, mask in (("select", select), ("report", report))}
+            for key in np.unique(seen)}
+
+
+def verdict(attack: dict, baselines: dict, metrics=VERDICT_METRICS, alpha: float = intervals.FAMILY_ALPHA) -> dict:
+    """On one group of images, from per-image scores (``attack``: metric -> array; ``baselines``:
+    name -> the same, paired image by image): per metric, the margin over the best baseline (> 0: the
+    attack does better), each baseline's Holm-adjusted p-value, and whether the attack beats every
+    baseline. The family is every metric against every baseline, tested one-sided and paired
+    (`intervals.paired_p_value`), held at family-wise error ``alpha`` (`intervals.holm`)."""
+    raw = {(metric, name): intervals.paired_p_value(
+               attack[metric], scores[metric], higher_is_better=evaluation.HIGHER_IS_BETTER[metric],
+               binary=metric in evaluation.RATES)
+           for metric in metrics for name, scores in baselines.items()}
+    adjusted = intervals.holm(raw)
     per_metric = {}
     for metric in metrics:
         higher = evaluation.HIGHER_IS_BETTER[metric]
-        best_name = (max if higher else min)(baselines, key=lambda name: baselines[name][metric]["mean"])
-        margin = attack[metric]["mean"] - baselines[best_name][metric]["mean"]
+        means = {name: float(np.mean(scores[metric])) for name, scores in baselines.items()}
+        best_name = (max if higher else min)(means, key=means.get)
+        margin = float(np.mean(attack[metric])) - means[best_name]
+        p_values = {name: adjusted[metric, name] for name in baselines}
         per_metric[metric] = {"margin": margin if higher else -margin, "best_baseline": best_name,
-                              "beats_every_baseline": all(beats(attack, b, metric) for b in baselines.values())}
+                              "p_adjusted": p_values, "beats_every_baseline": max(p_values.values()) < alpha}
     beaten = [metric for metric, row in per_metric.items() if row["beats_every_baseline"]]
     text = (("beats every baseline on " + ", ".join(f"{m} ({per_metric[m]['margin']:+.4f})" for m in beaten))
             if beaten else "beats no baseline on any of " + ", ".join(metrics))
-    return {"leaks": bool(beaten), "metrics": per_metric, "text": text}
+    return {"leaks": bool(beaten), "metrics": per_metric, "text": text, "test": intervals.HOLM,
+            "family_alpha": alpha, "num_images": len(next(iter(attack.values())))}
 
 
 def assess(test: TestSet, reconstructions: np.ndarray, surrogate_images: np.ndarray, seen: np.ndarray,
@@ -97,7 +119,9 @@ def assess(test: TestSet, reconstructions: np.ndarray, surrogate_images: np.ndar
         "seen_unseen": groups, "baselines_seen_unseen": baseline_groups,
         "per_alphabet": {test.names[key]: value for key, value in
                          evaluation.by_group(per_image, test.alphabets, seed).items()},
-        "verdict_unseen": verdict(groups["unseen"], {name: g["unseen"] for name, g in baseline_groups.items()})
+        "halves_seen_unseen": _halves(per_image, seen, seed),
+        "verdict_unseen": verdict(_masked(per_image, ~seen),
+                                  {name: _masked(scores, ~seen) for name, scores in baseline_images.items()})
         if "unseen" in groups else None,
     }
     if code_errors is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from omniglot_inversion.measure.evaluation import bootstrap
-from omniglot_inversion.measure.membership import clopper_pearson
+from omniglot_inversion.measure.intervals import clopper_pearson
 
 
 def _rate(hits: np.ndarray) -> dict:

@@ -1,4 +1,4 @@
-"""How much an attacker learns: reconstruction metrics with bootstrap intervals, baselines that
+"""How much an attacker learns: reconstruction metrics with intervals, baselines that
 query nothing, re-identification, and breakdowns by alphabet. Pure numpy / TensorFlow, no I/O.
 
 All functions take originals and reconstructions as arrays of shape (n, 105, 105, 1) with values
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-CONFIDENCE = 0.95
+from omniglot_inversion.measure.intervals import CONFIDENCE, clopper_pearson
+
 BOOTSTRAP_SAMPLES = 1000
 # He, Zhang and Lee (ACSAC 2019) call a reconstruction recognisable above this SSIM.
 RECOGNISABLE_SSIM = 0.3
@@ -21,7 +22,7 @@ RECOGNISABLE_SSIM = 0.3
 
 @dataclass(frozen=True)
 class Interval:
-    """A mean with its bootstrap confidence interval."""
+    """A mean with its confidence interval."""
 
     mean: float
     low: float
@@ -122,10 +123,22 @@ def per_image_scores(originals: np.ndarray, reconstructions: np.ndarray, charact
     }
 
 
+# The per-image metrics that are 0/1 hits: their mean is a rate, whose interval is exact.
+RATES = ("ssim_above_0.3", "top1", "top5", "same_character")
+
+
+def rate(hits: np.ndarray) -> Interval:
+    """The share of ``hits`` (0/1) with its Clopper-Pearson interval."""
+    hits = np.asarray(hits, dtype=np.float64)
+    return Interval(float(hits.mean()), *clopper_pearson(int(hits.sum()), len(hits)))
+
+
 def summarize(per_image: dict, mask: np.ndarray | None = None, seed: int = 0) -> dict:
-    """Mean and bootstrap interval of each per-image metric, over the images selected by ``mask``."""
-    return {name: bootstrap(values if mask is None else values[mask], seed=seed).as_dict()
-            for name, values in per_image.items()}
+    """Mean and interval of each per-image metric over the images selected by ``mask``: exact
+    (Clopper-Pearson) for the rates of `RATES`, percentile bootstrap for the others."""
+    chosen = {name: values if mask is None else values[mask] for name, values in per_image.items()}
+    return {name: (rate(values) if name in RATES else bootstrap(values, seed=seed)).as_dict()
+            for name, values in chosen.items()}
 
 
 def score(originals: np.ndarray, reconstructions: np.ndarray, characters: np.ndarray, seed: int = 0) -> dict:

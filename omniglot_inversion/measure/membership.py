@@ -20,10 +20,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 from sklearn import metrics
 
 from omniglot_inversion.measure.evaluation import BOOTSTRAP_SAMPLES, CONFIDENCE
+from omniglot_inversion.measure.intervals import clopper_pearson
 
 FPR_LEVELS = (0.0001, 0.001, 0.01)
 ROC_POINTS = 400  # points of the ROC curve kept in the results (for the figure)
@@ -38,14 +38,6 @@ def epsilon_lower_bound(tpr: float, fpr: float, delta: float) -> float:
             return 0.0
         return math.inf if denominator <= 0 else math.log(numerator / denominator)
     return max(0.0, log_ratio(tpr - delta, fpr), log_ratio(1.0 - fpr - delta, 1.0 - tpr))
-
-
-def clopper_pearson(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) two-sided interval of a binomial proportion."""
-    alpha = 1.0 - confidence
-    low = 0.0 if successes == 0 else float(stats.beta.ppf(alpha / 2, successes, trials - successes + 1))
-    high = 1.0 if successes == trials else float(stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
-    return low, high
 
 
 def roc(member_scores: np.ndarray, non_member_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

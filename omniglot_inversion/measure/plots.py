@@ -130,16 +130,16 @@ _FRONTIER_MARKERS = {"none": "*", "gaussian": "o", "laplace": "s", "dropout": "^
                      "nopeek+laplace": "P", "dp-sgd": "X"}
 
 
-def save_frontier(rows: list[dict], path: str | os.PathLike) -> None:
+def save_frontier(rows: list[dict], path: str | os.PathLike, top1) -> None:
     """Per group of test alphabets (seen, unseen): x the target's validation accuracy, y the top-1
-    re-identification of the strongest attack on it (the row's ``strongest``, scored on the
-    frontier's subset), with its interval; one marker per defence, each point labelled with its
+    re-identification of the strongest attack on it, ``top1(row, group)`` (an interval), with its
+    interval; one marker per defence, each point labelled with its
     strength (or epsilon)."""
     figure = Figure(figsize=(11, 4.2))
     for axis, group in zip(figure.subplots(1, 2), ("seen", "unseen"), strict=True):
         for name, marker in _FRONTIER_MARKERS.items():
             chosen = [row for row in rows if row["defence"]["name"] == name]
-            points = [(row, row["attacks"][row["strongest"][group]][group]["top1"]) for row in chosen]
+            points = [(row, top1(row, group)) for row in chosen]
             if not points:
                 continue
             means, errors = _errorbar_arrays([interval for _, interval in points])

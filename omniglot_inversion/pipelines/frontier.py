@@ -50,7 +50,7 @@ DECODER, WHITEBOX, DECODER_ON_SUBSET = "decoder", "hybrid", "decoder_subset"
 COMPARED = (DECODER_ON_SUBSET, WHITEBOX)
 WHITEBOX_IMAGES = 260
 QUICK_TEST_IMAGES, QUICK_WHITEBOX_IMAGES, QUICK_ITERATIONS = 64, 20, 10
-GROUPS = ("seen", "unseen")
+GROUPS = attack_suite.GROUPS
 TABLE_METRICS = ("top1", "ssim", "mse")
 
 
@@ -117,8 +117,24 @@ def _test_sets(config: FrontierConfig) -> dict[str, TestSet]:
 
 def strongest(attacks: dict, group: str) -> str:
     """The attack of `COMPARED` that re-identifies most of ``group``'s subset images (top-1, then
-    SSIM when they tie, as at zero)."""
-    return max(COMPARED, key=lambda name: tuple(attacks[name][group][metric]["mean"] for metric in ("top1", "ssim")))
+    SSIM when they tie, as at zero), judged on the selection half of the subset where the attacks
+    were scored on halves (`assessment`), so that `reported` can give its scores on the other half."""
+    def judged(name):
+        return attacks[name].get("halves", {}).get(group, {}).get("select") or attacks[name][group]
+    return max(COMPARED, key=lambda name: tuple(judged(name)[metric]["mean"] for metric in ("top1", "ssim")))
+
+
+def reported(row: dict, group: str) -> tuple[dict, str]:
+    """The strongest attack's scores on ``group`` that a table or figure shows, and the images they
+    come from: the reporting half where it was chosen on the other, else the images it was chosen on."""
+    chosen = row["attacks"][row["strongest"][group]]
+    half = chosen.get("halves", {}).get(group, {}).get("report")
+    return (half, "the other half") if half else (chosen[group], "the same images")
+
+
+def strongest_top1(row: dict, group: str) -> dict:
+    """The strongest attack's top-1 on ``group`` as `reported`: the frontier figure's points."""
+    return reported(row, group)[0]["top1"]
 
 
 def _attack_row(target: attack_suite.Target, folder: Path, config: FrontierConfig, log) -> dict:
@@ -136,6 +152,7 @@ def _attack_row(target: attack_suite.Target, folder: Path, config: FrontierConfi
             "num_images": result["num_images"], "folder": str((folder / "attacks" / name).relative_to(folder.parent)),
             **{group: {metric: metrics["seen_unseen"][group][metric] for metric in TABLE_METRICS}
                for group in GROUPS if group in metrics["seen_unseen"]},
+            "halves": metrics.get("halves_seen_unseen", {}),
             "verdict_unseen": metrics.get("verdict_unseen", {}).get("text")}
     row["strongest"] = {group: strongest(row["attacks"], group) for group in GROUPS}
     return row
@@ -221,4 +238,4 @@ def write_frontier(result: dict, out: Path) -> None:
     write_json(out / RESULT, result)
     with atomic_path(out / TABLE) as tmp:
         tmp.write_text(_csv(result))
-    plots.save_frontier(result["rows"], out / FIGURE)
+    plots.save_frontier(result["rows"], out / FIGURE, strongest_top1)

@@ -251,6 +251,12 @@ REPRODUCE = (
                        "saved_models) with its manifest.json"),
 )
 REPORT = (option("folder", type=Path, help="a folder made by omniglot-inversion reproduce"),)
+README_TABLES = (
+    option("readme", type=Path, nargs="?", default=Path("README.md"),
+           help="the README whose generated blocks to rewrite (default README.md); its folder holds saved_models/ "
+                "and docs/results/"),
+    option("--check", action="store_true", help="change nothing; exit 2 if a block differs from its rendering"),
+)
 CANARIES = (
     SHARED["out"].but(help="run folder for metrics.json (the audit in its 'audit' section)"),
     SHARED["data-dir"], SHARED["seed"].but(help="seed of the canaries, their inclusion and the training"),
@@ -488,6 +494,21 @@ def _run_invert_classes(args: argparse.Namespace) -> None:
     print(f"written: {args.out / class_inversion_run.RESULT}")
 
 
+def _run_readme(args: argparse.Namespace) -> None:
+    from omniglot_inversion.pipelines import readme_tables
+
+    if not args.readme.is_file():
+        raise UsageError(f"{args.readme} is not a file; give the README whose tables to render.")
+    if args.check:
+        if readme_tables.render(args.readme) != args.readme.read_text():
+            raise UsageError(f"{args.readme}'s generated tables differ from the files they come from; run "
+                             f"`omniglot-inversion readme {args.readme}` to rewrite them.")
+        print(f"{args.readme}: every generated table equals its rendering")
+        return
+    changed = readme_tables.update(args.readme)
+    print(f"{'rewritten' if changed else 'unchanged'}: {args.readme}")
+
+
 def _run_report(args: argparse.Namespace) -> None:
     from omniglot_inversion.pipelines.report import write_report
 
@@ -559,6 +580,8 @@ COMMANDS = (
             _run_reproduce, REPRODUCE),
     Command("report", "rewrite FOLDER/report.md and its figures from the JSON files of a reproduce folder",
             _run_report, REPORT),
+    Command("readme", "rewrite README's generated result tables from the shipped JSON files (saved_models/, "
+            "docs/results/)", _run_readme, README_TABLES),
     Command("membership", "membership inference on the complete targets of Part 1 / Part 2 run folders: "
             "loss-threshold attack, AUC, advantage, TPR at low FPR, empirical epsilon lower bound next to the "
             "accountant's", _run_membership, MEMBERSHIP),

@@ -56,3 +56,38 @@ def test_readme_python_example_runs_as_written(data_dir, monkeypatch, capsys):
     assert names["noisy"].defence.name == "laplace"
     printed = capsys.readouterr().out
     assert re.search(r"'epsilon': 3\.39", printed), printed  # noise 0.7 at the post's settings
+
+
+def test_readmes_generated_tables_equal_their_rendering_from_the_shipped_files():
+    from omniglot_inversion.pipelines import readme_tables
+
+    text = (REPO / "README.md").read_text()
+    for name in readme_tables.TABLES:
+        if name != "class_inversion" or (REPO / readme_tables.CLASS_INVERSION).exists():
+            assert f"<!-- generated: {name} -->" in text, f"README lacks the generated block {name!r}"
+    assert readme_tables.render(REPO / "README.md") == text, (
+        "README's generated tables differ from the shipped files: run `omniglot-inversion readme README.md`")
+
+
+def test_rendering_rewrites_only_the_blocks_and_refuses_an_unknown_one(tmp_path):
+    import pytest
+
+    from omniglot_inversion import cli
+    from omniglot_inversion.pipelines import readme_tables
+
+    results = tmp_path / readme_tables.MEMBERSHIP
+    results.parent.mkdir(parents=True)
+    results.write_bytes((REPO / readme_tables.MEMBERSHIP).read_bytes())
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- generated: membership_reference -->\n| stale |\n<!-- /generated -->\nend\n")
+    assert cli.main(["readme", str(readme), "--check"]) == 2
+    assert cli.main(["readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- generated: membership_reference -->\n| target | attack | AUC |")
+    assert "| stale |" not in text and text.endswith("<!-- /generated -->\nend\n")
+    assert "| non-private (4 reference models) | RMIA online | 0.661 [0.645, 0.676] |" in text
+    assert cli.main(["readme", str(readme), "--check"]) == 0
+    readme.write_text("<!-- generated: nonsense -->\nx\n<!-- /generated -->\n")
+    with pytest.raises(Exception, match="unknown generated block 'nonsense'"):
+        readme_tables.render(readme)
+    assert readme.read_text() == "<!-- generated: nonsense -->\nx\n<!-- /generated -->\n"

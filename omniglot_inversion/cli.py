@@ -251,6 +251,12 @@ REPRODUCE = (
                        "saved_models) with its manifest.json"),
 )
 REPORT = (option("folder", type=Path, help="a folder made by omniglot-inversion reproduce"),)
+REPLICATES = (
+    option("folders", nargs="+", type=Path,
+           help="the evaluate (or reproduce) folders of two or more training seeds, e.g. reproduce --seed 0, 1, 2"),
+    SHARED["out"].but(help="folder for replicates.json and replicates.md"),
+    SHARED["seed"].but(help="seed of the bootstrap"),
+)
 README_TABLES = (
     option("readme", type=Path, nargs="?", default=Path("README.md"),
            help="the README whose generated blocks to rewrite (default README.md); its folder holds saved_models/ "
@@ -494,6 +500,13 @@ def _run_invert_classes(args: argparse.Namespace) -> None:
     print(f"written: {args.out / class_inversion_run.RESULT}")
 
 
+def _run_replicates(args: argparse.Namespace) -> None:
+    from omniglot_inversion.pipelines import replicates
+
+    replicates.run_replicates(args.folders, args.out, seed=args.seed)
+    print(f"written: {args.out / replicates.RESULT}, {args.out / replicates.REPORT}")
+
+
 def _run_readme(args: argparse.Namespace) -> None:
     from omniglot_inversion.pipelines import readme_tables
 
@@ -580,6 +593,8 @@ COMMANDS = (
             _run_reproduce, REPRODUCE),
     Command("report", "rewrite FOLDER/report.md and its figures from the JSON files of a reproduce folder",
             _run_report, REPORT),
+    Command("replicates", "the attack suite's rates over training seeds: mean, per-seed values and an interval "
+            "over seeds and images, from the evaluations of several seeds", _run_replicates, REPLICATES),
     Command("readme", "rewrite README's generated result tables from the shipped JSON files (saved_models/, "
             "docs/results/)", _run_readme, README_TABLES),
     Command("membership", "membership inference on the complete targets of Part 1 / Part 2 run folders: "

@@ -42,3 +42,59 @@ def test_the_selection_halves_alternate_and_cover_the_set_once():
     select, report = intervals.selection_halves(7)
     assert select.tolist() == [True, False, True, False, True, False, True]
     assert not np.any(select & report) and np.all(select | report)
+
+
+def test_the_hierarchical_interval_holds_the_spread_between_seeds():
+    # three seeds of 1,000 images each; their rates 0.02, 0.05, 0.08 differ far beyond one seed's
+    # binomial error, so the interval must be wider than the pooled exact interval
+    wide = intervals.hierarchical_rate([20, 50, 80], [1000] * 3)
+    pooled = intervals.clopper_pearson(150, 3000)
+    assert wide["mean"] == pytest.approx(0.05) and wide["per_seed"] == pytest.approx([0.02, 0.05, 0.08])
+    assert wide["high"] - wide["low"] > 2 * (pooled[1] - pooled[0])
+    assert wide["between_seed_std"] == pytest.approx(0.03)
+    # seeds that agree give about the pooled interval, never less
+    narrow = intervals.hierarchical_rate([50, 50, 50], [1000] * 3)
+    assert narrow["low"] <= pooled[0] and narrow["high"] >= pooled[1]
+    assert narrow["high"] - narrow["low"] < 0.6 * (wide["high"] - wide["low"])
+    # no hit anywhere still has an upper end: the pooled exact one
+    zero = intervals.hierarchical_rate([0, 0], [104, 104])
+    assert zero["low"] == 0.0 and zero["high"] == pytest.approx(intervals.clopper_pearson(0, 208)[1])
+    with pytest.raises(ValueError):
+        intervals.hierarchical_rate([5], [4])
+
+
+def _evaluation(seed: int, top1: float) -> dict:
+    group = {rate: {"mean": value} for rate, value in (("top1", top1), ("top5", 2 * top1), ("same_character", 0.01))}
+    metrics = {"num_images": 3000, "num_unseen": 2000, "seen_unseen": {"unseen": group, "seen": group}}
+    return {"settings": {"seed": seed}, "test_set": "small2", "num_images": 3000,
+            "chance": {"top1": 1 / 3000, "top5": 5 / 3000, "same_character": 0.0064},
+            "rows": [{"target": "non-private", "label": "hybrid", "metrics": metrics}]}
+
+
+def test_replicates_pair_the_rows_across_seeds_and_refuse_a_seed_given_twice(tmp_path, capsys):
+    import json
+
+    from omniglot_inversion import cli
+    from omniglot_inversion.pipelines import replicates
+
+    folders = []
+    for seed, top1 in ((0, 0.004), (1, 0.010), (2, 0.007)):
+        folder = tmp_path / f"seed{seed}" / "attack_suite"
+        folder.mkdir(parents=True)
+        (folder / "evaluation.json").write_text(json.dumps(_evaluation(seed, top1)))
+        folders.append(str(folder.parent))
+    assert cli.main(["replicates", *folders, "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / replicates.RESULT).read_text())
+    unseen = next(row for row in result["rows"] if row["group"] == "unseen")
+    # 8, 20 and 14 hits of the 2,000 unseen images; 1,000 seen images per seed
+    assert unseen["images"] == 2000 and unseen["top1"]["per_seed"] == pytest.approx([0.004, 0.010, 0.007])
+    assert unseen["top1"]["mean"] == pytest.approx(0.007) and unseen["top1"]["low"] < 0.005 < 0.009 < unseen["top1"][
+        "high"]
+    assert next(row for row in result["rows"] if row["group"] == "seen")["images"] == 1000
+    text = (tmp_path / "out" / replicates.REPORT).read_text()
+    assert "| non-private | hybrid | unseen | 2000 | 0.007 [" in text and "(0.004 / 0.010 / 0.007)" in text
+    (tmp_path / "seed2" / "attack_suite" / "evaluation.json").write_text(json.dumps(_evaluation(1, 0.007)))
+    capsys.readouterr()
+    assert cli.main(["replicates", *folders, "--out", str(tmp_path / "again")]) == 2
+    assert "a seed given twice" in capsys.readouterr().err and not (tmp_path / "again").exists()
+    assert cli.main(["replicates", folders[0], "--out", str(tmp_path / "again")]) == 2

@@ -10,7 +10,7 @@ from omniglot_inversion import cli
 from omniglot_inversion.pipelines import report
 
 SECTIONS = ("## Part 1", "## Part 2", "## Attacks on the code", "## Defences at the cut", "## Membership inference",
-            "## The split MLP")
+            "## The one-run canary audit", "## Training-data inversion of the classifiers", "## The split MLP")
 
 
 def test_quick_reproduce_writes_every_section_and_its_figures(quick_reproduce):
@@ -29,6 +29,10 @@ def test_quick_reproduce_writes_every_section_and_its_figures(quick_reproduce):
     # the post's numbers stand beside the run's
     assert "| target, epoch 1: train / validation accuracy |" in text and "0.195 / 0.377 |" in text
     assert "| 0.7 |" in text and "| 4 |" in text  # noise 0.7: the post's epsilon 4.0
+    # the audits with reference models, the canaries of both trainings, every class inversion
+    assert "| non-private (2 reference models) | RMIA online |" in text
+    assert "| non_private | " in text and "| noise_0.7 | " in text
+    assert "| noise 0.7 | " in text and "| mi-face |" in text and "| gmi |" in text
     # a log file gets one line per epoch and per step, a few hundred at most
     assert len(printed.splitlines()) < 300
 

@@ -9,6 +9,8 @@
 - `holm`: Holm's step-down adjustment of a family of p-values, which keeps the family-wise error
   rate at its level whatever their dependence (the verdict tests several metrics against several
   baselines on the same images).
+- `hierarchical_rate`: a rate averaged over training replicates (seeds), with an interval that
+  holds the run-to-run variation as well as the images'.
 - `selection_halves`: a fixed split of a test set into a selection half and a reporting half, so that the
   "strongest attack" is chosen on images it is not then scored on.
 """
@@ -67,3 +69,24 @@ def selection_halves(count: int) -> tuple[np.ndarray, np.ndarray]:
     and reported on the same images."""
     even = np.arange(count) % 2 == 0
     return even, ~even
+
+
+def hierarchical_rate(hits: list[int], trials: list[int], *, samples: int = 2000, seed: int = 0,
+                      confidence: float = CONFIDENCE) -> dict:
+    """The mean over training replicates (seeds) of a rate, with a two-level bootstrap interval that
+    holds both sources of variation: each draw resamples the seeds with replacement, then the images
+    within each drawn seed (for 0/1 hits that is a binomial draw at the seed's own rate), and averages
+    the seeds' rates. With one seed it is the image bootstrap alone. ``hits``, ``trials``: per seed."""
+    hits, trials = np.asarray(hits, np.int64), np.asarray(trials, np.int64)
+    if len(hits) == 0 or len(hits) != len(trials) or np.any(trials <= 0) or np.any(hits > trials):
+        raise ValueError("hits and trials: one pair per seed, 0 <= hits <= trials, trials > 0")
+    rates = hits / trials
+    rng = np.random.default_rng(seed)
+    chosen = rng.integers(0, len(rates), size=(samples, len(rates)))
+    draws = rng.binomial(trials[chosen], rates[chosen]) / trials[chosen]
+    replicates = draws.mean(axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    exact_low, exact_high = clopper_pearson(int(hits.sum()), int(trials.sum()), confidence)
+    return {"mean": float(rates.mean()), "low": min(float(np.percentile(replicates, tail)), exact_low),
+            "high": max(float(np.percentile(replicates, 100.0 - tail)), exact_high), "per_seed": rates.tolist(),
+            "seeds": len(rates), "between_seed_std": float(rates.std(ddof=1)) if len(rates) > 1 else 0.0}

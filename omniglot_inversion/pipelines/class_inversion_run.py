@@ -37,6 +37,7 @@ from omniglot_inversion.io import data
 from omniglot_inversion.io.files import atomic_path, read_json, write_json
 from omniglot_inversion.measure import plots
 from omniglot_inversion.measure.class_scores import attack_accuracy, score_class_inversion
+from omniglot_inversion.measure.evaluation import interval_text
 from omniglot_inversion.network import training
 from omniglot_inversion.network.models import build_evaluation_classifier
 from omniglot_inversion.network.weights import save_weights
@@ -218,3 +219,21 @@ def _invert(target: AuditTarget, method: str, config: ClassInversionConfig, clas
     return images, {"target": target.label, "method": method, "weights_sha256": digest,
                     "epsilon": target.epsilon, "val_accuracy": accuracy, "options": attack.options(),
                     "target_top1": own_top1, "scores": scored(images, image_classes)}
+
+
+def result_table(result: dict) -> list[str]:
+    """The rows of a class_inversion.json: the baselines, then every target and method, with top-1 /
+    top-5 attack accuracy (exact intervals) and the KNN distance (bootstrap interval)."""
+    chance = result["chance"]
+    lines = [f"| target | epsilon | val accuracy | reconstructions | attack top-1 (chance {chance['top1']:.2f}) | "
+             f"top-5 (chance {chance['top5']:.2f}) | KNN distance |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, scores in result["baselines"].items():
+        lines.append(f"| - | - | - | baseline: {name} | {interval_text(scores['top1'])} | "
+                     f"{interval_text(scores['top5'])} | {interval_text(scores['knn_distance'], 2)} |")
+    for row in result["rows"]:
+        epsilon = "-" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
+        scores = row["scores"]
+        lines.append(f"| {row['target']} | {epsilon} | {row['val_accuracy']:.3f} | {row['method']} | "
+                     f"{interval_text(scores['top1'])} | {interval_text(scores['top5'])} | "
+                     f"{interval_text(scores['knn_distance'], 2)} |")
+    return lines

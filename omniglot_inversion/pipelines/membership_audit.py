@@ -22,6 +22,7 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io import data
 from omniglot_inversion.io.files import read_json, write_json
 from omniglot_inversion.measure import membership, plots, reference_attacks
+from omniglot_inversion.measure.evaluation import interval_text
 from omniglot_inversion.network import training
 from omniglot_inversion.network.models import TargetModel, build_complete_model
 from omniglot_inversion.pipelines import part1, part2, reference_models, run_folder
@@ -212,3 +213,24 @@ def run_membership(folders: list[str | os.PathLike], out: str | os.PathLike, *, 
               "reference_models": reference_count, "rows": rows, "figure": FIGURE}
     write_json(out / RESULT, result)
     return result
+
+
+REFERENCE_ATTACKS = {"lira_online": "LiRA online", "lira_offline": "LiRA offline", "rmia_online": "RMIA online",
+                     "rmia_offline": "RMIA offline"}
+
+
+def attack_table(result: dict) -> list[str]:
+    """Per target of a membership.json: the loss threshold and each reference-model attack, with
+    AUC, TPR at FPR 0.1 % and 1 % (exact intervals) and the empirical epsilon lower bound."""
+    lines = ["| target | attack | AUC | TPR at FPR 0.1 % | TPR at FPR 1 % | empirical epsilon at least |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        references = row.get("reference_attacks") or {}
+        audits = [("loss threshold", row), *((name, references[key]) for key, name in REFERENCE_ATTACKS.items()
+                                             if key in references)]
+        count = references.get("models")
+        models = f" ({count} reference model{'' if count == 1 else 's'})" if references else ""
+        lines += [f"| {row['target']}{models} | {label} | {interval_text(audit['auc'])} | "
+                  f"{interval_text(audit['tpr_at_fpr_0.001'])} | {interval_text(audit['tpr_at_fpr_0.01'])} | "
+                  f"{audit['empirical_epsilon']['epsilon']:.2f} |" for label, audit in audits]
+    return lines

@@ -22,8 +22,7 @@ from pathlib import Path
 
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io.files import atomic_path, read_json
-from omniglot_inversion.measure.evaluation import interval_text
-from omniglot_inversion.pipelines import attack_suite
+from omniglot_inversion.pipelines import attack_suite, class_inversion_run, membership_audit
 
 SHIPPED = "saved_models"
 RESULTS = Path("docs") / "results"
@@ -47,42 +46,12 @@ def attack_suite_table(root: Path) -> list[str]:
     return attack_suite.headline_table(evaluation, epsilons={target.label: target.epsilon for target in targets})
 
 
-_MEMBERSHIP_ATTACKS = {"lira_online": "LiRA online", "lira_offline": "LiRA offline", "rmia_online": "RMIA online",
-                       "rmia_offline": "RMIA offline"}
-
-
-def _membership_row(label: str, audit: dict) -> str:
-    return (f"| {label} | {interval_text(audit['auc'])} | {interval_text(audit['tpr_at_fpr_0.001'])} | "
-            f"{interval_text(audit['tpr_at_fpr_0.01'])} | {audit['empirical_epsilon']['epsilon']:.2f} |")
-
-
 def membership_reference_table(root: Path) -> list[str]:
-    lines = ["| target | attack | AUC | TPR at FPR 0.1 % | TPR at FPR 1 % | empirical epsilon at least |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for row in _json(root, MEMBERSHIP)["rows"]:
-        references = row.get("reference_attacks") or {}
-        cells = [("loss threshold", row), *((name, references[key]) for key, name in _MEMBERSHIP_ATTACKS.items()
-                                            if key in references)]
-        models = f" ({references['models']} reference models)" if references else ""
-        lines += [f"| {row['target']}{models} " + _membership_row(label, audit) for label, audit in cells]
-    return lines
+    return membership_audit.attack_table(_json(root, MEMBERSHIP))
 
 
 def class_inversion_table(root: Path) -> list[str]:
-    result = _json(root, CLASS_INVERSION)
-    chance = result["chance"]
-    lines = [f"| target | epsilon | val accuracy | reconstructions | attack top-1 (chance {chance['top1']:.2f}) | "
-             f"top-5 (chance {chance['top5']:.2f}) | KNN distance |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, scores in result["baselines"].items():
-        lines.append(f"| - | - | - | baseline: {name.replace('_', ' ')} | {interval_text(scores['top1'])} | "
-                     f"{interval_text(scores['top5'])} | {interval_text(scores['knn_distance'], 2)} |")
-    for row in result["rows"]:
-        epsilon = "-" if row["epsilon"] is None else f"{row['epsilon']:.2f}"
-        scores = row["scores"]
-        lines.append(f"| {row['target']} | {epsilon} | {row['val_accuracy']:.3f} | {row['method']} | "
-                     f"{interval_text(scores['top1'])} | {interval_text(scores['top5'])} | "
-                     f"{interval_text(scores['knn_distance'], 2)} |")
-    return lines
+    return class_inversion_run.result_table(_json(root, CLASS_INVERSION))
 
 
 TABLES: dict[str, Callable[[Path], list[str]]] = {

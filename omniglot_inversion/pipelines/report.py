@@ -13,7 +13,14 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io.files import atomic_path, read_json
 from omniglot_inversion.measure import plots
 from omniglot_inversion.measure.evaluation import interval_text
-from omniglot_inversion.pipelines import attack_suite, frontier, membership_audit, run_folder, split_mlp
+from omniglot_inversion.pipelines import (
+    attack_suite,
+    class_inversion_run,
+    frontier,
+    membership_audit,
+    run_folder,
+    split_mlp,
+)
 from omniglot_inversion.pipelines.part2 import level_privacy
 
 REPORT = "report.md"
@@ -26,7 +33,8 @@ POST_ATTACKER = {1: 0.531, 2: 0.201, 100: 0.0413}
 POST_DP = {"0.7": (4.0, 0.37), "0.5": (12.5, 0.45), "0.3": (84.7, 0.56)}
 # the folders `reproduce` makes, by step
 FOLDERS = {"part1": "part1", "part2": "part2", "attack_suite": "attack_suite", "frontier": "frontier",
-           "membership": "membership", "split_mlp": "split_mlp"}
+           "membership": "membership", "canaries": "canaries", "class_inversion": "class_inversion",
+           "split_mlp": "split_mlp"}
 
 
 def _missing(step: str, path: Path) -> list[str]:
@@ -169,7 +177,49 @@ def _membership(folder: Path, out: Path) -> list[str]:
                      f"{interval_text(row['tpr_at_fpr_0.001'])} | {interval_text(row['tpr_at_fpr_0.01'])} | "
                      f"{row['empirical_epsilon']['epsilon']:.2f} | {accountant} |")
     plots.save_roc_curves({row["target"]: row["roc"] for row in result["rows"]}, out / FIGURES["membership"])
-    return lines + ["", f"![membership ROC]({FIGURES['membership']})", ""]
+    lines += ["", f"![membership ROC]({FIGURES['membership']})", ""]
+    if any(row.get("reference_attacks") for row in result["rows"]):
+        lines += ["LiRA and RMIA against the reference models (trained as each target was, on random halves of "
+                  "the records it could have seen), next to the loss threshold on the same records:", "",
+                  *membership_audit.attack_table(result), ""]
+    return lines
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _canaries(folder: Path) -> list[str]:
+    lines = ["## The one-run canary audit", ""]
+    runs = sorted(path.name for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []
+    audits = {name: read_json(folder / name / run_folder.METRICS, default={}).get("audit") for name in runs}
+    if not any(audits.values()):
+        return lines + _missing("canaries", folder)
+    lines += ["Mislabelled canaries, each included at random; the lowest-loss ones guessed in and the highest out "
+              "(Steinke, Nasr and Jagielski 2023): the empirical epsilon is a lower bound at 95 % confidence, next "
+              "to the accountant's epsilon of the same training.", "",
+              "| training | canaries included | right guesses | empirical epsilon at least | accountant's epsilon | "
+              "ratio |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, audit in audits.items():
+        if audit is None:
+            lines.append(f"| {name} | not run yet | | | | |")
+            continue
+        accountant, ratio = audit["accountant_epsilon"], audit.get("ratio")
+        lines.append(f"| {name} | {audit['included']} of {audit['canaries']} | {audit['correct']} of "
+                     f"{audit['guesses']} | {audit['epsilon']:.2f} | {_number(accountant, 2)} | {_number(ratio, 3)} |")
+    return lines + [""]
+
+
+def _class_inversion(folder: Path) -> list[str]:
+    lines, result = _section("Training-data inversion of the classifiers", folder / class_inversion_run.RESULT,
+                             "class_inversion")
+    if result is None:
+        return lines
+    evaluator = result["evaluator"]
+    return lines + [f"Each class (alphabet) reconstructed {result['config']['per_class']} times by each method; "
+                    f"scored by an evaluation classifier of another architecture (validation accuracy "
+                    f"{evaluator['val_accuracy']:.3f}) trained on the private records.", "",
+                    *class_inversion_run.result_table(result), ""]
 
 
 def _split_mlp(folder: Path) -> list[str]:
@@ -197,6 +247,8 @@ def write_report(folder: str | os.PathLike) -> Path:
     lines += _attack_suite(folder / FOLDERS["attack_suite"], folder)
     lines += _frontier(folder / FOLDERS["frontier"], folder)
     lines += _membership(folder / FOLDERS["membership"], folder)
+    lines += _canaries(folder / FOLDERS["canaries"])
+    lines += _class_inversion(folder / FOLDERS["class_inversion"])
     lines += _split_mlp(folder / FOLDERS["split_mlp"])
     with atomic_path(folder / REPORT) as tmp:
         tmp.write_text("\n".join(lines).rstrip() + "\n")

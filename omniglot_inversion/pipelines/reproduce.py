@@ -1,10 +1,12 @@
 """Everything in one folder: the post (Part 1, Part 2 at its three noise levels), every attack
-against each of their targets, the defences' frontier, the membership audit and the split MLP,
+against each of their targets, the defences' frontier, the membership audit with
+`REFERENCE_MODELS` reference models per target, the one-run canary audits (non-private and DP at
+the post's noise 0.7), the training-data inversion of every target's classes and the split MLP,
 then the report (`report.write_report`). Each step is a run of its own command in a subfolder and
 resumes as that command does, so a killed ``reproduce`` started again continues where it stopped.
 
 ``quick``: the commands' small sizes (one noise level, one defended target, the post's decoder
-and the hybrid search only), for a smoke run and the tests.
+and the hybrid search only, two reference models), for a smoke run and the tests.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from omniglot_inversion.io.files import record_settings, write_json
 from omniglot_inversion.pipelines import (
     attack_run,
     attack_suite,
+    canary_audit,
+    class_inversion_run,
     frontier,
     membership_audit,
     part1,
@@ -32,6 +36,8 @@ from omniglot_inversion.pipelines.jobs import check_jobs
 SETTINGS = "reproduce_config.json"
 QUICK_GRID = (("laplace", 1.0),)
 QUICK_ATTACKS = ("decoder", "hybrid")
+REFERENCE_MODELS = 4  # per target, for LiRA and RMIA (quick: 2, the fewest that give each record IN and OUT)
+CANARY_AUDITS = {"non_private": None, "noise_0.7": 0.7}  # folder -> noise multiplier (None: no DP)
 
 
 @dataclass(frozen=True)
@@ -68,13 +74,28 @@ def steps(config: ReproduceConfig, out: Path, jobs: int, log):
     mlp_config = split_mlp.SplitMLPConfig.quick(**mlp_settings) if config.quick else split_mlp.SplitMLPConfig(
         **mlp_settings)
     limit = attack_run.QUICK_TEST_IMAGES if config.quick else None
+    inversion_config = class_inversion_run.ClassInversionConfig(
+        seed=config.seed, **(class_inversion_run.QUICK if config.quick else {}))
+
+    def canaries():
+        for name, noise in CANARY_AUDITS.items():
+            canary_config = canary_audit.CanaryConfig(
+                noise_multiplier=noise, seed=config.seed, data_dir=config.data_dir,
+                **(canary_audit.QUICK if config.quick else {}))
+            canary_audit.run_canaries(canary_config, folders["canaries"] / name, resume=True, log=log)
     # cheap steps first, the two long sweeps last (each resumes where a killed run stopped)
     return [
         ("part1", lambda: part1.run_part1(part1_config, folders["part1"], resume=True, log=log)),
         ("part2", lambda: part2.run_part2(part2_config, folders["part2"], resume=True, jobs=jobs, log=log)),
         ("membership", lambda: membership_audit.run_membership(
             [folders["part1"], folders["part2"]], folders["membership"], data_dir=config.data_dir, seed=config.seed,
-            limit=limit, log=log)),
+            limit=limit, reference_count=2 if config.quick else REFERENCE_MODELS, log=log)),
+        ("canaries", canaries),
+        # quick Part 1 and Part 2 train on different numbers of records, and one evaluation
+        # classifier scores targets of the same private records only: quick inverts Part 2's
+        ("class_inversion", lambda: class_inversion_run.run_class_inversion(
+            [folders["part2"]] if config.quick else [folders["part1"], folders["part2"]], folders["class_inversion"],
+            inversion_config, data_dir=config.data_dir, log=log)),
         ("split_mlp", lambda: split_mlp.run_split_mlp(mlp_config, folders["split_mlp"], log=log)),
         ("frontier", lambda: frontier.run_frontier(frontier_config, folders["frontier"], jobs=jobs,
                                                    dp_run=folders["part2"], log=log)),

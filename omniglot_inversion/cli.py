@@ -37,7 +37,7 @@ from omniglot_inversion.io.files import folder_lock  # noqa: E402
 METHODS = ("decoder", "whitebox", "hybrid", "prior")  # attacks.METHODS
 SURROGATES = ("small1", "background")  # attacks.SURROGATES
 DEFENCES = ("none", "gaussian", "laplace", "dropout", "nopeek", "nopeek+laplace")  # defences.DEFENCES
-DEFAULT_ATTACKS = ("decoder", "decoder:background", "whitebox", "hybrid")  # attack_suite.DEFAULT_ATTACKS
+DEFAULT_ATTACKS = ("decoder", "decoder:background", "whitebox", "hybrid", "prior")  # attack_suite.DEFAULT_ATTACKS
 ENGINES = ("fast", "optimizer")  # dp.engines.CLI_ENGINES
 SAMPLINGS = ("poisson", "shuffle")  # dp.sampling.SAMPLINGS
 CLASS_INVERSIONS = ("mi-face", "gmi")  # attacks.class_inversion.METHODS
@@ -258,9 +258,10 @@ REPLICATES = (
     SHARED["seed"].but(help="seed of the bootstrap"),
 )
 README_TABLES = (
-    option("readme", type=Path, nargs="?", default=Path("README.md"),
-           help="the README whose generated blocks to rewrite (default README.md); its folder holds saved_models/ "
-                "and docs/results/"),
+    option("files", type=Path, nargs="*", default=[Path("README.md")],
+           help="the Markdown files whose generated blocks to rewrite (default README.md)"),
+    option("--root", type=Path, default=None,
+           help="the folder that holds saved_models/ and docs/results/ (default: each file's own folder)"),
     option("--check", action="store_true", help="change nothing; exit 2 if a block differs from its rendering"),
 )
 CANARIES = (
@@ -510,16 +511,18 @@ def _run_replicates(args: argparse.Namespace) -> None:
 def _run_readme(args: argparse.Namespace) -> None:
     from omniglot_inversion.pipelines import readme_tables
 
-    if not args.readme.is_file():
-        raise UsageError(f"{args.readme} is not a file; give the README whose tables to render.")
+    missing = [str(path) for path in args.files if not path.is_file()]
+    if missing:
+        raise UsageError(f"{', '.join(missing)}: not a file; give the Markdown files whose tables to render.")
     if args.check:
-        if readme_tables.render(args.readme) != args.readme.read_text():
-            raise UsageError(f"{args.readme}'s generated tables differ from the files they come from; run "
-                             f"`omniglot-inversion readme {args.readme}` to rewrite them.")
-        print(f"{args.readme}: every generated table equals its rendering")
+        stale = [str(path) for path in args.files if readme_tables.render(path, args.root) != path.read_text()]
+        if stale:
+            raise UsageError(f"{', '.join(stale)}: generated tables differ from the files they come from; run "
+                             f"`omniglot-inversion readme {' '.join(stale)}` to rewrite them.")
+        print(f"{', '.join(map(str, args.files))}: every generated table equals its rendering")
         return
-    changed = readme_tables.update(args.readme)
-    print(f"{'rewritten' if changed else 'unchanged'}: {args.readme}")
+    for path in args.files:
+        print(f"{'rewritten' if readme_tables.update(path, args.root) else 'unchanged'}: {path}")
 
 
 def _run_report(args: argparse.Namespace) -> None:

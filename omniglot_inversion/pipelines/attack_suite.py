@@ -38,7 +38,7 @@ from omniglot_inversion.pipelines.run_folder import MANIFEST, run_label
 
 EVALUATION = "evaluation.json"
 REPORT = "report.md"
-DEFAULT_ATTACKS = ("decoder", "decoder:background", "whitebox", "hybrid")
+DEFAULT_ATTACKS = ("decoder", "decoder:background", "whitebox", "hybrid", "prior")
 SHOWN = "shown.npz"
 load_test_set = attack_run.load_test_set
 

@@ -1,6 +1,7 @@
-"""README's result tables, rendered from the shipped JSON files: ``omniglot-inversion readme``.
+"""README's (and the docs') result tables, rendered from the shipped JSON files:
+``omniglot-inversion readme``.
 
-Each table in README stands between ``<!-- generated: NAME -->`` and ``<!-- /generated -->``; its
+Each table in README or a docs page stands between ``<!-- generated: NAME -->`` and ``<!-- /generated -->``; its
 lines come from the files beside README that hold its numbers, never from a transcription:
 
 - ``attack_suite``: `attack_suite.headline_table` of ``saved_models/attack_suite/evaluation.json``,
@@ -10,7 +11,7 @@ lines come from the files beside README that hold its numbers, never from a tran
 - ``class_inversion``: every target and method of ``docs/results/class_inversion.json`` (an
   ``invert-classes`` run) with its baselines.
 
-`render` returns README with every block rewritten; a test checks that README equals it.
+`render` returns a file with every block rewritten; a test checks that README and the docs equal it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io.files import atomic_path, read_json
 from omniglot_inversion.pipelines import attack_suite, class_inversion_run, membership_audit
 
+# The files with generated blocks, relative to the repository root that holds saved_models/.
+GENERATED = ("README.md", "docs/class_inversion.md")
 SHIPPED = "saved_models"
 RESULTS = Path("docs") / "results"
 MEMBERSHIP = RESULTS / "membership_reference_models.json"
@@ -61,11 +64,12 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
 }
 
 
-def render(readme: str | os.PathLike) -> str:
-    """README's text with every generated block rewritten from the files beside it. An unknown
-    block name is refused; a README without blocks is returned unchanged."""
-    path = Path(readme)
-    root, text = path.parent, path.read_text()
+def render(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """The text of the Markdown file ``path`` with every generated block rewritten from the files
+    under ``root`` (default: the file's folder), which holds ``saved_models/`` and ``docs/results/``.
+    An unknown block name is refused; a file without blocks is returned unchanged."""
+    path = Path(path)
+    root, text = Path(root) if root is not None else path.parent, path.read_text()
 
     def block(match: re.Match) -> str:
         name = match["name"]
@@ -75,10 +79,10 @@ def render(readme: str | os.PathLike) -> str:
     return _BLOCK.sub(block, text)
 
 
-def update(readme: str | os.PathLike) -> bool:
-    """Rewrite README's generated blocks in place (atomically); whether anything changed."""
-    path = Path(readme)
-    text = render(path)
+def update(path: str | os.PathLike, root: str | os.PathLike | None = None) -> bool:
+    """Rewrite the file's generated blocks in place (atomically); whether anything changed."""
+    path = Path(path)
+    text = render(path, root)
     if text == path.read_text():
         return False
     with atomic_path(path) as tmp:

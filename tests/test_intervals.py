@@ -98,3 +98,16 @@ def test_replicates_pair_the_rows_across_seeds_and_refuse_a_seed_given_twice(tmp
     assert cli.main(["replicates", *folders, "--out", str(tmp_path / "again")]) == 2
     assert "a seed given twice" in capsys.readouterr().err and not (tmp_path / "again").exists()
     assert cli.main(["replicates", folders[0], "--out", str(tmp_path / "again")]) == 2
+
+
+def test_a_group_of_one_image_gets_no_halves_and_the_other_group_keeps_them():
+    from omniglot_inversion.measure import assessment
+
+    per_image = {name: np.r_[np.ones(5), np.zeros(5)] for name in assessment.HALF_METRICS}
+    seen = np.zeros(10, bool)
+    seen[4] = True  # one seen image: it falls in one half only
+    halves = assessment._halves(per_image, seen, seed=0)
+    assert set(halves) == {"unseen"}
+    # unseen: positions 0-3 and 5-9; the even ones (0, 2, 6, 8) select, the odd ones (1, 3, 5, 7, 9) report
+    assert halves["unseen"]["select"]["top1"]["mean"] == pytest.approx(2 / 4)
+    assert halves["unseen"]["report"]["top1"]["mean"] == pytest.approx(2 / 5)

@@ -59,12 +59,14 @@ def _masked(per_image: dict, mask: np.ndarray) -> dict:
 
 def _halves(per_image: dict, seen: np.ndarray, seed: int) -> dict:
     """Per group (seen, unseen), the rates of `HALF_METRICS` on the selection and on the reporting
-    half of the test set (`intervals.selection_halves`)."""
+    half of the test set (`intervals.selection_halves`). A group of one image has no two halves and
+    is left out, so a table falls back to choosing on the same images there."""
     select, report = intervals.selection_halves(len(seen))
     chosen = {name: per_image[name] for name in HALF_METRICS}
-    return {"seen" if key else "unseen": {half: evaluation.summarize(chosen, (seen == key) & mask, seed)
-                                          for half, mask in (("select", select), ("report", report))}
-            for key in np.unique(seen)}
+    masks = {"seen" if key else "unseen": ((seen == key) & select, (seen == key) & report) for key in np.unique(seen)}
+    return {group: {half: evaluation.summarize(chosen, mask, seed) for half, mask in zip(("select", "report"), pair,
+                                                                                         strict=True)}
+            for group, pair in masks.items() if all(mask.any() for mask in pair)}
 
 
 def verdict(attack: dict, baselines: dict, metrics=VERDICT_METRICS, alpha: float = intervals.FAMILY_ALPHA) -> dict:

@@ -223,6 +223,11 @@ def _best_baselines(row: dict, group: str) -> dict:
     return best
 
 
+def _halved(metrics: dict, group: str) -> bool:
+    """Whether an evaluation row's metrics hold ``group``'s selection and reporting halves."""
+    return group in metrics.get("halves_seen_unseen", {})
+
+
 def strongest(rows: dict, group: str) -> tuple[str, dict, bool] | None:
     """The attack that re-identifies most on ``group`` (top-1, then top-5): (label, the scores to
     report, whether they are honest). Where the rows hold the halves of `assessment.HALF_METRICS`,
@@ -232,7 +237,7 @@ def strongest(rows: dict, group: str) -> tuple[str, dict, bool] | None:
     have = {label: row["metrics"] for label, row in rows.items() if group in row["metrics"]["seen_unseen"]}
     if not have:
         return None
-    halved = all(group in metrics.get("halves_seen_unseen", {}) for metrics in have.values())
+    halved = all(_halved(metrics, group) for metrics in have.values())
     choose = {label: metrics["halves_seen_unseen"][group]["select"] if halved else metrics["seen_unseen"][group]
               for label, metrics in have.items()}
     label = max(choose, key=lambda name: (choose[name]["top1"]["mean"], choose[name]["top5"]["mean"]))
@@ -249,8 +254,8 @@ def headline_table(evaluation_data: dict, epsilons: dict[str, float | None] | No
     alphabets. ``epsilons`` (target label -> epsilon) replaces the epsilons the rows recorded: the
     targets' own accounts (`find_targets`) for an evaluation recorded before runs kept one, whose
     rows hold the post's accounting."""
-    found = [strongest({row["label"]: row}, group) for row in evaluation_data["rows"] for group in GROUPS]
-    halved = all(item[2] for item in found if item is not None)
+    halved = all(_halved(row["metrics"], group) for row in evaluation_data["rows"]
+                 for group in row["metrics"]["seen_unseen"])
     chosen = "chosen on half the images, scored on the other half" if halved else "chosen on the same images"
     lines = [f"| target | val accuracy | strongest on unseen alphabets ({chosen}): top-1 / top-5 / same character | "
              "strongest on seen: top-1 | post's decoder on seen: top-1 | lowest unseen MSE (mean image) |",

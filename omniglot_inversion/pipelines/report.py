@@ -125,9 +125,12 @@ def _attack_suite(folder: Path, out: Path) -> list[str]:
     return lines
 
 
-def _scored_on(rows: list[dict]) -> str:
+def _chosen(rows: list[dict]) -> str:
+    """How the frontier's strongest attack was chosen and scored, as `frontier.reported` says."""
     places = {frontier.reported(row, group)[1] for row in rows for group in ("unseen", "seen")}
-    return "the other half" if places == {"the other half"} else "the same images where the run kept no halves"
+    if places == {"the other half"}:
+        return "chosen on half the subset and scored on the other half"
+    return "chosen and scored on the same images where the run kept no halves"
 
 
 def _strongest_cell(row: dict, group: str) -> str:
@@ -142,7 +145,7 @@ def _frontier(folder: Path, out: Path) -> list[str]:
     lines += [f"Top-1 re-identification on a subset of small2 balanced over its alphabets ({subset} images, "
               f"chance {1 / subset:.4f}), the decoder and the hybrid search on the same images; in brackets, the "
               "decoder on all of small2 (chance 0.0003). Seen: Greek and Latin, which the attacker's small1 holds. "
-              f"The strongest of the two is chosen on half the subset and scored on {_scored_on(result['rows'])}.",
+              f"The strongest of the two is {_chosen(result['rows'])}.",
               "",
               "| target | defence | strength / epsilon | val accuracy | decoder: unseen top-1 | hybrid: unseen top-1 | "
               "decoder: seen top-1 | hybrid: seen top-1 | strongest: top-1 (unseen / seen) |",

@@ -117,3 +117,38 @@ def test_a_single_reference_model_is_refused(memorising_run, tmp_path, capsys):
     assert cli.main(["membership", str(memorising_run), "--out", str(tmp_path / "audit"),
                      "--reference-models", "1"]) == 2
     assert "at least 2 (each record needs IN and OUT models)" in capsys.readouterr().err
+
+
+def test_an_interrupted_reference_model_resumes_from_its_last_epoch_to_the_same_weights(tmp_path):
+    """Reference trainings are the audit's longest step (one DP model takes about 20 minutes at full
+    size), so each keeps a per-epoch checkpoint: a stop mid-training loses at most one epoch."""
+    rng = np.random.default_rng(0)
+    images = rng.random((24, 105, 105, 1)).astype(np.float32)
+    labels = rng.integers(0, 3, 24)
+    recipe = part1.Part1Config(epochs=3, batch_size=8)
+    inside = reference_models.halves(2, len(images), seed=0)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_2(line: str) -> None:
+        if line.startswith("reference model epoch 2/3"):
+            raise Stop
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(Stop):
+        reference_models.reference_models(recipe, images, labels, inside, interrupted, seed=0, log=stop_after_epoch_2)
+    assert not list(interrupted.glob("reference_*.h5"))
+    lines = []
+    paths = reference_models.reference_models(recipe, images, labels, inside, interrupted, seed=0, log=lines.append)
+    epochs = [line for line in lines if line.startswith("reference model epoch")]
+    assert [line.split()[3] for line in epochs] == ["3/3", "1/3", "2/3", "3/3"]  # model 0 resumed at its epoch 3
+    assert not list((interrupted / run_folder.CHECKPOINTS).glob("*"))
+    straight = reference_models.reference_models(recipe, images, labels, inside, tmp_path / "straight", seed=0,
+                                                 log=lambda line: None)
+    for resumed, uninterrupted in zip(paths, straight, strict=True):
+        got, expected = reference_models.empty_model(recipe), reference_models.empty_model(recipe)
+        got.load_weights(resumed)
+        expected.load_weights(uninterrupted)
+        for a, b in zip(got.get_weights(), expected.get_weights(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

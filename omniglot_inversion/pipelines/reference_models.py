@@ -5,8 +5,9 @@ DP-SGD at the target's noise, engine and sampling) on a random half of the recor
 could have seen, its population: the first ``train_size + val_size`` records of split ``test``, of
 which the target trained on the first ``train_size``. The halves are balanced: each record is in
 the halves of exactly half of the models (one more or one fewer for an odd count), so every
-record has IN and OUT models. Models are kept as weights files in the audit's folder and a
-resumed audit trains only those missing.
+record has IN and OUT models. Models are kept as weights files in the audit's folder, each
+training keeps a per-epoch checkpoint beside them until its weights are saved, and a resumed
+audit trains only the models missing, from the epoch an interrupted one reached.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import numpy as np
 import tensorflow as tf
 
 from omniglot_inversion.io import data
+from omniglot_inversion.io.checkpoints import EpochCheckpoint
 from omniglot_inversion.io.files import atomic_path
 from omniglot_inversion.network import training
 from omniglot_inversion.network.models import TargetModel, build_complete_model
 from omniglot_inversion.network.weights import save_weights
 from omniglot_inversion.pipelines import part1, part2
-from omniglot_inversion.pipelines.run_folder import Log
+from omniglot_inversion.pipelines.run_folder import CHECKPOINTS, Log, epoch_printer
 
 Recipe = part1.Part1Config | part2.Part2Config
 
@@ -59,15 +61,17 @@ def probabilities(model: tf.keras.Model, images: np.ndarray, batch_size: int = 2
                            for i in range(0, len(images), batch_size)])
 
 
-def _train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, seed: int) -> tf.keras.Model:
+def _train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, seed: int, checkpoint: Path,
+           log: Log) -> tf.keras.Model:
     recipe = dataclasses.replace(recipe, seed=seed)
     training.set_seed(seed, deterministic=True)
+    options = dict(checkpoint_dir=checkpoint, on_epoch=epoch_printer(log, recipe.epochs, "reference model"))
     if isinstance(recipe, part2.Part2Config):
-        model, _ = part2.fit_dp_model(recipe, recipe.noise_multipliers[0], (images, labels))
+        model, _ = part2.fit_dp_model(recipe, recipe.noise_multipliers[0], (images, labels), **options)
         return model
     model = TargetModel()
     stream = data.training_stream(images, labels, recipe.batch_size, seed, repeat=False)
-    part1.fit_target(model, recipe, stream, math.ceil(len(images) / recipe.batch_size))
+    part1.fit_target(model, recipe, stream, math.ceil(len(images) / recipe.batch_size), **options)
     return model
 
 
@@ -90,8 +94,10 @@ def reference_models(recipe: Recipe, images: np.ndarray, labels: np.ndarray, ins
         path = folder / f"reference_{index}.h5"
         if not path.exists():
             log(f"reference model {index + 1}/{len(inside)}: training on {int(chosen.sum())} records")
-            model = _train(recipe, images[chosen], labels[chosen], reference_seed(seed, index))
+            checkpoint = folder / CHECKPOINTS / f"reference_{index}"
+            model = _train(recipe, images[chosen], labels[chosen], reference_seed(seed, index), checkpoint, log)
             with atomic_path(path) as tmp:
                 save_weights(model, tmp)
+            EpochCheckpoint(checkpoint).remove()
         paths.append(path)
     return paths

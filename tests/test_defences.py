@@ -265,3 +265,27 @@ def test_the_frontier_chooses_the_strongest_on_one_half_and_reports_the_other():
     assert row["strongest"]["unseen"] == "decoder_subset"
     assert frontier.reported(row, "unseen") == ({"top1": {"mean": 0.03, "low": 0.0, "high": 0.1}}, "the other half")
     assert frontier.strongest_top1(row, "unseen")["mean"] == 0.03
+
+
+def test_the_defence_table_orders_each_family_weak_to_strong_and_names_how_the_attack_was_chosen():
+    def row(target, kind, name, strength, val, select, report):
+        top1 = {"seen": {"top1": {"mean": report}, "ssim": {"mean": 0.5}}}
+        halves = {"seen": {"select": {"top1": {"mean": select}, "ssim": {"mean": 0.5}},
+                           "report": {"top1": {"mean": report}}}}
+        attacks = {attack: {**top1, "halves": halves} for attack in frontier.COMPARED}
+        return {"target": target, "kind": kind, "strength": strength, "val_accuracy": val,
+                "defence": {"name": name}, "attacks": attacks, "strongest": {"seen": "hybrid"}}
+    rows = [row("noise 0.3", "dp-sgd", "dp-sgd", None, 0.52, 0.7, 0.66),
+            row("gaussian_1", "defence", "gaussian", 1.0, 0.69, 0.0, 0.01),
+            row("none", "defence", "none", None, 0.76, 0.8, 0.83),
+            row("gaussian_0.2", "defence", "gaussian", 0.2, 0.74, 0.1, 0.12),
+            row("noise 0.7", "dp-sgd", "dp-sgd", None, 0.29, 0.1, 0.15)]
+    lines = frontier.defence_table({"rows": rows}, epsilons={"noise 0.3": 210.2, "noise 0.7": 56.6})
+    assert "(chosen on the other half)" in lines[0]
+    assert lines[2:] == ["| none | 0.760 / 0.830 |  |  |",
+                         "| Gaussian noise 0.2 / 1 | 0.740 / 0.120 | 0.690 / 0.010 |  |",
+                         "| DP-SGD, noise 0.3 / 0.7 (epsilon 210.20 / 56.60) | 0.520 / 0.660 | 0.290 / 0.150 |  |"]
+    for item in rows:  # scored without halves: chosen and reported on the same images
+        for attack in item["attacks"].values():
+            del attack["halves"]
+    assert "(chosen on the same images)" in frontier.defence_table({"rows": rows})[0]

@@ -62,7 +62,7 @@ def test_readmes_generated_tables_equal_their_rendering_from_the_shipped_files()
     from omniglot_inversion.pipelines import readme_tables
 
     text = (REPO / "README.md").read_text()
-    for name in ("attack_suite", "membership_reference"):
+    for name in ("part1", "part2", "attack_suite", "frontier", "membership_reference"):
         assert f"<!-- generated: {name} -->" in text, f"README lacks the generated block {name!r}"
     assert "<!-- generated: class_inversion -->" in (REPO / "docs" / "class_inversion.md").read_text()
     for name in readme_tables.GENERATED:

@@ -205,6 +205,7 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
 
     from omniglot_inversion import TargetModel, build_complete_model
     from omniglot_inversion.io.files import write_json
+    from omniglot_inversion.pipelines import readme_tables
     from omniglot_inversion.pipelines.membership_audit import find_audit_targets
     from omniglot_inversion.pipelines.run_folder import package_commit
     from omniglot_inversion.pipelines.shipping import export_models
@@ -218,7 +219,10 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
         shutil.copyfile(SAVED / f"{name}_attacker.h5", folder / "attacker_weights.h5")
         shutil.copyfile(SAVED / f"{name}_reconstruction.png", folder / "reconstruction.png")
 
-    step = {"seconds": 1.0, "train_accuracy": 0.5, "val_accuracy": 0.5, "train_mse": 0.05, "test_mse": 0.06}
+    history = [{"epoch": epoch, "train_accuracy": 0.1 * epoch, "val_accuracy": 0.05 * epoch, "train_mse": 0.5 / epoch,
+                "seconds": 1.0} for epoch in (1, 2)]
+    step = {"seconds": 1.0, "train_accuracy": 0.2, "val_accuracy": 0.1, "train_mse": 0.25, "test_mse": 0.06,
+            "history": history, "num_images": 3_120}
     run_folder(tmp_path / "part1", "part1")
     write_json(tmp_path / "part1" / "metrics.json", {
         "config": {"seed": 0, "epochs": 10, "attacker_epochs": 100, "batch_size": 32}, "versions": {},
@@ -232,24 +236,34 @@ def test_export_of_an_unfinished_part2_ships_the_finished_levels_and_lists_the_r
         "0.7": {"epsilon": account["epsilon"], "account": account, "epsilon_post": 3.39, "epsilon_post_2020": 4.02,
                 "target": step, "attacker": step, "test": step},
         "0.5": {"epsilon": 13.0, "epsilon_post": 11.35, "epsilon_post_2020": 12.47}}})
+    out = tmp_path / "root" / readme_tables.SHIPPED
     with pytest.raises(UsageError, match="has not finished noise 0.5"):
-        export_models(tmp_path / "part1", tmp_path / "part2", tmp_path / "out", "regenerate", data_dir=data_dir)
-    manifest = export_models(tmp_path / "part1", tmp_path / "part2", tmp_path / "out", "regenerate",
+        export_models(tmp_path / "part1", tmp_path / "part2", out, "regenerate", data_dir=data_dir)
+    manifest = export_models(tmp_path / "part1", tmp_path / "part2", out, "regenerate",
                              data_dir=data_dir, require_all=False)
     assert manifest["missing"] == ["dp_noise_0.5"] and manifest["regenerate"] == "regenerate"
     assert sorted(manifest["files"]) == sorted(f"{run}_{kind}.h5" for run in ("part1", "dp_noise_0.7")
                                                for kind in ("target", "mobile_stage", "attacker"))
-    assert sorted(manifest[CHECKSUMS]) == sorted(path.name for path in (tmp_path / "out").iterdir()
+    assert sorted(manifest[CHECKSUMS]) == sorted(path.name for path in (out).iterdir()
                                                  if path.name != MANIFEST)
     assert manifest["files"]["part1_target.h5"]["trained_at"] == {"target": "abc", "test": "abc"}
     # the complete targets are what the membership audit of the shipped folder reads
-    audited = find_audit_targets(tmp_path / "out")
+    audited = find_audit_targets(out)
     assert [(t.label, t.epsilon, t.train_size) for t in audited] == [("non-private", None, 11_000),
                                                                       ("noise 0.7", account["epsilon"], 11_000)]
     assert manifest["files"]["dp_noise_0.7_target.h5"]["metrics"]["epsilon_post"] == 3.39
     assert manifest["files"]["part1_target.h5"]["commit"] == package_commit() is not None
     assert "--noise 0.7 0.5" in manifest["files"]["dp_noise_0.7_attacker.h5"]["command"]
     assert "privacy" not in manifest["files"]["part1_target.h5"]
+    # README's Part 1 table shows the post's per-epoch rows from the histories the manifest keeps
+    entry = manifest["files"]["part1_target.h5"]
+    assert [row["epoch"] for row in entry["history"]["target"]] == [1, 2]
+    assert "seconds" not in entry["history"]["target"][0]
+    table = "\n".join(readme_tables.part1_table(tmp_path / "root"))
+    assert "| target, epoch 1: train / validation accuracy | 0.100 / 0.050 | 0.195 / 0.377 |" in table
+    assert "epoch 2 | 0.2500 | 0.2010 |" in table and "on 3,120 `small2` images | 0.0600 |" in table
+    (row,) = readme_tables.part2_table(tmp_path / "root")[2:]
+    assert row.startswith(f"| noise 0.7 | {account['epsilon']:.2f} | 3.39 / 4.02 (4.0) | 0.200 (0.37) | 0.100 |")
     # the same files give the same small1 MSE as the shipped manifest records
     shipped = json.loads((SAVED / MANIFEST).read_text())["files"]["dp_noise_0.7_attacker.h5"]["metrics"]
     assert manifest["files"]["dp_noise_0.7_attacker.h5"]["metrics"]["small1_mse"] == pytest.approx(

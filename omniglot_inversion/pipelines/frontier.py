@@ -215,6 +215,38 @@ def command(config: FrontierConfig, out: str | os.PathLike, dp_run: str | os.Pat
     return " ".join(parts)
 
 
+# How the defence table names each family of points, in the grid's order; DP-SGD's points are its
+# noise levels, weakest (least noise) first.
+FAMILIES = {"none": "none", "gaussian": "Gaussian noise", "laplace": "Laplacian noise", "dropout": "dropout",
+            "nopeek": "NoPeek", "nopeek+laplace": "NoPeek + Laplace 0.5, NoPeek", "dp-sgd": "DP-SGD, noise"}
+
+
+def _strength(row: dict) -> float:
+    return float(row["target"].split()[-1]) if row["kind"] == "dp-sgd" else (row["strength"] or 0.0)
+
+
+def defence_table(result: dict, epsilons: dict[str, float] | None = None) -> list[str]:
+    """README's table of a sweep (``frontier.json``): one line per defence family, its points weak
+    to strong, each cell the target's validation accuracy / the strongest attack's seen top-1 as
+    `reported`. ``epsilons``: the DP targets' epsilons by label (their trainings' accounts; the
+    rows hold the post's accounting), named in DP-SGD's line."""
+    rows = result["rows"]
+    places = {reported(row, "seen")[1] for row in rows}
+    chosen = "chosen on the other half" if places == {"the other half"} else "chosen on the same images"
+    lines = [f"| defence: val accuracy / strongest attack's seen top-1 ({chosen}) | weak | middle | strong |",
+             "| --- | --- | --- | --- |"]
+    for family, name in FAMILIES.items():
+        points = sorted((row for row in rows if row["defence"]["name"] == family), key=_strength)
+        if not points:
+            continue
+        label = name if family == "none" else f"{name} {' / '.join(f'{_strength(row):g}' for row in points)}"
+        if family == "dp-sgd" and epsilons:
+            label += " (epsilon " + " / ".join(f"{epsilons[row['target']]:.2f}" for row in points) + ")"
+        cells = [f"{row['val_accuracy']:.3f} / {strongest_top1(row, 'seen')['mean']:.3f}" for row in points]
+        lines.append("| " + " | ".join([label, *cells, *[""] * (3 - len(cells))]) + " |")
+    return lines
+
+
 def _csv(result: dict) -> str:
     header = ["target", "kind", "defence", "strength", "epsilon", "val_accuracy"]
     columns = [(attack, group, metric)

@@ -6,6 +6,11 @@ lines come from the files beside README that hold its numbers, never from a tran
 
 - ``attack_suite``: `attack_suite.headline_table` of ``saved_models/attack_suite/evaluation.json``,
   with each target's epsilon from its shipped account;
+- ``part1`` / ``part2``: `report.part1_table` / `report.part2_table` of the shipped targets'
+  manifest entries (``saved_models/manifest.json``), per-epoch rows where the entry keeps its
+  trainings' histories, else the final epoch's;
+- ``frontier``: `frontier.defence_table` of ``saved_models/frontier.json``, DP-SGD's epsilons from
+  the shipped targets' accounts;
 - ``membership_reference``: the loss threshold and each reference-model attack of
   ``docs/results/membership_reference_models.json`` (a ``membership --reference-models K`` run);
 - ``class_inversion``: every target and method of ``docs/results/class_inversion.json`` (an
@@ -22,8 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from omniglot_inversion.errors import UsageError
+from omniglot_inversion.io import data
 from omniglot_inversion.io.files import atomic_path, read_json
-from omniglot_inversion.pipelines import attack_suite, class_inversion_run, membership_audit
+from omniglot_inversion.pipelines import attack_suite, class_inversion_run, frontier, membership_audit, part2, report
+from omniglot_inversion.pipelines.run_folder import MANIFEST
 
 # The files with generated blocks, relative to the repository root that holds saved_models/.
 GENERATED = ("README.md", "docs/class_inversion.md")
@@ -31,7 +38,7 @@ SHIPPED = "saved_models"
 RESULTS = Path("docs") / "results"
 MEMBERSHIP = RESULTS / "membership_reference_models.json"
 CLASS_INVERSION = RESULTS / "class_inversion.json"
-_BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.DOTALL)
+_BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.DOTALL)
 
 
 def _json(root: Path, relative: Path) -> dict:
@@ -42,11 +49,50 @@ def _json(root: Path, relative: Path) -> dict:
     return data
 
 
+def _epsilons(root: Path) -> dict[str, float]:
+    """The shipped targets' epsilons by label, from each training's account."""
+    return {target.label: target.epsilon for target in attack_suite.find_targets(root / SHIPPED)}
+
+
 def attack_suite_table(root: Path) -> list[str]:
-    shipped = root / SHIPPED
-    targets = attack_suite.find_targets(shipped)
-    evaluation = _json(shipped, Path("attack_suite") / attack_suite.EVALUATION)
-    return attack_suite.headline_table(evaluation, epsilons={target.label: target.epsilon for target in targets})
+    evaluation = _json(root / SHIPPED, Path("attack_suite") / attack_suite.EVALUATION)
+    return attack_suite.headline_table(evaluation, epsilons=_epsilons(root))
+
+
+def _entries(root: Path, run_prefix: str) -> dict[str, dict]:
+    """The manifest entry of each shipped target whose run name starts with ``run_prefix``, by run."""
+    manifest = _json(root / SHIPPED, Path(MANIFEST))
+    return {entry["run"]: entry for entry in manifest["files"].values()
+            if entry["kind"] == "target" and entry["run"].startswith(run_prefix)}
+
+
+def _history(entry: dict, step: str) -> list[dict]:
+    """A shipped training's per-epoch rows; an entry shipped without them gives its final epoch."""
+    if "history" in entry:
+        return entry["history"][step]
+    metrics = entry["metrics"]
+    if step == "target":
+        return [{"epoch": entry["epochs"], "train_accuracy": metrics["train_accuracy"],
+                 "val_accuracy": metrics["val_accuracy"]}]
+    return [{"epoch": entry["attacker_epochs"], "train_mse": metrics["attacker_train_mse"]}]
+
+
+def part1_table(root: Path) -> list[str]:
+    (entry,) = _entries(root, "part1").values()
+    metrics = entry["metrics"]
+    return report.part1_table(_history(entry, "target"), _history(entry, "attacker"), metrics["test_mse"],
+                              metrics.get("test_images", data.ARCHIVES["small2"].num_images), metrics["small1_mse"])
+
+
+def part2_table(root: Path) -> list[str]:
+    entries = _entries(root, "dp_noise_")
+    levels = {f"{entry['metrics']['noise_multiplier']:g}": (part2.entry_privacy(entry), entry["metrics"])
+              for entry in entries.values()}
+    return report.part2_table(dict(sorted(levels.items(), key=lambda item: -float(item[0]))))
+
+
+def frontier_table(root: Path) -> list[str]:
+    return frontier.defence_table(_json(root / SHIPPED, Path(frontier.RESULT)), epsilons=_epsilons(root))
 
 
 def membership_reference_table(root: Path) -> list[str]:
@@ -59,6 +105,9 @@ def class_inversion_table(root: Path) -> list[str]:
 
 TABLES: dict[str, Callable[[Path], list[str]]] = {
     "attack_suite": attack_suite_table,
+    "part1": part1_table,
+    "part2": part2_table,
+    "frontier": frontier_table,
     "membership_reference": membership_reference_table,
     "class_inversion": class_inversion_table,
 }

@@ -31,6 +31,7 @@ FIGURES = {"frontier": "frontier.png", "membership": "membership_roc.png"}
 POST_TARGET = {1: (0.195, 0.377), 2: (0.472, 0.524), 9: (0.821, 0.720), 10: (0.840, 0.727)}
 POST_ATTACKER = {1: 0.531, 2: 0.201, 100: 0.0413}
 POST_DP = {"0.7": (4.0, 0.37), "0.5": (12.5, 0.45), "0.3": (84.7, 0.56)}
+SAMPLING_NAMES = {"shuffle": "shuffled fixed-size batches", "poisson": "Poisson sampling"}
 # the folders `reproduce` makes, by step
 FOLDERS = {"part1": "part1", "part2": "part2", "attack_suite": "attack_suite", "frontier": "frontier",
            "membership": "membership", "canaries": "canaries", "class_inversion": "class_inversion",
@@ -48,26 +49,58 @@ def _section(title: str, path: Path, step: str) -> tuple[list[str], dict | None]
     return [f"## {title}", "", *([] if result is not None else _missing(step, path))], result
 
 
+def part1_table(target_history: list[dict], attacker_history: list[dict], test_mse: float, test_images: int,
+                small1_mse: float | None = None) -> list[str]:
+    """Part 1's table next to the post's numbers: the target's accuracy at the epochs the post
+    prints, the attacker's training loss (MSE over each epoch's `small1` batches) likewise, and the
+    trained attacker's MSE on all of `small1` (where measured) and on ``test_images`` of `small2`.
+    The histories are per-epoch rows (``epoch``, ``train_accuracy``, ``val_accuracy`` / ``train_mse``);
+    epochs they lack are left out."""
+    lines = ["| Part 1 (no DP) | this package | post |", "| --- | --- | --- |"]
+    target = {row["epoch"]: row for row in target_history}
+    for epoch, (train, val) in POST_TARGET.items():
+        if epoch in target:
+            row = target[epoch]
+            lines.append(f"| target, epoch {epoch}: train / validation accuracy | {row['train_accuracy']:.3f} / "
+                         f"{row['val_accuracy']:.3f} | {train:.3f} / {val:.3f} |")
+    attacker = {row["epoch"]: row for row in attacker_history}
+    for epoch, mse in POST_ATTACKER.items():
+        if epoch in attacker:
+            lines.append(f"| attacker training loss (MSE over the epoch's `small1` batches), epoch {epoch} | "
+                         f"{attacker[epoch]['train_mse']:.4f} | {mse:.4f} |")
+    if small1_mse is not None:
+        lines.append(f"| attacker MSE on all `small1` images after training | {small1_mse:.4f} | not reported |")
+    return lines + [f"| attacker MSE on {test_images:,} `small2` images | {test_mse:.4f} | not reported |"]
+
+
+def part2_table(levels: dict[str, tuple[dict, dict]]) -> list[str]:
+    """Part 2's table next to the post's numbers: per noise level (``"0.7"``) its privacy figures
+    (`level_privacy`) and its results (``train_accuracy``, ``val_accuracy``, ``attacker_train_mse``,
+    ``test_mse``). Epsilon is the guarantee of the training as it ran, named by its sampling."""
+    samplings = {privacy["account"]["sampling"] for privacy, _ in levels.values()}
+    sampling = SAMPLING_NAMES.get(samplings.pop(), "its sampling") if len(samplings) == 1 else "its sampling"
+    lines = [f"| Part 2 | epsilon of the training ({sampling}) | post's accounting: now / 2020 (post) | "
+             "final train accuracy (post) | validation accuracy | attacker training loss / MSE on `small2` |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for key, (privacy, results) in levels.items():
+        post_epsilon, post_accuracy = POST_DP.get(key, (None, None))
+        post_epsilon = "" if post_epsilon is None else f" ({post_epsilon:.1f})"
+        post_accuracy = "" if post_accuracy is None else f" ({post_accuracy:.2f})"
+        lines.append(f"| noise {key} | {privacy['epsilon']:.2f} | {privacy['epsilon_post']:.2f} / "
+                     f"{privacy['epsilon_post_2020']:.2f}{post_epsilon} | {results['train_accuracy']:.3f}"
+                     f"{post_accuracy} | {results['val_accuracy']:.3f} | {results['attacker_train_mse']:.4f} / "
+                     f"{results['test_mse']:.4f} |")
+    return lines
+
+
 def _part1(folder: Path) -> list[str]:
     lines = ["## Part 1: the non-private target and the post's attacker", ""]
     metrics = read_json(folder / run_folder.METRICS)
     if metrics is None or "test" not in metrics:
         return lines + _missing("part1", folder / run_folder.METRICS)
-    history = {row["epoch"]: row for row in metrics["target"]["history"]}
-    lines += ["| | this run | post |", "| --- | --- | --- |"]
-    for epoch, (train, val) in POST_TARGET.items():
-        if epoch in history:
-            row = history[epoch]
-            lines.append(f"| target, epoch {epoch}: train / validation accuracy | {row['train_accuracy']:.3f} / "
-                         f"{row['val_accuracy']:.3f} | {train:.3f} / {val:.3f} |")
-    attacker = {row["epoch"]: row for row in metrics["attacker"]["history"]}
-    for epoch, mse in POST_ATTACKER.items():
-        if epoch in attacker:
-            lines.append(f"| attacker MSE on small1, epoch {epoch} | {attacker[epoch]['train_mse']:.4f} | {mse:.4f} |")
-    lines += [f"| attacker MSE on small2 ({metrics['test']['num_images']} images, clipped) | "
-              f"{metrics['test']['test_mse']:.4f} | not reported |", "",
-              f"![Part 1 reconstructions]({FOLDERS['part1']}/{run_folder.FIGURE})", ""]
-    return lines
+    lines += part1_table(metrics["target"]["history"], metrics["attacker"]["history"], metrics["test"]["test_mse"],
+                         metrics["test"]["num_images"])
+    return lines + ["", f"![Part 1 reconstructions]({FOLDERS['part1']}/{run_folder.FIGURE})", ""]
 
 
 def _part2(folder: Path) -> list[str]:
@@ -83,17 +116,10 @@ def _part2(folder: Path) -> list[str]:
     lines += [f"Engine `{config['engine']}`, {account['sampling']} sampling of the {account['n']} training records, "
               f"noise from {metrics.get('noise_source', 'the seed')}. Epsilon is the guarantee of the training as it "
               f"ran (delta {account['delta']:g}, {account['steps']} steps); the post's accounting takes n = 13,180.",
-              "", "| noise | epsilon (this training) | post's accounting (now / 2020) | post's epsilon | "
-              "final train accuracy | post | validation accuracy | attacker MSE small1 / small2 |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for key, level in done.items():
-        post_epsilon, post_accuracy = POST_DP.get(key, (None, None))
-        post = ("-", "-") if post_epsilon is None else (f"{post_epsilon:g}", f"{post_accuracy:.2f}")
-        figures = privacy[key]
-        lines.append(f"| {key} | {figures['epsilon']:.2f} | {figures['epsilon_post']:.2f} / "
-                     f"{figures['epsilon_post_2020']:.2f} | {post[0]} | "
-                     f"{level['target']['train_accuracy']:.3f} | {post[1]} | {level['target']['val_accuracy']:.3f} | "
-                     f"{level['attacker']['train_mse']:.4f} / {level['test']['test_mse']:.4f} |")
+              ""]
+    lines += part2_table({key: (privacy[key], {**level["target"], "attacker_train_mse": level["attacker"]["train_mse"],
+                                               "test_mse": level["test"]["test_mse"]})
+                          for key, level in done.items()})
     missing = sorted(set(levels) - set(done))
     if missing:
         lines += ["", f"Noise levels not finished yet: {', '.join(missing)}."]

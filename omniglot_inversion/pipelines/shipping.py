@@ -76,6 +76,13 @@ def _completed(run: Path, sections: list[str], made_by: str) -> dict:
     return metrics
 
 
+def _histories(record: dict) -> dict:
+    """The per-epoch rows of a run's (or noise level's) target and attacker trainings, which README's
+    Part 1 table compares with the post's per-epoch numbers."""
+    return {step: [{key: value for key, value in row.items() if key != "seconds"} for row in record[step]["history"]]
+            for step in ("target", "attacker")}
+
+
 def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], list[str]]:
     """One entry per shipped pair (mobile stage, attacker): where it comes from and its run's record;
     and the names of the noise levels left out because they are not finished (``require_all``
@@ -89,7 +96,8 @@ def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], l
                 "metrics": {"train_accuracy": metrics["target"]["train_accuracy"],
                             "val_accuracy": metrics["target"]["val_accuracy"],
                             "attacker_train_mse": metrics["attacker"]["train_mse"],
-                            "test_mse": metrics["test"]["test_mse"]}}]
+                            "test_mse": metrics["test"]["test_mse"], "test_images": metrics["test"]["num_images"]},
+                "history": _histories(metrics)}]
     metrics = _completed(part2, ["noise_levels"], "part2")
     command = part2_command(metrics["config"], os.fspath(part2))
     missing = []
@@ -109,7 +117,9 @@ def _sources(part1: Path, part2: Path, require_all: bool) -> tuple[list[dict], l
             "metrics": {"noise_multiplier": noise, **level_privacy(metrics["config"], noise, level),
                         "train_accuracy": level["target"]["train_accuracy"],
                         "val_accuracy": level["target"]["val_accuracy"],
-                        "attacker_train_mse": level["attacker"]["train_mse"], "test_mse": level["test"]["test_mse"]},
+                        "attacker_train_mse": level["attacker"]["train_mse"], "test_mse": level["test"]["test_mse"],
+                        "test_images": level["test"]["num_images"]},
+            "history": _histories(level),
             # what the guarantee covers and where the noise came from, as the run recorded them
             "privacy": {key: metrics.get(key) for key in ("noise_source", "guarantees")},
         })
@@ -153,7 +163,7 @@ def export_models(part1: str | os.PathLike, part2: str | os.PathLike, out: str |
         mse = small1_mse(copied["mobile_stage"], copied["attacker"], data_dir)
         config = entry["config"]
         # the commit each step ran at ("+modified": the tree differed from it), then the shipping's
-        record = {key: entry[key] for key in ("command", "versions", "wall_seconds", "trained_at")}
+        record = {key: entry[key] for key in ("command", "versions", "wall_seconds", "trained_at", "history")}
         record.update(seed=config["seed"], epochs=config["epochs"], attacker_epochs=config["attacker_epochs"],
                       commit=commit, data=DATA_NOTE, metrics={**entry["metrics"], "small1_mse": mse},
                       training={"train_size": config.get("train_size", data.TARGET_TRAIN_SIZE),

@@ -211,6 +211,7 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir, quick_re
         for group in ("seen", "unseen"):
             top1 = attack[group]["top1"]
             assert top1["low"] <= top1["mean"] <= top1["high"]
+    assert "same_character" in row["attacks"]["hybrid"]["seen"]  # the semantic measure beside top-1
     assert row["defence"]["name"] == "laplace" and row["defence"]["code_std"] > 0
     stage = load_intercepted(out / "targets" / "laplace_1" / run_folder.MOBILE_STAGE)
     assert stage.defence.strength == 1.0 and stage.defence.code_std == row["defence"]["code_std"]
@@ -288,4 +289,9 @@ def test_the_defence_table_orders_each_family_weak_to_strong_and_names_how_the_a
     for item in rows:  # scored without halves: chosen and reported on the same images
         for attack in item["attacks"].values():
             del attack["halves"]
-    assert "(chosen on the same images)" in frontier.defence_table({"rows": rows})[0]
+    assert "seen top-1 (chosen on the same images)" in frontier.defence_table({"rows": rows})[0]
+    for item in rows:  # rows that record the same-character rate show it beside top-1
+        for attack in item["attacks"].values():
+            attack["seen"]["same_character"] = {"mean": 0.25}
+    lines = frontier.defence_table({"rows": rows})
+    assert "seen top-1 / same character (chosen" in lines[0] and lines[2] == "| none | 0.760 / 0.830 / 0.250 |  |  |"

@@ -51,7 +51,7 @@ COMPARED = (DECODER_ON_SUBSET, WHITEBOX)
 WHITEBOX_IMAGES = 260
 QUICK_TEST_IMAGES, QUICK_WHITEBOX_IMAGES, QUICK_ITERATIONS = 64, 20, 10
 GROUPS = attack_suite.GROUPS
-TABLE_METRICS = ("top1", "ssim", "mse")
+TABLE_METRICS = ("top1", "same_character", "ssim", "mse")
 
 
 def parse_point(text: str) -> tuple[str, float | None]:
@@ -228,12 +228,16 @@ def _strength(row: dict) -> float:
 def defence_table(result: dict, epsilons: dict[str, float] | None = None) -> list[str]:
     """README's table of a sweep (``frontier.json``): one line per defence family, its points weak
     to strong, each cell the target's validation accuracy / the strongest attack's seen top-1 as
-    `reported`. ``epsilons``: the DP targets' epsilons by label (their trainings' accounts; the
-    rows hold the post's accounting), named in DP-SGD's line."""
+    `reported` (and / its same-character rate where every row records it). ``epsilons``: the DP
+    targets' epsilons by label (their trainings' accounts; the rows hold the post's accounting),
+    named in DP-SGD's line."""
     rows = result["rows"]
     places = {reported(row, "seen")[1] for row in rows}
     chosen = "chosen on the other half" if places == {"the other half"} else "chosen on the same images"
-    lines = [f"| defence: val accuracy / strongest attack's seen top-1 ({chosen}) | weak | middle | strong |",
+    metrics = ("top1", "same_character") if all("same_character" in reported(row, "seen")[0] for row in rows) \
+        else ("top1",)
+    names = " / ".join({"top1": "top-1", "same_character": "same character"}[metric] for metric in metrics)
+    lines = [f"| defence: val accuracy / strongest attack's seen {names} ({chosen}) | weak | middle | strong |",
              "| --- | --- | --- | --- |"]
     for family, name in FAMILIES.items():
         points = sorted((row for row in rows if row["defence"]["name"] == family), key=_strength)
@@ -242,7 +246,8 @@ def defence_table(result: dict, epsilons: dict[str, float] | None = None) -> lis
         label = name if family == "none" else f"{name} {' / '.join(f'{_strength(row):g}' for row in points)}"
         if family == "dp-sgd" and epsilons:
             label += " (epsilon " + " / ".join(f"{epsilons[row['target']]:.2f}" for row in points) + ")"
-        cells = [f"{row['val_accuracy']:.3f} / {strongest_top1(row, 'seen')['mean']:.3f}" for row in points]
+        cells = [" / ".join([f"{row['val_accuracy']:.3f}", *(f"{reported(row, 'seen')[0][metric]['mean']:.3f}"
+                                                           for metric in metrics)]) for row in points]
         lines.append("| " + " | ".join([label, *cells, *[""] * (3 - len(cells))]) + " |")
     return lines
 

@@ -98,6 +98,20 @@ def test_replicates_pair_the_rows_across_seeds_and_refuse_a_seed_given_twice(tmp
     assert cli.main(["replicates", *folders, "--out", str(tmp_path / "again")]) == 2
     assert "a seed given twice" in capsys.readouterr().err and not (tmp_path / "again").exists()
     assert cli.main(["replicates", folders[0], "--out", str(tmp_path / "again")]) == 2
+    # rows that record their stage's digest: one training evaluated under two seeds is refused,
+    # two trainings evaluated under one seed are replicates
+    for seed, digest in ((0, "a"), (1, "b"), (2, "a")):
+        evaluation = _evaluation(seed, 0.005)
+        evaluation["rows"][0]["stage_sha256"] = digest
+        (tmp_path / f"seed{seed}" / "attack_suite" / "evaluation.json").write_text(json.dumps(evaluation))
+    capsys.readouterr()
+    assert cli.main(["replicates", *folders, "--out", str(tmp_path / "again")]) == 2
+    error = capsys.readouterr().err
+    assert "the same training of 'non-private'" in error and "seed0" in error and "seed1" not in error
+    evaluation = _evaluation(0, 0.005)
+    evaluation["rows"][0]["stage_sha256"] = "c"
+    (tmp_path / "seed2" / "attack_suite" / "evaluation.json").write_text(json.dumps(evaluation))
+    assert cli.main(["replicates", *folders, "--out", str(tmp_path / "again")]) == 0
 
 
 def test_a_group_of_one_image_gets_no_halves_and_the_other_group_keeps_them():

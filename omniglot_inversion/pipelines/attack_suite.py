@@ -16,6 +16,7 @@ attack's ``shown.npz``) and the per-alphabet figures.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -52,6 +53,15 @@ class Target:
     attacker_path: Path | None
     epsilon: float | None
     val_accuracy: float | None
+
+    @property
+    def stage_digest(self) -> str:
+        """sha256 of the on-device stage's weights: which training the attacks ran against, so that
+        `replicates` can tell two trainings from one training evaluated twice."""
+        digest = hashlib.sha256()
+        for weights in self.stage.on_device_model.get_weights():
+            digest.update(np.ascontiguousarray(weights).tobytes())
+        return digest.hexdigest()
 
     @property
     def slug(self) -> str:
@@ -168,7 +178,7 @@ def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, d
                 title=f"{target.label}, {spec.label}", log=log)
             log("  " + attack_run.summary_line(result))
             rows.append({"target": target.label, "epsilon": target.epsilon,
-                         "target_val_accuracy": target.val_accuracy, **result,
+                         "target_val_accuracy": target.val_accuracy, "stage_sha256": target.stage_digest, **result,
                          "folder": str(folder.relative_to(out))})
             reconstructions.append(shown_reconstructions(folder, shown))
         figure = f"reconstructions_{target.slug}.png"

@@ -42,15 +42,33 @@ def _group_size(metrics: dict, group: str) -> int:
     return unseen if group == "unseen" else metrics["num_images"] - unseen
 
 
+def _check_distinct_trainings(found: list[tuple[Path, dict]], seeds: list) -> None:
+    """Refuse evaluations that are not replicates: two of them attacking the same training of a
+    target (the same stage weights, where the rows record their digest), or, for evaluations that
+    record no digest, two with one seed."""
+    digests = [{row["target"]: row["stage_sha256"] for row in data["rows"] if "stage_sha256" in row}
+               for _, data in found]
+    if all(digests):
+        for target in set.intersection(*(set(each) for each in digests)):
+            trained = [each[target] for each in digests]
+            twice = [str(path) for (path, _), digest in zip(found, trained, strict=True) if trained.count(digest) > 1]
+            if twice:
+                raise UsageError(f"{', '.join(twice)} attacked the same training of {target!r} (the same stage "
+                                 "weights): a training evaluated twice is not a replicate; give one evaluation "
+                                 "per training seed.")
+        return
+    if None in seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"The evaluations' seeds are {seeds}: each replicate needs its own recorded seed "
+                         "(a seed given twice is the same training, not a replicate).")
+
+
 def combine(folders: list[str | os.PathLike], *, seed: int = 0) -> dict:
     """The replicate summary of the evaluations in ``folders`` (one per training seed)."""
     found = [_evaluation(Path(folder)) for folder in folders]
     if len(found) < 2:
         raise UsageError("Replicates need the evaluations of at least two training seeds; give two folders or more.")
     seeds = [data.get("settings", {}).get("seed") for _, data in found]
-    if None in seeds or len(set(seeds)) != len(seeds):
-        raise UsageError(f"The evaluations' seeds are {seeds}: each replicate needs its own recorded seed "
-                         "(a seed given twice is the same training, not a replicate).")
+    _check_distinct_trainings(found, seeds)
     if len({(data["test_set"], data["num_images"]) for _, data in found}) != 1:
         raise UsageError("The evaluations scored different test images; replicates compare the same test set.")
     keyed = [{(row["target"], row["label"]): row["metrics"] for row in data["rows"]} for _, data in found]

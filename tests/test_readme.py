@@ -77,9 +77,9 @@ def test_rendering_rewrites_only_the_blocks_and_refuses_an_unknown_one(tmp_path)
     from omniglot_inversion import cli
     from omniglot_inversion.pipelines import readme_tables
 
-    results = tmp_path / readme_tables.MEMBERSHIP
-    results.parent.mkdir(parents=True)
-    results.write_bytes((REPO / readme_tables.MEMBERSHIP).read_bytes())
+    for path in readme_tables.MEMBERSHIP:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes((REPO / path).read_bytes())
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- generated: membership_reference -->\n| stale |\n<!-- /generated -->\nend\n")
     assert cli.main(["readme", str(readme), "--check"]) == 2

@@ -220,7 +220,8 @@ REFERENCE_ATTACKS = {"lira_online": "LiRA online", "lira_offline": "LiRA offline
 
 
 def attack_table(result: dict) -> list[str]:
-    """Per target of a membership.json: the loss threshold and each reference-model attack, with
+    """Per target of a membership.json (named with the epsilon of its training, where it has one,
+    and the number of reference models): the loss threshold and each reference-model attack, with
     AUC, TPR at FPR 0.1 % and 1 % (exact intervals) and the empirical epsilon lower bound."""
     lines = ["| target | attack | AUC | TPR at FPR 0.1 % | TPR at FPR 1 % | empirical epsilon at least |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -229,8 +230,10 @@ def attack_table(result: dict) -> list[str]:
         audits = [("loss threshold", row), *((name, references[key]) for key, name in REFERENCE_ATTACKS.items()
                                              if key in references)]
         count = references.get("models")
-        models = f" ({count} reference model{'' if count == 1 else 's'})" if references else ""
-        lines += [f"| {row['target']}{models} | {label} | {interval_text(audit['auc'])} | "
+        notes = [*([f"epsilon {row['accountant_epsilon']:.2f}"] if row.get("accountant_epsilon") is not None else []),
+                 *([f"{count} reference model{'' if count == 1 else 's'}"] if references else [])]
+        name = f"{row['target']} ({'; '.join(notes)})" if notes else row["target"]
+        lines += [f"| {name} | {label} | {interval_text(audit['auc'])} | "
                   f"{interval_text(audit['tpr_at_fpr_0.001'])} | {interval_text(audit['tpr_at_fpr_0.01'])} | "
                   f"{audit['empirical_epsilon']['epsilon']:.2f} |" for label, audit in audits]
     return lines

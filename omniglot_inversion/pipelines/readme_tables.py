@@ -11,8 +11,9 @@ lines come from the files beside README that hold its numbers, never from a tran
   trainings' histories, else the final epoch's;
 - ``frontier``: `frontier.defence_table` of ``saved_models/frontier.json``, DP-SGD's epsilons from
   the shipped targets' accounts;
-- ``membership_reference``: the loss threshold and each reference-model attack of
-  ``docs/results/membership_reference_models.json`` (a ``membership --reference-models K`` run);
+- ``membership_reference``: the loss threshold and each reference-model attack of each target in
+  ``docs/results/membership_reference_models.json`` and ``membership_reference_models_dp.json``
+  (``membership --reference-models K`` runs: the non-private target, the DP targets);
 - ``class_inversion``: every target and method of ``docs/results/class_inversion.json`` (an
   ``invert-classes`` run) with its baselines.
 
@@ -36,7 +37,7 @@ from omniglot_inversion.pipelines.run_folder import MANIFEST
 GENERATED = ("README.md", "docs/class_inversion.md")
 SHIPPED = "saved_models"
 RESULTS = Path("docs") / "results"
-MEMBERSHIP = RESULTS / "membership_reference_models.json"
+MEMBERSHIP = (RESULTS / "membership_reference_models.json", RESULTS / "membership_reference_models_dp.json")
 CLASS_INVERSION = RESULTS / "class_inversion.json"
 _BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.DOTALL)
 
@@ -96,7 +97,7 @@ def frontier_table(root: Path) -> list[str]:
 
 
 def membership_reference_table(root: Path) -> list[str]:
-    return membership_audit.attack_table(_json(root, MEMBERSHIP))
+    return membership_audit.attack_table({"rows": [row for path in MEMBERSHIP for row in _json(root, path)["rows"]]})
 
 
 def class_inversion_table(root: Path) -> list[str]:

@@ -167,7 +167,7 @@ def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, d
     out = Path(out)
     rows, shown = [], shown_indices(len(test.images))
     for target in targets:
-        pretrained = target.attacker()
+        pretrained, digest = target.attacker(), target.stage_digest
         reconstructions = []
         for spec in specs:
             folder = out / "attacks" / target.slug / spec.label.replace(":", "_")
@@ -178,7 +178,7 @@ def evaluate_runs(folders: list[str | os.PathLike], out: str | os.PathLike, *, d
                 title=f"{target.label}, {spec.label}", log=log)
             log("  " + attack_run.summary_line(result))
             rows.append({"target": target.label, "epsilon": target.epsilon,
-                         "target_val_accuracy": target.val_accuracy, "stage_sha256": target.stage_digest, **result,
+                         "target_val_accuracy": target.val_accuracy, "stage_sha256": digest, **result,
                          "folder": str(folder.relative_to(out))})
             reconstructions.append(shown_reconstructions(folder, shown))
         figure = f"reconstructions_{target.slug}.png"

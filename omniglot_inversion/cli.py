@@ -258,8 +258,9 @@ REPLICATES = (
     SHARED["seed"].but(help="seed of the bootstrap"),
 )
 README_TABLES = (
-    option("files", type=Path, nargs="*", default=[Path("README.md")],
-           help="the Markdown files whose generated blocks to rewrite (default README.md)"),
+    option("files", type=Path, nargs="*", default=[],
+           help="the Markdown files whose generated blocks to rewrite (default: every file with generated blocks "
+                "under --root: README.md, the docs' and saved_models/attack_suite/report.md)"),
     option("--root", type=Path, default=None,
            help="the folder that holds saved_models/ and docs/results/ (default: each file's own folder)"),
     option("--check", action="store_true", help="change nothing; exit 2 if a block differs from its rendering"),
@@ -511,14 +512,18 @@ def _run_replicates(args: argparse.Namespace) -> None:
 def _run_readme(args: argparse.Namespace) -> None:
     from omniglot_inversion.pipelines import readme_tables
 
+    if not args.files:
+        args.root = args.root or Path(".")
+        args.files = [args.root / name for name in readme_tables.GENERATED]
     missing = [str(path) for path in args.files if not path.is_file()]
     if missing:
         raise UsageError(f"{', '.join(missing)}: not a file; give the Markdown files whose tables to render.")
     if args.check:
         stale = [str(path) for path in args.files if readme_tables.render(path, args.root) != path.read_text()]
         if stale:
+            root = "" if args.root is None else f" --root {args.root}"
             raise UsageError(f"{', '.join(stale)}: generated tables differ from the files they come from; run "
-                             f"`omniglot-inversion readme {' '.join(stale)}` to rewrite them.")
+                             f"`omniglot-inversion readme {' '.join(stale)}{root}` to rewrite them.")
         print(f"{', '.join(map(str, args.files))}: every generated table equals its rendering")
         return
     for path in args.files:

@@ -1,5 +1,8 @@
+import json
 import re
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,9 +69,32 @@ def test_readmes_generated_tables_equal_their_rendering_from_the_shipped_files()
         assert f"<!-- generated: {name} -->" in text, f"README lacks the generated block {name!r}"
     assert "<!-- generated: class_inversion -->" in (REPO / "docs" / "class_inversion.md").read_text()
     for name in readme_tables.GENERATED:
+        assert "<!-- generated: " in (REPO / name).read_text(), f"{name} holds no generated block"
         assert readme_tables.render(REPO / name, REPO) == (REPO / name).read_text(), (
-            f"{name}'s generated tables differ from the shipped files: run "
-            f"`omniglot-inversion readme {' '.join(readme_tables.GENERATED)} --root .`")
+            f"{name}'s generated tables differ from the shipped files: run `omniglot-inversion readme` in the "
+            "repository's root")
+
+
+def test_the_shipped_attack_reports_name_each_dp_target_with_its_trainings_epsilon():
+    from omniglot_inversion.pipelines import attack_suite, part2, readme_tables
+
+    manifest = json.loads((REPO / "saved_models" / "manifest.json").read_text())
+    own = {f"noise {entry['metrics']['noise_multiplier']:g}": part2.entry_privacy(entry)
+           for entry in manifest["files"].values()
+           if entry["kind"] == "target" and entry["run"].startswith("dp_noise_")}
+    # the evaluation was recorded before runs kept an account: its rows hold the post's accounting
+    evaluation = json.loads((REPO / "saved_models" / "attack_suite" / attack_suite.EVALUATION).read_text())
+    recorded = {row["target"]: row["epsilon"] for row in evaluation["rows"] if row["epsilon"] is not None}
+    for path in ("saved_models/attack_suite/report.md", "docs/report/attack_suite/report.md"):
+        text = (REPO / path).read_text()
+        assert path in readme_tables.GENERATED
+        assert len(own) == 3
+        for label, privacy in own.items():
+            assert recorded[label] == pytest.approx(privacy["epsilon_post"])
+            assert f"| {label} (epsilon {privacy['epsilon']:.2f}) |" in text
+            assert f"| {label} | {privacy['epsilon']:.2f} |" in text  # the verdicts' rows
+            assert f"{privacy['epsilon_post']:.2f}" not in text, (path, label)
+        assert "before rates carried exact intervals" in text  # the scoring it states is the one recorded
 
 
 def test_rendering_rewrites_only_the_blocks_and_refuses_an_unknown_one(tmp_path):
@@ -89,6 +115,8 @@ def test_rendering_rewrites_only_the_blocks_and_refuses_an_unknown_one(tmp_path)
     assert "| stale |" not in text and text.endswith("<!-- /generated -->\nend\n")
     assert "| non-private (4 reference models) | RMIA online | 0.661 [0.645, 0.676] |" in text
     assert cli.main(["readme", str(readme), "--check"]) == 0
+    # without files: every file with generated blocks under --root
+    assert cli.main(["readme", "--root", str(REPO), "--check"]) == 0
     readme.write_text("<!-- generated: nonsense -->\nx\n<!-- /generated -->\n")
     with pytest.raises(Exception, match="unknown generated block 'nonsense'"):
         readme_tables.render(readme)

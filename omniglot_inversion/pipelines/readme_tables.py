@@ -6,6 +6,8 @@ lines come from the files beside README that hold its numbers, never from a tran
 
 - ``attack_suite``: `attack_suite.headline_table` of ``saved_models/attack_suite/evaluation.json``,
   with each target's epsilon from its shipped account;
+- ``attack_suite_report``: the whole `attack_suite.report_markdown` of that evaluation, with those
+  epsilons (``saved_models/attack_suite/report.md`` and its copy in ``docs/report/``);
 - ``part1`` / ``part2``: `report.part1_table` / `report.part2_table` of the shipped targets'
   manifest entries (``saved_models/manifest.json``), per-epoch rows where the entry keeps its
   trainings' histories, else the final epoch's;
@@ -34,7 +36,8 @@ from omniglot_inversion.pipelines import attack_suite, class_inversion_run, fron
 from omniglot_inversion.pipelines.run_folder import MANIFEST
 
 # The files with generated blocks, relative to the repository root that holds saved_models/.
-GENERATED = ("README.md", "docs/class_inversion.md")
+GENERATED = ("README.md", "docs/class_inversion.md", "docs/report/report.md", "docs/report/attack_suite/report.md",
+             "saved_models/attack_suite/report.md")
 SHIPPED = "saved_models"
 RESULTS = Path("docs") / "results"
 MEMBERSHIP = (RESULTS / "membership_reference_models.json", RESULTS / "membership_reference_models_dp.json")
@@ -55,9 +58,16 @@ def _epsilons(root: Path) -> dict[str, float]:
     return {target.label: target.epsilon for target in attack_suite.find_targets(root / SHIPPED)}
 
 
+def _evaluation(root: Path) -> dict:
+    return _json(root / SHIPPED, Path("attack_suite") / attack_suite.EVALUATION)
+
+
 def attack_suite_table(root: Path) -> list[str]:
-    evaluation = _json(root / SHIPPED, Path("attack_suite") / attack_suite.EVALUATION)
-    return attack_suite.headline_table(evaluation, epsilons=_epsilons(root))
+    return attack_suite.headline_table(_evaluation(root), epsilons=_epsilons(root))
+
+
+def attack_suite_report(root: Path) -> list[str]:
+    return attack_suite.report_markdown(_evaluation(root), epsilons=_epsilons(root)).splitlines()
 
 
 def _entries(root: Path, run_prefix: str) -> dict[str, dict]:
@@ -106,6 +116,7 @@ def class_inversion_table(root: Path) -> list[str]:
 
 TABLES: dict[str, Callable[[Path], list[str]]] = {
     "attack_suite": attack_suite_table,
+    "attack_suite_report": attack_suite_report,
     "part1": part1_table,
     "part2": part2_table,
     "frontier": frontier_table,

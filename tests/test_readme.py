@@ -121,3 +121,24 @@ def test_rendering_rewrites_only_the_blocks_and_refuses_an_unknown_one(tmp_path)
     with pytest.raises(Exception, match="unknown generated block 'nonsense'"):
         readme_tables.render(readme)
     assert readme.read_text() == "<!-- generated: nonsense -->\nx\n<!-- /generated -->\n"
+
+
+def test_rendering_a_shipped_file_keeps_the_manifests_checksums_true_and_logs_it(tmp_path):
+    from omniglot_inversion.pipelines import readme_tables, shipping
+    from omniglot_inversion.pipelines.run_folder import sha256
+
+    shipped = tmp_path / "saved_models"
+    (shipped / "attack_suite").mkdir(parents=True)
+    for path in ["manifest.json", "attack_suite/evaluation.json", *(p.name for p in (REPO / "saved_models").glob(
+            "*_mobile_stage.h5") if not p.name.startswith("defended_"))]:
+        (shipped / path).write_bytes((REPO / "saved_models" / path).read_bytes())
+    report = shipped / "attack_suite" / "report.md"
+    report.write_text("<!-- generated: attack_suite_report -->\n| stale |\n<!-- /generated -->\n")
+    assert readme_tables.update(report, tmp_path)
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    assert manifest[shipping.CHECKSUMS]["attack_suite/report.md"] == sha256(report)
+    assert report.read_text() == (REPO / "saved_models" / "attack_suite" / "report.md").read_text()
+    (line,) = (shipped / shipping.SHIP_LOG).read_text().splitlines()
+    assert "attack_suite/report.md rendered from the shipped files by `omniglot-inversion readme` at commit" in line
+    assert not readme_tables.update(report, tmp_path)  # unchanged: nothing recorded again
+    assert len((shipped / shipping.SHIP_LOG).read_text().splitlines()) == 1

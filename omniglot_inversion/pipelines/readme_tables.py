@@ -27,12 +27,22 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io import data
 from omniglot_inversion.io.files import atomic_path, read_json
-from omniglot_inversion.pipelines import attack_suite, class_inversion_run, frontier, membership_audit, part2, report
+from omniglot_inversion.pipelines import (
+    attack_suite,
+    class_inversion_run,
+    frontier,
+    membership_audit,
+    part2,
+    report,
+    run_folder,
+    shipping,
+)
 from omniglot_inversion.pipelines.run_folder import MANIFEST
 
 # The files with generated blocks, relative to the repository root that holds saved_models/.
@@ -141,11 +151,20 @@ def render(path: str | os.PathLike, root: str | os.PathLike | None = None) -> st
 
 
 def update(path: str | os.PathLike, root: str | os.PathLike | None = None) -> bool:
-    """Rewrite the file's generated blocks in place (atomically); whether anything changed."""
+    """Rewrite the file's generated blocks in place (atomically); whether anything changed. A file
+    of the shipped folder that changes keeps that folder's manifest true: its checksums are made
+    anew and its ship log says what was rendered, at which commit."""
     path = Path(path)
     text = render(path, root)
     if text == path.read_text():
         return False
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+    shipped = (Path(root) if root is not None else path.parent) / SHIPPED
+    if path.resolve().is_relative_to(shipped.resolve()):
+        relative = path.resolve().relative_to(shipped.resolve()).as_posix()
+        shipping.record_checksums(shipped)
+        shipping.append_ship_log(shipped, [
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: {relative} rendered from the shipped files by "
+            f"`omniglot-inversion readme` at commit {run_folder.package_commit(exclude=shipped)}"])
     return True

@@ -76,13 +76,16 @@ class CodeSearch:
 
     It runs at most ``iterations`` Adam steps and stops earlier at a plateau: when the last
     `PLATEAU_WINDOW` steps lowered the batch's loss by less than ``tolerance`` of it (None: never).
-    ``last_run`` holds the steps taken and the final mean loss of the latest batch.
+    ``last_run`` holds the steps taken and the final mean loss of the latest batch. ``jit_compile``
+    compiles the step with XLA: off by default, since on the 2-core CPUs it makes the step slower
+    (benchmarks/xla.py, docs/speed.md).
     """
 
     def __init__(self, stage: Stage, shape: tuple, *, iterations: int, tv_weight: float, learning_rate: float,
-                 defence: Defence = NO_DEFENCE, tolerance: float | None = PLATEAU_TOLERANCE):
+                 defence: Defence = NO_DEFENCE, tolerance: float | None = PLATEAU_TOLERANCE, jit_compile: bool = False):
         self.stage, self.shape, self.iterations, self.defence = stage, tuple(shape), iterations, defence
         self.tv_weight, self.learning_rate, self.tolerance = tv_weight, learning_rate, tolerance
+        self.jit_compile = jit_compile
         self.last_run: dict = {"iterations": 0, "loss": None}
         self._compiled = {}
 
@@ -112,7 +115,7 @@ class CodeSearch:
         # its state as built: step count and moments 0 (on Keras 3 the learning rate is a variable too)
         fresh = [variable.numpy() for variable in optimizer.variables]
 
-        @tf.function
+        @tf.function(jit_compile=self.jit_compile)
         def step(codes):
             with tf.GradientTape() as tape:
                 images = self.render(logits)

@@ -76,6 +76,21 @@ def test_whitebox_search_stops_at_a_plateau_of_its_loss(target, images):
     assert full.search_log[0]["iterations"] == 60
 
 
+def test_the_search_compiled_with_xla_fits_the_code_as_the_default_graph_does(target, images):
+    from omniglot_inversion.attacks.whitebox import CodeSearch
+
+    surrogate, test = images
+    stage = attacks.stage_function(target)
+    codes = attacks.query(stage, test[:2])
+    starts = np.broadcast_to(surrogate.mean(axis=0), test[:2].shape).copy()
+    found = {jit: CodeSearch(stage, (105, 105, 1), iterations=40, tv_weight=1.0, learning_rate=1.0, tolerance=None,
+                             jit_compile=jit)(starts, codes) for jit in (False, True)}
+    errors = {jit: attacks.code_error(target, result, codes, surrogate.mean(axis=0)) for jit, result in found.items()}
+    # Adam at learning rate 1 amplifies XLA's other rounding into other pixels, not into a worse fit
+    assert errors[False].max() < 0.98 and errors[True].max() < 0.98
+    assert abs(errors[True].mean() - errors[False].mean()) < 0.1
+
+
 def test_prior_search_lowers_the_code_error_and_beats_random_latents(target, images):
     surrogate, test = images
     decoder = AttackModel()

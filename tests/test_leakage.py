@@ -167,6 +167,32 @@ def test_the_headline_chooses_the_strongest_on_one_half_and_reports_the_other():
     assert table[2].startswith("| t | - | 0.010 [0.010, 0.010] / 0.010 / 0.020 (decoder) |")
 
 
+def test_findings_state_each_comparison_by_the_exact_intervals_overlap():
+    rows = [_row("non-private", "hybrid", None, unseen=(0.1, 0.005, 0.01), seen=(0.1, 0.6, 0.7), mean_image=0.07),
+            _row("noise 0.3", "hybrid", 82.0, unseen=(0.1, 0.02, 0.04), seen=(0.1, 0.4, 0.5), mean_image=0.07),
+            _row("noise 0.7", "hybrid", 3.39, unseen=(0.1, 0.004, 0.01), seen=(0.1, 0.06, 0.1), mean_image=0.07)]
+    for row in rows:  # 2,000 unseen images: 10, 40 and 8 hits, intervals recomputed exactly
+        row["metrics"].update(num_images=3000, num_unseen=2000, verdict_unseen={"text": "-"})
+    evaluation = {"rows": rows, "chance": {"top1": 0.0005, "top5": 0.0025}}
+    text = attack_suite.findings(evaluation, epsilons={"non-private": None, "noise 0.3": 210.0, "noise 0.7": 56.6})
+    assert text[0].startswith("On unseen alphabets the strongest attack re-identifies 0.4 % to 2.0 % of the images "
+                              "(8 to 40 times chance")
+    (low, high), (low_dp, high_dp) = clopper_pearson(10, 2000), clopper_pearson(40, 2000)
+    assert high < low_dp  # the two intervals the test expects apart
+    assert (f"Against noise 0.3 (epsilon 210.00) the strongest re-identifies 0.020 [{low_dp:.3f}, {high_dp:.3f}], "
+            f"against the non-private target 0.005 [{low:.3f}, {high:.3f}]: more, the intervals do not "
+            "overlap.") in text
+    assert any(line.startswith("Against noise 0.7 (epsilon 56.60)") and line.endswith(
+        "the intervals overlap, so the two cannot be told apart at these sizes.") for line in text)
+    assert "The strongest is the best of 1 attacks on the same images, an optimistic pick." in text
+    assert not any("same character" in line for line in text)  # the rows record none
+    assert text[-1].startswith("The hybrid's top-1 on seen alphabets: 0.600 [")
+    # chance inside one target's interval: the findings name the targets above it
+    rows[2]["metrics"]["seen_unseen"]["unseen"]["top1"] = _scores(0.0)
+    assert "Its exact interval lies above chance against non-private, noise 0.3 only." in attack_suite.findings(
+        evaluation)
+
+
 def _evaluation_copy(source: Path, folder: Path, edit=None) -> Path:
     """A copy of an evaluation folder's JSON and figures, its evaluation.json passed through ``edit``."""
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("attacks"))

@@ -65,7 +65,7 @@ def test_readmes_generated_tables_equal_their_rendering_from_the_shipped_files()
     from omniglot_inversion.pipelines import readme_tables
 
     text = (REPO / "README.md").read_text()
-    for name in ("part1", "part2", "attack_suite", "frontier", "membership_reference"):
+    for name in ("part1", "part2", "attack_suite", "attack_suite_findings", "frontier", "membership_reference"):
         assert f"<!-- generated: {name} -->" in text, f"README lacks the generated block {name!r}"
     assert "<!-- generated: class_inversion -->" in (REPO / "docs" / "class_inversion.md").read_text()
     for name in readme_tables.GENERATED:

@@ -298,18 +298,113 @@ def _cell(interval: dict | None) -> str:
     return "-" if interval is None else f"{interval['mean']:.3f}"
 
 
-def _top1(found: tuple[str, dict, bool], rows: dict) -> str:
-    """The strongest attack's unseen top-1 with its exact interval: the recorded one where the
-    halves were scored (rates carry Clopper-Pearson intervals since then), else recomputed from the
-    hits and the unseen images' count (the evaluation recorded a percentile bootstrap)."""
-    label, scores, halved = found
-    if halved:
-        return interval_text(scores["top1"])
-    count = rows[label]["metrics"].get("num_unseen")
+def _group_size(metrics: dict, group: str) -> int | None:
+    unseen = metrics.get("num_unseen")
+    if unseen is None:
+        return None
+    return unseen if group == "unseen" else metrics["num_images"] - unseen
+
+
+def exact_rate(metrics: dict, scores: dict, group: str, metric: str = "top1") -> dict | None:
+    """A rate of ``scores`` (an attack's scores on ``group`` of an evaluation row's ``metrics``) with
+    its exact interval: the recorded one where it is exact (rows whose verdict names its test were
+    scored with Clopper-Pearson intervals for rates), else recomputed from the hits and the group's
+    image count (the row recorded a percentile bootstrap); None where the count is unknown."""
+    rate = scores[metric]
+    if "test" in (metrics.get("verdict_unseen") or {}):
+        return rate
+    count = _group_size(metrics, group)
     if count is None:
-        return f"{scores['top1']['mean']:.3f}"
-    low, high = clopper_pearson(round(scores["top1"]["mean"] * count), count)
-    return interval_text({"mean": scores["top1"]["mean"], "low": low, "high": high})
+        return None
+    low, high = clopper_pearson(round(rate["mean"] * count), count)
+    return {"mean": rate["mean"], "low": low, "high": high}
+
+
+def _top1(found: tuple[str, dict, bool], rows: dict) -> str:
+    """The strongest attack's unseen top-1 with its exact interval (the reporting half's where the
+    halves were scored, whose rates carry Clopper-Pearson intervals)."""
+    label, scores, halved = found
+    rate = scores["top1"] if halved else exact_rate(rows[label]["metrics"], scores, "unseen")
+    return f"{scores['top1']['mean']:.3f}" if rate is None else interval_text(rate)
+
+
+def _overlap(first: dict, second: dict) -> bool:
+    return first["low"] <= second["high"] and second["low"] <= first["high"]
+
+
+def _percent(rate: float) -> str:
+    return f"{100 * rate:.1f} %"
+
+
+def findings(evaluation_data: dict, epsilons: dict[str, float | None] | None = None) -> list[str]:
+    """README's sentences on an evaluation, each comparison read from the exact intervals (a target
+    whose rows hold no exact interval and no image count is left out): how much
+    the strongest attack re-identifies of the unseen images of every target, against chance; each
+    DP target against the non-private one, with whether the intervals overlap; how the strongest was
+    chosen; the white-box search's code error against its re-identification; and the hybrid's seen
+    top-1 per target. ``epsilons`` as in `headline_table`."""
+    chance = evaluation_data["chance"]
+    by_target = {target: {row["label"]: row for row in evaluation_data["rows"] if row["target"] == target}
+                 for target in dict.fromkeys(row["target"] for row in evaluation_data["rows"])}
+    unseen = {}
+    for target, rows in by_target.items():
+        found = strongest(rows, "unseen")
+        if found is not None:
+            label, scores, halved = found
+            rate = scores["top1"] if halved else exact_rate(rows[label]["metrics"], scores, "unseen")
+            if rate is not None:
+                unseen[target] = (label, rate, scores.get("same_character"), halved)
+    if not unseen:
+        return ["No evaluated target has images of unseen alphabets."]
+    rates = [entry[1] for entry in unseen.values()]
+    low, high = min(rate["mean"] for rate in rates), max(rate["mean"] for rate in rates)
+    lows = sorted(rate["low"] / chance["top1"] for rate in rates)
+    above = [target for target, entry in unseen.items() if entry[1]["low"] > chance["top1"]]
+    text = [f"On unseen alphabets the strongest attack re-identifies {_percent(low)} to {_percent(high)} of the images "
+            f"({low / chance['top1']:.0f} to {high / chance['top1']:.0f} times chance, {100 * chance['top1']:.2f} %; "
+            f"the lower ends of the exact intervals: {lows[0]:.0f} to {lows[-1]:.0f} times)."]
+    if len(above) == len(unseen):
+        text.append("Against every target its exact interval lies above chance.")
+    else:
+        text.append(f"Its exact interval lies above chance against {', '.join(above) or 'no target'} only.")
+    same = [entry[2]["mean"] for entry in unseen.values() if entry[2] is not None]
+    if same and "same_character" in chance:
+        text.append(f"It finds a drawing of the same character for {_percent(min(same))} to {_percent(max(same))} "
+                    f"(chance {_percent(chance['same_character'])}).")
+    if "non-private" in unseen:
+        reference = unseen["non-private"][1]
+        for target, (_, rate, _, _) in unseen.items():
+            if target == "non-private":
+                continue
+            epsilon = (epsilons or {}).get(target, by_target[target][next(iter(by_target[target]))]["epsilon"])
+            name = target if epsilon is None else f"{target} (epsilon {epsilon:.2f})"
+            if _overlap(rate, reference):
+                verdict = "the intervals overlap, so the two cannot be told apart at these sizes"
+            else:
+                verdict = f"{'more' if rate['mean'] > reference['mean'] else 'less'}, the intervals do not overlap"
+            text.append(f"Against {name} the strongest re-identifies {interval_text(rate)}, against the non-private "
+                        f"target {interval_text(reference)}: {verdict}.")
+    attacks = len({row["label"] for row in evaluation_data["rows"]})
+    if all(entry[3] for entry in unseen.values()):
+        text.append(f"The strongest of the {attacks} attacks is chosen on half of each target's unseen images and "
+                    "scored on the other half.")
+    else:
+        text.append(f"The strongest is the best of {attacks} attacks on the same images, an optimistic pick.")
+    whitebox = [rows["whitebox"] for rows in by_target.values() if "whitebox" in rows]
+    if whitebox and all("unseen" in row["metrics"]["seen_unseen"] for row in whitebox):
+        errors = [row["metrics"]["code_error"]["mean"] for row in whitebox]
+        top1 = max(row["metrics"]["seen_unseen"]["unseen"]["top1"]["mean"] for row in whitebox)
+        text.append(f"The white-box search alone brings its image's code close to the intercepted one (code error "
+                    f"{min(errors):.2f} to {max(errors):.2f} of the mean image's) and re-identifies at most "
+                    f"{_percent(top1)} of the unseen images.")
+    hybrid = {target: exact_rate(rows["hybrid"]["metrics"], rows["hybrid"]["metrics"]["seen_unseen"]["seen"], "seen")
+              for target, rows in by_target.items() if "seen" in rows.get("hybrid", {}).get("metrics", {}).get(
+                  "seen_unseen", {})}
+    hybrid = {target: rate for target, rate in hybrid.items() if rate is not None}
+    if hybrid:
+        text.append("The hybrid's top-1 on seen alphabets: " + "; ".join(
+            f"{interval_text(rate)} against {target}" for target, rate in hybrid.items()) + ".")
+    return text
 
 
 def _scoring_text(evaluation_data: dict) -> str:

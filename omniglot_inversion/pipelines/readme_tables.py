@@ -6,6 +6,8 @@ lines come from the files beside README that hold its numbers, never from a tran
 
 - ``attack_suite``: `attack_suite.headline_table` of ``saved_models/attack_suite/evaluation.json``,
   with each target's epsilon from its shipped account;
+- ``attack_suite_findings``: `attack_suite.findings` of that evaluation, the sentences README
+  draws from it, each comparison with its intervals' overlap;
 - ``attack_suite_report``: the whole `attack_suite.report_markdown` of that evaluation, with those
   epsilons (``saved_models/attack_suite/report.md`` and its copy in ``docs/report/``);
 - ``part1`` / ``part2``: `report.part1_table` / `report.part2_table` of the shipped targets'
@@ -76,6 +78,10 @@ def attack_suite_table(root: Path) -> list[str]:
     return attack_suite.headline_table(_evaluation(root), epsilons=_epsilons(root))
 
 
+def attack_suite_findings(root: Path) -> list[str]:
+    return attack_suite.findings(_evaluation(root), epsilons=_epsilons(root))
+
+
 def attack_suite_report(root: Path) -> list[str]:
     return attack_suite.report_markdown(_evaluation(root), epsilons=_epsilons(root)).splitlines()
 
@@ -127,6 +133,7 @@ def class_inversion_table(root: Path) -> list[str]:
 TABLES: dict[str, Callable[[Path], list[str]]] = {
     "attack_suite": attack_suite_table,
     "attack_suite_report": attack_suite_report,
+    "attack_suite_findings": attack_suite_findings,
     "part1": part1_table,
     "part2": part2_table,
     "frontier": frontier_table,

@@ -78,7 +78,8 @@ class CodeSearch:
     `PLATEAU_WINDOW` steps lowered the batch's loss by less than ``tolerance`` of it (None: never).
     ``last_run`` holds the steps taken and the final mean loss of the latest batch. ``jit_compile``
     compiles the step with XLA: off by default, since on the 2-core CPUs it makes the step slower
-    (benchmarks/xla.py, docs/speed.md).
+    (benchmarks/xla.py, docs/speed.md); XLA has no deterministic MaxPool gradient, so it fails
+    while op determinism is on (`training.set_seed` with ``deterministic=True``).
     """
 
     def __init__(self, stage: Stage, shape: tuple, *, iterations: int, tv_weight: float, learning_rate: float,

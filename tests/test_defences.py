@@ -198,14 +198,15 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir, quick_re
     row, dp_row = result["rows"]
     assert row["target"] == "laplace_1" and 0.0 <= row["val_accuracy"] <= 1.0
     assert dp_row["kind"] == "dp-sgd" and dp_row["defence"] == {"name": "dp-sgd", "epsilon": dp_row["epsilon"]}
-    assert set(row["attacks"]) == {"decoder", "decoder_subset", "hybrid"}
+    assert set(row["attacks"]) == {"decoder", "decoder_subset", "hybrid", "prior"}
     # balanced over small2's 5 alphabets: 12 and 4 images each; the decoder scored on both sets
-    assert row["attacks"]["decoder"]["num_images"] == 60 and row["attacks"]["hybrid"]["num_images"] == 20
-    assert row["attacks"]["decoder_subset"]["num_images"] == 20
-    # the strongest is chosen on the same 20 images, by top-1 and then SSIM
+    assert row["attacks"]["decoder"]["num_images"] == 60
+    assert [row["attacks"][name]["num_images"] for name in frontier.COMPARED] == [20, 20, 20]
+    # the strongest is chosen on the selection half of the same 20 images, by top-1 and then SSIM
     for group in ("seen", "unseen"):
-        scores = {name: (row["attacks"][name][group]["top1"]["mean"], row["attacks"][name][group]["ssim"]["mean"])
-                  for name in ("decoder_subset", "hybrid")}
+        judged = {name: row["attacks"][name]["halves"].get(group, {}).get("select") or row["attacks"][name][group]
+                  for name in frontier.COMPARED}
+        scores = {name: (judged[name]["top1"]["mean"], judged[name]["ssim"]["mean"]) for name in frontier.COMPARED}
         assert scores[row["strongest"][group]] == max(scores.values())
     for attack in row["attacks"].values():
         for group in ("seen", "unseen"):
@@ -224,8 +225,8 @@ def test_frontier_quick_runs_end_to_end_and_resumes(tmp_path, data_dir, quick_re
     again = frontier.run_frontier(config, out, dp_run=tmp_path / "part2", log=printed.append)
     assert again["rows"] == result["rows"]
     assert not any("epoch" in line for line in printed)
-    # Part 1's steps of the defended target, then the 3 scored attacks of each target
-    assert sum("done before, kept" in line for line in printed) == 3 + 3 + 3
+    # Part 1's steps of the defended target, then the 4 scored attacks of each target
+    assert sum("done before, kept" in line for line in printed) == 3 + 4 + 4
     # shipped: the defended stage beside the entries already in the manifest, byte for byte, with
     # the command that remakes the sweep
     ship = tmp_path / "ship"

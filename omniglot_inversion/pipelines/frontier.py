@@ -42,12 +42,13 @@ DEFAULT_GRID = (
     ("nopeek+laplace", 0.1), ("nopeek+laplace", 1.0), ("nopeek+laplace", 5.0),
 )
 # The attacks: the post's decoder (the target's Part 1 attacker) on all of small2, and the
-# strongest white-box variant (the search started from the decoder's guess) on a fixed subset
-# balanced over small2's alphabets, since it costs about 1,200 decoder inversions per image. The
-# decoder is scored on that subset too: re-identification among 260 candidates is easier than among
-# 3,120, so only scores on the same images say which attack is stronger.
-DECODER, WHITEBOX, DECODER_ON_SUBSET = "decoder", "hybrid", "decoder_subset"
-COMPARED = (DECODER_ON_SUBSET, WHITEBOX)
+# strongest white-box variant (the search started from the decoder's guess) and the generative-prior
+# search (GLASS++'s latent search from the decoder's guess) on a fixed subset balanced over
+# small2's alphabets, since each costs hundreds of decoder inversions per image. The decoder is
+# scored on that subset too: re-identification among 260 candidates is easier than among 3,120, so
+# only scores on the same images say which attack is stronger.
+DECODER, WHITEBOX, PRIOR, DECODER_ON_SUBSET = "decoder", "hybrid", "prior", "decoder_subset"
+COMPARED = (DECODER_ON_SUBSET, WHITEBOX, PRIOR)
 WHITEBOX_IMAGES = 260
 QUICK_TEST_IMAGES, QUICK_WHITEBOX_IMAGES, QUICK_ITERATIONS = 64, 20, 10
 GROUPS = attack_suite.GROUPS
@@ -99,7 +100,8 @@ class FrontierConfig:
         if self.quick:
             settings.update(surrogate_limit=part1.QUICK["attacker_size"], iterations=QUICK_ITERATIONS)
         decoder = attack_run.parse_label(DECODER, **settings)
-        return {DECODER: decoder, DECODER_ON_SUBSET: decoder, WHITEBOX: attack_run.parse_label(WHITEBOX, **settings)}
+        return {DECODER: decoder, DECODER_ON_SUBSET: decoder, WHITEBOX: attack_run.parse_label(WHITEBOX, **settings),
+                PRIOR: attack_run.parse_label(PRIOR, **settings)}
 
     def record(self) -> dict:
         fields = dataclasses.asdict(self)
@@ -112,7 +114,7 @@ def _test_sets(config: FrontierConfig) -> dict[str, TestSet]:
     test = attack_run.load_test_set(config.data_dir)
     full = test.balanced(QUICK_TEST_IMAGES) if config.quick else test
     subset = test.balanced(QUICK_WHITEBOX_IMAGES if config.quick else config.whitebox_images)
-    return {DECODER: full, DECODER_ON_SUBSET: subset, WHITEBOX: subset}
+    return {DECODER: full, DECODER_ON_SUBSET: subset, WHITEBOX: subset, PRIOR: subset}
 
 
 def strongest(attacks: dict, group: str) -> str:
@@ -121,7 +123,8 @@ def strongest(attacks: dict, group: str) -> str:
     were scored on halves (`assessment`), so that `reported` can give its scores on the other half."""
     def judged(name):
         return attacks[name].get("halves", {}).get(group, {}).get("select") or attacks[name][group]
-    return max(COMPARED, key=lambda name: tuple(judged(name)[metric]["mean"] for metric in ("top1", "ssim")))
+    return max((name for name in COMPARED if name in attacks),
+               key=lambda name: tuple(judged(name)[metric]["mean"] for metric in ("top1", "ssim")))
 
 
 def reported(row: dict, group: str) -> tuple[dict, str]:
@@ -138,7 +141,7 @@ def strongest_top1(row: dict, group: str) -> dict:
 
 
 def _attack_row(target: attack_suite.Target, folder: Path, config: FrontierConfig, log) -> dict:
-    """Both attacks against ``target``, their results in ``folder/attacks``: one frontier row."""
+    """Every attack against ``target``, their results in ``folder/attacks``: one frontier row."""
     tests, pretrained = _test_sets(config), target.attacker()
     row = {"target": target.label, "epsilon": target.epsilon, "val_accuracy": target.val_accuracy,
            "defence": target.stage.defence.config(), "attacks": {}}
@@ -264,7 +267,7 @@ def _csv(result: dict) -> str:
         cells = [row["target"], row["kind"], row["defence"]["name"], row["strength"], row["epsilon"],
                  row["val_accuracy"]]
         for attack, group, metric in columns:
-            interval = row["attacks"][attack].get(group, {}).get(metric)
+            interval = row["attacks"].get(attack, {}).get(group, {}).get(metric)  # none: scored before it joined
             cells += [None, None, None] if interval is None else [interval["mean"], interval["low"], interval["high"]]
         writer.writerow(["" if cell is None else cell for cell in cells])
     return buffer.getvalue()

@@ -50,9 +50,10 @@ def synthetic_batch():
     return images, tf.constant(rng.integers(0, 50, size=32))
 
 
-def loop_step(model, gradients, optimizer):
-    """One training step as `training.fit` runs it: gradients, then the optimizer's update."""
-    @tf.function
+def loop_step(model, gradients, optimizer, jit_compile: bool = False):
+    """One training step as `training.fit` runs it: gradients, then the optimizer's update
+    (``jit_compile``: compiled with XLA, as `benchmarks/xla.py` compares)."""
+    @tf.function(jit_compile=jit_compile)
     def step(images, labels):
         grads, _, _ = gradients(images, labels)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))

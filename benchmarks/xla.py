@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from dp_step import synthetic_batch  # noqa: E402
+from dp_step import loop_step, synthetic_batch  # noqa: E402
 
 from omniglot_inversion import attacks, build_complete_model  # noqa: E402
 from omniglot_inversion.attacks.prior import LatentSearch  # noqa: E402
@@ -39,19 +39,13 @@ MODES = {"default": False, "xla": True}
 
 
 def training_step(name: str, jit_compile: bool):
-    """One step of `training.fit`'s loop (gradients, then Adam's update) for the plain or fast engine."""
+    """One step of `training.fit`'s loop (`dp_step.loop_step`) for the plain or fast engine."""
     model = build_complete_model("batch")
     gradients = (training.plain_gradients(model, training.CLASSIFY, True) if name == "plain"
                  else fast_engine_gradients("fast", model, DPSettings(noise_multiplier=0.7),
                                             tf.Variable(0, dtype=tf.int64)))
-    optimizer = engines.adam(0.005)
+    step = loop_step(model, gradients, engines.adam(0.005), jit_compile)
     images, labels = synthetic_batch()
-
-    @tf.function(jit_compile=jit_compile)
-    def step(images, labels):
-        grads, _, _ = gradients(images, labels)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-
     return lambda: step(images, labels)
 
 

@@ -287,11 +287,20 @@ def headline_table(evaluation_data: dict, epsilons: dict[str, float | None] | No
             metrics = rows[lowest]["metrics"]
             mean_image = metrics["baselines_seen_unseen"]["mean_training_image"]["unseen"]["mse"]["mean"]
             cells.append(f"{metrics['seen_unseen']['unseen']['mse']['mean']:.4f} ({lowest}; {mean_image:.4f})")
-        epsilon = first["epsilon"] if epsilons is None else epsilons[target]
-        name = target if epsilon is None else f"{target} (epsilon {epsilon:.2f})"
+        name = _target_name(first, epsilons)
         accuracy = "-" if first.get("target_val_accuracy") is None else f"{first['target_val_accuracy']:.3f}"
         lines.append(f"| {name} | {accuracy} | {' | '.join(cells)} |")
     return lines
+
+
+def _epsilon(row: dict, epsilons: dict[str, float | None] | None) -> float | None:
+    """A row's target's epsilon: from ``epsilons`` (target label -> epsilon) where given, else as recorded."""
+    return row["epsilon"] if epsilons is None else epsilons[row["target"]]
+
+
+def _target_name(row: dict, epsilons: dict[str, float | None] | None) -> str:
+    epsilon = _epsilon(row, epsilons)
+    return row["target"] if epsilon is None else f"{row['target']} (epsilon {epsilon:.2f})"
 
 
 def _cell(interval: dict | None) -> str:
@@ -305,13 +314,19 @@ def _group_size(metrics: dict, group: str) -> int | None:
     return unseen if group == "unseen" else metrics["num_images"] - unseen
 
 
+def _scored_exactly(metrics: dict) -> bool:
+    """Whether an evaluation row was scored with exact (Clopper-Pearson) intervals for rates and the
+    paired tests: its verdict names its test."""
+    return "test" in (metrics.get("verdict_unseen") or {})
+
+
 def exact_rate(metrics: dict, scores: dict, group: str, metric: str = "top1") -> dict | None:
     """A rate of ``scores`` (an attack's scores on ``group`` of an evaluation row's ``metrics``) with
     its exact interval: the recorded one where it is exact (rows whose verdict names its test were
     scored with Clopper-Pearson intervals for rates), else recomputed from the hits and the group's
     image count (the row recorded a percentile bootstrap); None where the count is unknown."""
     rate = scores[metric]
-    if "test" in (metrics.get("verdict_unseen") or {}):
+    if _scored_exactly(metrics):
         return rate
     count = _group_size(metrics, group)
     if count is None:
@@ -376,8 +391,7 @@ def findings(evaluation_data: dict, epsilons: dict[str, float | None] | None = N
         for target, (_, rate, _, _) in unseen.items():
             if target == "non-private":
                 continue
-            epsilon = (epsilons or {}).get(target, by_target[target][next(iter(by_target[target]))]["epsilon"])
-            name = target if epsilon is None else f"{target} (epsilon {epsilon:.2f})"
+            name = _target_name(next(iter(by_target[target].values())), epsilons)
             if _overlap(rate, reference):
                 verdict = "the intervals overlap, so the two cannot be told apart at these sizes"
             else:
@@ -397,10 +411,13 @@ def findings(evaluation_data: dict, epsilons: dict[str, float | None] | None = N
         text.append(f"The white-box search alone brings its image's code close to the intercepted one (code error "
                     f"{min(errors):.2f} to {max(errors):.2f} of the mean image's) and re-identifies at most "
                     f"{_percent(top1)} of the unseen images.")
-    hybrid = {target: exact_rate(rows["hybrid"]["metrics"], rows["hybrid"]["metrics"]["seen_unseen"]["seen"], "seen")
-              for target, rows in by_target.items() if "seen" in rows.get("hybrid", {}).get("metrics", {}).get(
-                  "seen_unseen", {})}
-    hybrid = {target: rate for target, rate in hybrid.items() if rate is not None}
+    hybrid = {}
+    for target, rows in by_target.items():
+        metrics = rows["hybrid"]["metrics"] if "hybrid" in rows else {}
+        if "seen" in metrics.get("seen_unseen", {}):
+            rate = exact_rate(metrics, metrics["seen_unseen"]["seen"], "seen")
+            if rate is not None:
+                hybrid[target] = rate
     if hybrid:
         text.append("The hybrid's top-1 on seen alphabets: " + "; ".join(
             f"{interval_text(rate)} against {target}" for target, rate in hybrid.items()) + ".")
@@ -411,9 +428,8 @@ def _scoring_text(evaluation_data: dict) -> str:
     """How the evaluation's intervals and verdicts were computed, read from what its rows recorded:
     an evaluation scored before the paired tests holds percentile-bootstrap intervals for every
     metric and verdicts of non-overlapping intervals without a multiplicity correction."""
-    verdicts = [row["metrics"]["verdict_unseen"] for row in evaluation_data["rows"] if row["metrics"]["verdict_unseen"]]
     confidence = f"{evaluation_data['confidence']:.0%}"
-    if all("test" in verdict for verdict in verdicts):
+    if all(_scored_exactly(row["metrics"]) for row in evaluation_data["rows"] if row["metrics"]["verdict_unseen"]):
         return (f"Means with {confidence} intervals: exact (Clopper-Pearson) for rates, percentile bootstrap over "
                 "images for MSE and SSIM. The verdict is read on unseen alphabets: a metric counts when the attack "
                 f"beats every baseline ({', '.join(VERDICT_METRICS)}) by {intervals.HOLM} over all metrics and "
@@ -443,7 +459,7 @@ def report_markdown(evaluation_data: dict, epsilons: dict[str, float | None] | N
     ]
     for row in evaluation_data["rows"]:
         verdict = row["metrics"]["verdict_unseen"]
-        epsilon = row["epsilon"] if epsilons is None else epsilons[row["target"]]
+        epsilon = _epsilon(row, epsilons)
         epsilon = "-" if epsilon is None else f"{epsilon:.2f}"
         accuracy = "-" if row["target_val_accuracy"] is None else f"{row['target_val_accuracy']:.3f}"
         text = verdict["text"] if verdict else "no unseen alphabet"

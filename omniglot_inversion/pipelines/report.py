@@ -170,9 +170,10 @@ def _frontier(folder: Path, out: Path) -> list[str]:
     subset = result["rows"][0]["attacks"][frontier.WHITEBOX]["num_images"]
     # the searches every row was scored with (a sweep scored before the prior joined lacks it)
     searches = [name for name in frontier.COMPARED[1:] if all(name in row["attacks"] for row in result["rows"])]
-    named = " and ".join(f"the {name} search" for name in searches)
+    named = ["the decoder", *(f"the {name} search" for name in searches)]
+    named = f"{', '.join(named[:-1])} and {named[-1]}"
     lines += [f"Top-1 re-identification on a subset of small2 balanced over its alphabets ({subset} images, "
-              f"chance {1 / subset:.4f}), the decoder, {named} on the same images; in brackets, the "
+              f"chance {1 / subset:.4f}), {named} on the same images; in brackets, the "
               "decoder on all of small2 (chance 0.0003). Seen: Greek and Latin, which the attacker's small1 holds. "
               f"The strongest of them is {_chosen(result['rows'])}.",
               "",

@@ -42,7 +42,8 @@ ENGINES = ("fast", "optimizer")  # dp.engines.CLI_ENGINES
 SAMPLINGS = ("poisson", "shuffle")  # dp.sampling.SAMPLINGS
 CLASS_INVERSIONS = ("mi-face", "gmi")  # attacks.class_inversion.METHODS
 # attacks.whitebox
-WHITEBOX = dict(iterations=200, tv_weight=1.0, learning_rate=1.0, tolerance=0.01, starts=("mean", "paper"))
+WHITEBOX = dict(iterations=50, tv_weight=1.0, learning_rate=0.5, tolerance=0.05, window=5, starts=("mean", "paper"))
+PRIOR = dict(iterations=200, learning_rate=0.2, tolerance=0.01, window=25)  # attacks.prior
 
 
 def _number(kind: type, test: Callable, wording: str) -> Callable[[str], int | float]:
@@ -123,17 +124,18 @@ DEFENCE = (
            "(0-0.95], NoPeek weight (0-100]"),
 )
 WHITEBOX_SEARCH = (
-    option("--iterations", type=_non_negative_int, default=WHITEBOX["iterations"],
-           help=f"white-box / hybrid: at most this many Adam steps of the image search (default "
-           f"{WHITEBOX['iterations']})"),
-    option("--plateau-tolerance", type=_non_negative_float, default=WHITEBOX["tolerance"],
-           help="white-box / hybrid: stop a batch's search once 25 steps lower its loss by less than this share of "
-           f"it (default {WHITEBOX['tolerance']}; 0: only once they do not lower it at all)"),
+    option("--iterations", type=_non_negative_int,
+           help=f"white-box / hybrid / prior: at most this many Adam steps of the search (default "
+           f"{WHITEBOX['iterations']}, prior {PRIOR['iterations']})"),
+    option("--plateau-tolerance", type=_non_negative_float,
+           help=f"white-box / hybrid / prior: stop a batch's search once {WHITEBOX['window']} steps "
+           f"({PRIOR['window']} for the prior) lower its loss by less than this share of it (default "
+           f"{WHITEBOX['tolerance']}, prior {PRIOR['tolerance']}; 0: only once they do not lower it at all)"),
     option("--tv-weight", type=_non_negative_float, default=WHITEBOX["tv_weight"],
            help=f"white-box / hybrid: weight of the total-variation prior (default {WHITEBOX['tv_weight']})"),
     option("--learning-rate", type=_positive_float,
            help=f"white-box / hybrid / prior: Adam learning rate of the search (default {WHITEBOX['learning_rate']} "
-           "on the image logits, 0.2 on the prior's latents)"),
+           f"on the pixels, {PRIOR['learning_rate']} on the prior's latents)"),
     option("--start", choices=WHITEBOX["starts"], default="mean",
            help="white-box: start image, the mean surrogate image (default) or blank paper"),
 )
@@ -374,9 +376,10 @@ def _attack_settings(args: argparse.Namespace) -> dict:
     """The `attack_run.AttackSpec` fields that `attack` and `evaluate` take from their options."""
     from omniglot_inversion.pipelines.attack_run import QUICK_SURROGATE_IMAGES
 
+    tolerance = {} if args.plateau_tolerance is None else {"tolerance": args.plateau_tolerance}  # else the method's
     return dict(epochs=args.attacker_epochs, iterations=args.iterations, tv_weight=args.tv_weight,
-                learning_rate=args.learning_rate, start=args.start, tolerance=args.plateau_tolerance, seed=args.seed,
-                surrogate_limit=QUICK_SURROGATE_IMAGES if args.quick else None)
+                learning_rate=args.learning_rate, start=args.start, seed=args.seed,
+                surrogate_limit=QUICK_SURROGATE_IMAGES if args.quick else None, **tolerance)
 
 
 def _test_limit(args: argparse.Namespace) -> int | None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from omniglot_inversion import attacks, cli
+from omniglot_inversion.attacks import whitebox
 from omniglot_inversion.io import data
 from omniglot_inversion.measure.assessment import TestSet, verdict
 from omniglot_inversion.network.interception import load_intercepted
@@ -53,24 +54,25 @@ def test_every_attack_returns_images_of_the_documented_shape_and_range(method, t
 def test_whitebox_search_brings_the_code_error_below_the_mean_images(target, images):
     surrogate, test = images
     codes = attacks.query(attacks.stage_function(target), test)
-    search = attacks.WhiteboxAttack()  # the defaults: at most 200 steps, stopped at a plateau
+    search = attacks.WhiteboxAttack()  # the defaults: at most 50 steps, stopped at a plateau
     found = search.run(target, surrogate, codes)
     errors = attacks.code_error(target, found, codes, surrogate.mean(axis=0))
     # the mean image's own code error is 1 by definition; the search moves every image's code closer
     start = attacks.code_error(target, search.starts(codes), codes, surrogate.mean(axis=0))
     np.testing.assert_allclose(start, 1.0, rtol=1e-5)
-    assert errors.max() < 1.0 and errors.mean() < 0.4
-    assert [batch["iterations"] for batch in search.search_log] == [200]  # still improving at 200
+    assert errors.max() < 1.0 and errors.mean() < 0.3
+    steps = search.search_log[0]["iterations"]
+    assert steps < 50 and steps % whitebox.PLATEAU_WINDOW == 0  # it stopped at a plateau, not at the cap
     assert search.search_log[0]["loss"] > 0
 
 
 def test_whitebox_search_stops_at_a_plateau_of_its_loss(target, images):
     surrogate, test = images
     codes = attacks.query(attacks.stage_function(target), test[:2])
-    # a tolerance no window meets: the search stops at the second check (2 windows of 25 steps)
-    stopped = attacks.WhiteboxAttack(iterations=200, tolerance=0.99)
+    # a tolerance no window meets: the search stops at the second check (2 windows of 7 steps)
+    stopped = attacks.WhiteboxAttack(iterations=200, tolerance=0.99, window=7)
     stopped.run(target, surrogate, codes)
-    assert stopped.search_log[0]["iterations"] == 50
+    assert stopped.search_log[0]["iterations"] == 14 and stopped.options()["plateau_window"] == 7
     full = attacks.WhiteboxAttack(iterations=60, tolerance=None)
     full.run(target, surrogate, codes)
     assert full.search_log[0]["iterations"] == 60
@@ -98,10 +100,10 @@ def test_the_search_compiled_with_xla_fits_the_code_as_the_default_graph_does(ta
     stage = attacks.stage_function(target)
     codes = attacks.query(stage, test[:2])
     starts = np.broadcast_to(surrogate.mean(axis=0), test[:2].shape).copy()
-    found = {jit: CodeSearch(stage, (105, 105, 1), iterations=40, tv_weight=1.0, learning_rate=1.0, tolerance=None,
-                             jit_compile=jit)(starts, codes) for jit in (False, True)}
+    found = {jit: CodeSearch(stage, (105, 105, 1), iterations=20, tv_weight=1.0, learning_rate=whitebox.LEARNING_RATE,
+                             tolerance=None, jit_compile=jit)(starts, codes) for jit in (False, True)}
     errors = {jit: attacks.code_error(target, result, codes, surrogate.mean(axis=0)) for jit, result in found.items()}
-    # Adam at learning rate 1 amplifies XLA's other rounding into other pixels, not into a worse fit
+    # Adam amplifies XLA's other rounding into other pixels, not into a worse fit
     assert errors[False].max() < 0.98 and errors[True].max() < 0.98
     assert abs(errors[True].mean() - errors[False].mean()) < 0.1
 
@@ -286,6 +288,18 @@ def test_attack_labels_parse_into_specs():
         attack_run.parse_label("decoders")
     with pytest.raises(attack_run.UsageError, match="Unknown surrogate set 'small3'"):
         attack_run.parse_label("decoder:small3")
+
+
+def test_a_spec_records_each_methods_own_search_settings_unless_given():
+    from omniglot_inversion.attacks import prior
+
+    own = {method: attack_run.AttackSpec(method=method) for method in ("whitebox", "hybrid", "prior")}
+    assert [(own[m].iterations, own[m].tolerance) for m in ("whitebox", "hybrid")] == \
+        [(whitebox.ITERATIONS, whitebox.PLATEAU_TOLERANCE)] * 2
+    assert (own["prior"].iterations, own["prior"].tolerance) == (prior.ITERATIONS, prior.PLATEAU_TOLERANCE)
+    assert own["prior"].record()["tolerance"] == prior.PLATEAU_TOLERANCE != whitebox.PLATEAU_TOLERANCE
+    given = attack_run.AttackSpec(method="prior", iterations=9, tolerance=None)  # None: no plateau stop
+    assert (given.iterations, given.tolerance) == (9, None)
 
 
 def test_test_set_subset_keeps_labels_aligned():

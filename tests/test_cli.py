@@ -86,7 +86,7 @@ def test_the_clis_own_copies_of_choices_and_defaults_match_the_package():
     """The CLI writes out the choices and defaults of modules that import TensorFlow (so that its
     import starts none); they are the package's."""
     from omniglot_inversion import attacks, defences
-    from omniglot_inversion.attacks import class_inversion, whitebox
+    from omniglot_inversion.attacks import class_inversion, prior, whitebox
     from omniglot_inversion.dp import sampling
     from omniglot_inversion.pipelines import attack_suite
 
@@ -96,7 +96,9 @@ def test_the_clis_own_copies_of_choices_and_defaults_match_the_package():
     assert cli.CLASS_INVERSIONS == class_inversion.METHODS
     assert cli.WHITEBOX == dict(iterations=whitebox.ITERATIONS, tv_weight=whitebox.TV_WEIGHT,
                                 learning_rate=whitebox.LEARNING_RATE, tolerance=whitebox.PLATEAU_TOLERANCE,
-                                starts=whitebox.STARTS)
+                                window=whitebox.PLATEAU_WINDOW, starts=whitebox.STARTS)
+    assert cli.PRIOR == dict(iterations=prior.ITERATIONS, learning_rate=prior.LEARNING_RATE,
+                             tolerance=prior.PLATEAU_TOLERANCE, window=prior.PLATEAU_WINDOW)
 
 
 def test_help_prints_only_the_help_and_starts_no_tensorflow():

@@ -1,12 +1,16 @@
 """He, Zhang and Lee's white-box attack (ACSAC 2019, "regularised maximum likelihood"): with the
 intercepted weights, search for the image whose code is the intercepted one.
 
-For each code c it minimises, over images x = sigmoid(z) (so x stays in [0, 1]),
+For each code c it minimises, over images x in [0, 1],
 
     mean_j (f(x)_j - c_j)^2  +  tv_weight * TV(x) / pixels
 
 where f is the on-device stage in inference mode and TV the anisotropic total variation (sum of
-absolute differences of neighbouring pixels), by Adam on z, batched over images. Against a
+absolute differences of neighbouring pixels), by projected Adam on the pixels (each step clipped
+back into [0, 1]), batched over images. Projected rather than through a sigmoid: Omniglot images are
+mostly white paper, whose logits sit where the sigmoid is flat, so a sigmoid search moves most
+pixels slowly (on the shipped Part 1 stage it needs 200 steps for what projection reaches in 10,
+benchmarks/whitebox_convergence.py). Against a
 defended stage the attacker, who reads the defence from the intercepted file, searches with the
 clean stage and the defence's own data term (`Defence.code_misfit`: noise averages out of the
 squared error; dropout's zeroed entries are left out). Every image's
@@ -29,18 +33,20 @@ from omniglot_inversion.interrupts import raise_if_received
 from omniglot_inversion.io.files import atomic_path
 from omniglot_inversion.io.image_sources import square_side
 
-# Adam at 1.0 on the logits, stopped at a plateau or at 200 steps: on the shipped Part 1 stage
-# (64 small2 images) the code error is 0.32 after 100 steps, 0.26 after 200, 0.23 after 300, where
-# a learning rate of 0.1 gives 0.55 after 100 (benchmarks/whitebox_convergence.py).
-ITERATIONS = 200
+# Projected Adam at 0.5 on the pixels, stopped at a plateau or at 50 steps: on the shipped Part 1
+# stage (64 small2 images) the code error is 0.27 after 10 steps and 0.15 after 25, where Adam at
+# 1.0 on sigmoid logits leaves 0.38 after 50 and 0.26 after 200 (benchmarks/whitebox_convergence.py).
+# Past 25 steps Adam at this rate only wanders (0.16 after 30, 0.18 after 40), and the plateau stop
+# below ends most searches there: 5 steps that lower the loss by less than 5 %.
+ITERATIONS = 50
 TV_WEIGHT = 1.0
-LEARNING_RATE = 1.0
+LEARNING_RATE = 0.5
 BATCH_SIZE = 260
 # the search stops once a window of steps lowers the batch's loss by less than this share
-PLATEAU_WINDOW = 25
-PLATEAU_TOLERANCE = 0.01
+PLATEAU_WINDOW = 5
+PLATEAU_TOLERANCE = 0.05
 STARTS = ("mean", "paper")
-# the start image is kept this far from 0 and 1, where the logit would be infinite
+# `pixel_logits` keeps images this far from 0 and 1, where the logit would be infinite
 _EDGE = 0.02
 
 
@@ -75,7 +81,7 @@ class CodeSearch:
     """The optimisation itself, compiled once per batch size: starts and codes in, images out.
 
     It runs at most ``iterations`` Adam steps and stops earlier at a plateau: when the last
-    `PLATEAU_WINDOW` steps lowered the batch's loss by less than ``tolerance`` of it (None: never).
+    ``window`` steps lowered the batch's loss by less than ``tolerance`` of it (None: never).
     ``last_run`` holds the steps taken and the final mean loss of the latest batch. ``jit_compile``
     compiles the step with XLA: off by default, since on the 2-core CPUs it makes the step slower
     (benchmarks/xla.py, docs/speed.md); XLA has no deterministic MaxPool gradient, so it fails
@@ -83,25 +89,28 @@ class CodeSearch:
     """
 
     def __init__(self, stage: Stage, shape: tuple, *, iterations: int, tv_weight: float, learning_rate: float,
-                 defence: Defence = NO_DEFENCE, tolerance: float | None = PLATEAU_TOLERANCE, jit_compile: bool = False):
+                 defence: Defence = NO_DEFENCE, tolerance: float | None = PLATEAU_TOLERANCE,
+                 window: int = PLATEAU_WINDOW, jit_compile: bool = False):
         self.stage, self.shape, self.iterations, self.defence = stage, tuple(shape), iterations, defence
-        self.tv_weight, self.learning_rate, self.tolerance = tv_weight, learning_rate, tolerance
+        self.tv_weight, self.learning_rate, self.tolerance, self.window = tv_weight, learning_rate, tolerance, window
         self.jit_compile = jit_compile
         self.last_run: dict = {"iterations": 0, "loss": None}
         self._compiled = {}
 
-    # What is searched over, and its prior: the image's logits with total variation here; a
-    # generator's latent with a Gaussian prior in `prior.LatentSearch`.
+    # What is searched over, and its prior: the image's pixels, kept in [0, 1], with total variation
+    # here; a generator's latent, unbounded, with a Gaussian prior in `prior.LatentSearch`.
+    bounds: tuple[float, float] | None = (0.0, 1.0)
+
     @property
     def variable_shape(self) -> tuple:
         return self.shape
 
     def initial(self, starts: np.ndarray) -> np.ndarray:
         """The search variable's values for start images."""
-        return pixel_logits(starts)
+        return np.clip(starts, 0.0, 1.0).astype(np.float32)
 
     def render(self, variables: tf.Tensor) -> tf.Tensor:
-        return tf.sigmoid(variables)
+        return variables
 
     def penalty(self, variables: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
         """Per image, the prior's term of the loss."""
@@ -110,37 +119,39 @@ class CodeSearch:
     def _step_function(self, size: int):
         if size in self._compiled:
             return self._compiled[size]
-        logits = tf.Variable(tf.zeros((size, *self.variable_shape)), trainable=True)
+        variables = tf.Variable(tf.zeros((size, *self.variable_shape)), trainable=True)
         optimizer = tf.keras.optimizers.Adam(self.learning_rate)
-        optimizer.build([logits])  # its variables made here, so that `step` is traced once, not twice
+        optimizer.build([variables])  # its variables made here, so that `step` is traced once, not twice
         # its state as built: step count and moments 0 (on Keras 3 the learning rate is a variable too)
         fresh = [variable.numpy() for variable in optimizer.variables]
 
         @tf.function(jit_compile=self.jit_compile)
         def step(codes):
             with tf.GradientTape() as tape:
-                images = self.render(logits)
+                images = self.render(variables)
                 found = tf.reshape(self.stage(images), (size, -1))
                 code_loss = self.defence.code_misfit(found, codes)
-                loss = tf.reduce_sum(code_loss + self.penalty(logits, images))
-            optimizer.apply_gradients([(tape.gradient(loss, logits), logits)])
+                loss = tf.reduce_sum(code_loss + self.penalty(variables, images))
+            optimizer.apply_gradients([(tape.gradient(loss, variables), variables)])
+            if self.bounds is not None:
+                variables.assign(tf.clip_by_value(variables, *self.bounds))
             return loss
 
         def run(starts: np.ndarray, codes: np.ndarray) -> np.ndarray:
-            logits.assign(self.initial(starts))
+            variables.assign(self.initial(starts))
             for variable, value in zip(optimizer.variables, fresh, strict=True):  # a fresh Adam for each batch
                 variable.assign(value)
             flat_codes = tf.constant(codes.reshape(size, -1), tf.float32)
             window_start, taken = None, 0
             for taken in range(1, self.iterations + 1):
                 loss = step(flat_codes)
-                if taken % PLATEAU_WINDOW == 0 and self.tolerance is not None:
+                if taken % self.window == 0 and self.tolerance is not None:
                     loss = float(loss)  # the loss before this step, read only once per window
                     if window_start is not None and window_start - loss < self.tolerance * abs(window_start):
                         break
                     window_start = loss
             self.last_run = {"iterations": taken, "loss": float(loss) / size}
-            return self.render(logits).numpy()
+            return self.render(variables).numpy()
 
         self._compiled[size] = run
         return run
@@ -154,6 +165,8 @@ class CodeSearch:
 class WhiteboxAttack(InversionAttack):
     """Regularised maximum likelihood from a start image (default: the mean surrogate image).
 
+    At most ``iterations`` steps of projected Adam at ``learning_rate``; a batch stops earlier once
+    ``window`` steps lower its loss by less than ``tolerance`` of it (None: never).
     ``checkpoint_dir``: each finished batch of images is saved there, and a later call with the
     same codes reuses the saved batches, so an interrupted inversion of many images resumes.
     """
@@ -163,13 +176,15 @@ class WhiteboxAttack(InversionAttack):
     def __init__(self, *, iterations: int = ITERATIONS, tv_weight: float = TV_WEIGHT,
                  learning_rate: float = LEARNING_RATE, start: str | np.ndarray = "mean",
                  batch_size: int = BATCH_SIZE, tolerance: float | None = PLATEAU_TOLERANCE,
-                 checkpoint_dir: str | os.PathLike | None = None, log=None):
+                 window: int = PLATEAU_WINDOW, checkpoint_dir: str | os.PathLike | None = None, log=None):
         if iterations < 0 or tv_weight < 0 or learning_rate <= 0 or batch_size < 1:
             raise ValueError("iterations and tv_weight must be >= 0, learning_rate > 0, batch_size >= 1")
         if tolerance is not None and not 0 <= tolerance < 1:
             raise ValueError("tolerance must be in [0, 1) or None (run every iteration)")
+        if window < 1:
+            raise ValueError("window (steps between plateau checks) must be >= 1")
         self.iterations, self.tv_weight, self.learning_rate = iterations, tv_weight, learning_rate
-        self.start, self.batch_size, self.tolerance = start, batch_size, tolerance
+        self.start, self.batch_size, self.tolerance, self.window = start, batch_size, tolerance, window
         # per batch inverted: its first image, size, the steps taken and the final mean loss
         self.search_log: list[dict] = []
         self._checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -180,7 +195,7 @@ class WhiteboxAttack(InversionAttack):
     def options(self) -> dict:
         return {"iterations": self.iterations, "tv_weight": self.tv_weight, "learning_rate": self.learning_rate,
                 "start": self.start if isinstance(self.start, str) else "given image", "batch_size": self.batch_size,
-                "plateau_tolerance": self.tolerance, "plateau_window": PLATEAU_WINDOW}
+                "plateau_tolerance": self.tolerance, "plateau_window": self.window}
 
     def prepare(self, target, surrogate_images: np.ndarray) -> None:
         self._search = self.search_for(target)
@@ -191,7 +206,7 @@ class WhiteboxAttack(InversionAttack):
         """The search against ``target``'s clean stage, with the defence's data term."""
         return CodeSearch(clean_stage(target), input_shape(target), iterations=self.iterations,
                           tv_weight=self.tv_weight, learning_rate=self.learning_rate, defence=defence_of(target),
-                          tolerance=self.tolerance)
+                          tolerance=self.tolerance, window=self.window)
 
     def starts(self, codes: np.ndarray) -> np.ndarray:
         """The start image of each code (the same image for all, unless a subclass says otherwise)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from omniglot_inversion import attacks
-from omniglot_inversion.attacks import whitebox
+from omniglot_inversion.attacks import prior, whitebox
 from omniglot_inversion.errors import UsageError
 from omniglot_inversion.io import data
 from omniglot_inversion.io.files import atomic_path, read_json, write_json
@@ -50,6 +50,10 @@ QUICK_TEST_IMAGES = 64
 SCORING_VERSION = 2  # 2: exact intervals for rates, Holm-adjusted verdicts, halves
 
 
+# an `AttackSpec` setting left to the method's own default
+OWN = "own"
+
+
 @dataclass(frozen=True)
 class AttackSpec:
     """Which attack, on which surrogate images, with which settings. ``epochs`` None: the
@@ -61,11 +65,11 @@ class AttackSpec:
     surrogate: str = "small1"
     epochs: int | None = None
     batch_size: int = 32
-    iterations: int = whitebox.ITERATIONS
+    iterations: int | None = None  # None: the method's own (white-box and hybrid 50, prior 200)
     tv_weight: float = whitebox.TV_WEIGHT
-    learning_rate: float | None = None  # None: the method's own (white-box 1.0 on pixel logits, prior 0.2)
+    learning_rate: float | None = None  # None: the method's own (white-box 0.5 on the pixels, prior 0.2)
     start: str = "mean"
-    tolerance: float | None = whitebox.PLATEAU_TOLERANCE
+    tolerance: float | None | str = OWN  # None: no plateau stop; OWN: the method's own (white-box 0.05, prior 0.01)
     seed: int = 0
     surrogate_limit: int | None = None
     surrogate_source: str | None = None
@@ -78,6 +82,12 @@ class AttackSpec:
                              f"{', '.join(attacks.SURROGATES)}.")
         if self.start not in whitebox.STARTS:
             raise UsageError(f"Unknown start image {self.start!r}; choose one of {', '.join(whitebox.STARTS)}.")
+        search = prior if self.method == "prior" else whitebox
+        # the method's own settings resolved here, so that attack.json records what ran
+        if self.iterations is None:
+            object.__setattr__(self, "iterations", search.ITERATIONS)
+        if self.tolerance == OWN:
+            object.__setattr__(self, "tolerance", search.PLATEAU_TOLERANCE)
         if self.iterations < 0 or self.tv_weight < 0 or (self.learning_rate is not None and not self.learning_rate > 0):
             raise UsageError("--iterations and --tv-weight must be >= 0 and --learning-rate > 0.")
         if self.tolerance is not None and not 0 <= self.tolerance < 1:

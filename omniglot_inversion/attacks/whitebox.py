@@ -10,12 +10,13 @@ absolute differences of neighbouring pixels), by projected Adam on the pixels (e
 back into [0, 1]), batched over images. Projected rather than through a sigmoid: Omniglot images are
 mostly white paper, whose logits sit where the sigmoid is flat, so a sigmoid search moves most
 pixels slowly (on the shipped Part 1 stage it needs 200 steps for what projection reaches in 10,
-benchmarks/whitebox_convergence.py). Against a
-defended stage the attacker, who reads the defence from the intercepted file, searches with the
-clean stage and the defence's own data term (`Defence.code_misfit`: noise averages out of the
-squared error; dropout's zeroed entries are left out). Every image's
-loss depends on its own pixels only (inference mode shares nothing between examples), so a batch
-optimises its images independently and the result does not depend on how images are batched.
+benchmarks/whitebox_convergence.py).
+
+Against a defended stage the attacker, who reads the defence from the intercepted file, searches
+with the clean stage and the defence's own data term (`Defence.code_misfit`: noise averages out of
+the squared error; dropout's zeroed entries are left out). Every image's loss depends on its own
+pixels only (inference mode shares nothing between examples), so a batch optimises its images
+independently and the result does not depend on how images are batched.
 """
 
 from __future__ import annotations
@@ -119,26 +120,26 @@ class CodeSearch:
     def _step_function(self, size: int):
         if size in self._compiled:
             return self._compiled[size]
-        variables = tf.Variable(tf.zeros((size, *self.variable_shape)), trainable=True)
+        searched = tf.Variable(tf.zeros((size, *self.variable_shape)), trainable=True)
         optimizer = tf.keras.optimizers.Adam(self.learning_rate)
-        optimizer.build([variables])  # its variables made here, so that `step` is traced once, not twice
+        optimizer.build([searched])  # its variables made here, so that `step` is traced once, not twice
         # its state as built: step count and moments 0 (on Keras 3 the learning rate is a variable too)
         fresh = [variable.numpy() for variable in optimizer.variables]
 
         @tf.function(jit_compile=self.jit_compile)
         def step(codes):
             with tf.GradientTape() as tape:
-                images = self.render(variables)
+                images = self.render(searched)
                 found = tf.reshape(self.stage(images), (size, -1))
                 code_loss = self.defence.code_misfit(found, codes)
-                loss = tf.reduce_sum(code_loss + self.penalty(variables, images))
-            optimizer.apply_gradients([(tape.gradient(loss, variables), variables)])
+                loss = tf.reduce_sum(code_loss + self.penalty(searched, images))
+            optimizer.apply_gradients([(tape.gradient(loss, searched), searched)])
             if self.bounds is not None:
-                variables.assign(tf.clip_by_value(variables, *self.bounds))
+                searched.assign(tf.clip_by_value(searched, *self.bounds))
             return loss
 
         def run(starts: np.ndarray, codes: np.ndarray) -> np.ndarray:
-            variables.assign(self.initial(starts))
+            searched.assign(self.initial(starts))
             for variable, value in zip(optimizer.variables, fresh, strict=True):  # a fresh Adam for each batch
                 variable.assign(value)
             flat_codes = tf.constant(codes.reshape(size, -1), tf.float32)
@@ -151,7 +152,7 @@ class CodeSearch:
                         break
                     window_start = loss
             self.last_run = {"iterations": taken, "loss": float(loss) / size}
-            return self.render(variables).numpy()
+            return self.render(searched).numpy()
 
         self._compiled[size] = run
         return run
